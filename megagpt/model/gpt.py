@@ -1,0 +1,187 @@
+"""The GPT model: GPT-1 (post-LN), GPT-2 and GPT-3 (pre-LN, GPT-3 with alternating dense and
+locally banded attention).
+
+Tensor parallelism enters only through the layers the blocks are built with; with
+``ParallelState.single()`` this is an ordinary single-device GPT. The pieces (``Embedding``,
+``Block``, ``FinalNorm``, ``LMHead``) are separate modules so the pipeline layout can cut the same
+model into stages.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from megagpt.config import ModelConfig
+from megagpt.parallel.cross_entropy import vocab_parallel_cross_entropy
+from megagpt.parallel.layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
+from megagpt.parallel.mappings import copy_to_tp, gather_from_tp
+from megagpt.parallel.state import ParallelState
+
+
+def band_mask(T: int, window: int, device=None) -> torch.Tensor:
+    """(T, T) boolean mask, True where query i may attend key j: i - window < j <= i."""
+    i = torch.arange(T, device=device).unsqueeze(1)
+    j = torch.arange(T, device=device).unsqueeze(0)
+    return (j <= i) & (j > i - window)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, ps: ParallelState, layer_idx: int):
+        super().__init__()
+        self.ps = ps
+        self.n_head = cfg.n_head // ps.tp_size  # heads on this rank
+        self.head_dim = cfg.head_dim
+        self.banded = cfg.is_banded(layer_idx)
+        self.window = cfg.local_window
+        self.attn_pdrop = cfg.attn_pdrop
+        proj_std = cfg.initializer_range / math.sqrt(2 * cfg.n_layer)
+        # fused [q; k; v]; stride 3 gives each rank its own heads of all three
+        self.c_attn = ColumnParallelLinear(cfg.n_embd, 3 * cfg.n_embd, ps, stride=3,
+                                           init_std=cfg.initializer_range)
+        self.c_proj = RowParallelLinear(cfg.n_embd, cfg.n_embd, ps, init_std=proj_std)
+        self._mask_cache: torch.Tensor | None = None
+
+    def _band(self, T: int, device) -> torch.Tensor:
+        m = self._mask_cache
+        if m is None or m.size(0) < T or m.device != device:
+            m = self._mask_cache = band_mask(T, self.window, device)
+        return m[:T, :T]
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        qkv = self.c_attn(x)  # (B, T, 3 * nh * hs), nh = heads on this rank
+        q, k, v = qkv.split(self.n_head * self.head_dim, dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        p = self.attn_pdrop if self.training else 0.0
+        mask = self._band(T, x.device) if self.banded and T > self.window else None
+        with self.ps.rng.fork():  # this rank's heads: independent dropout per TP rank
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                               is_causal=mask is None)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, ps: ParallelState):
+        super().__init__()
+        self.c_fc = ColumnParallelLinear(cfg.n_embd, cfg.ffn_dim, ps, init_std=cfg.initializer_range)
+        self.c_proj = RowParallelLinear(cfg.ffn_dim, cfg.n_embd, ps,
+                                        init_std=cfg.initializer_range / math.sqrt(2 * cfg.n_layer))
+
+    def forward(self, x):
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """One transformer layer. Pre-LN: x + f(LN(x)); post-LN (GPT-1): LN(x + f(x))."""
+
+    def __init__(self, cfg: ModelConfig, ps: ParallelState, layer_idx: int):
+        super().__init__()
+        self.pre_ln = cfg.ln_position == "pre"
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.attn = Attention(cfg, ps, layer_idx)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.mlp = MLP(cfg, ps)
+        self.drop = nn.Dropout(cfg.resid_pdrop)
+
+    def forward(self, x):
+        if self.pre_ln:
+            x = x + self.drop(self.attn(self.ln_1(x)))
+            return x + self.drop(self.mlp(self.ln_2(x)))
+        x = self.ln_1(x + self.drop(self.attn(x)))
+        return self.ln_2(x + self.drop(self.mlp(x)))
+
+
+class Embedding(nn.Module):
+    """Token embedding (vocab-parallel, tied with the output head) plus learned positions."""
+
+    def __init__(self, cfg: ModelConfig, ps: ParallelState):
+        super().__init__()
+        self.wte = VocabParallelEmbedding(cfg.padded_vocab_size(ps.tp_size), cfg.n_embd, ps,
+                                          init_std=cfg.initializer_range, num_valid=cfg.vocab_size)
+        self.wpe = nn.Embedding(cfg.n_positions, cfg.n_embd)
+        nn.init.normal_(self.wpe.weight, std=cfg.initializer_range)
+        self.drop = nn.Dropout(cfg.embd_pdrop)
+        self.n_positions = cfg.n_positions
+
+    def forward(self, idx):
+        T = idx.size(1)
+        if T > self.n_positions:
+            raise ValueError(f"sequence length {T} exceeds model.n_positions={self.n_positions}")
+        pos = torch.arange(T, device=idx.device)
+        return self.drop(self.wte(idx) + self.wpe(pos))
+
+
+class FinalNorm(nn.LayerNorm):
+    """GPT-2/3's LayerNorm after the last block (GPT-1 has none)."""
+
+
+class LMHead(nn.Module):
+    """Logits h W_e^T against this rank's slice of the (tied) token embedding; padded vocabulary
+    columns are set to -inf so they are never predicted."""
+
+    def __init__(self, cfg: ModelConfig, ps: ParallelState, embedding: VocabParallelEmbedding):
+        super().__init__()
+        self.ps = ps
+        self.vocab_size = cfg.vocab_size
+        self.embedding = [embedding]  # a list, so the tied weight is not registered twice
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.embedding[0].weight
+
+    def forward(self, h):
+        emb = self.embedding[0]
+        logits = F.linear(copy_to_tp(h, self.ps.tp_group), emb.weight)  # (B, T, V_local)
+        valid = self.vocab_size - emb.vocab_start
+        if valid < logits.size(-1):
+            logits = logits.index_fill(-1, torch.arange(max(valid, 0), logits.size(-1),
+                                                        device=logits.device), float("-inf"))
+        return logits
+
+    def loss(self, logits, targets, ignore_index=-100):
+        return vocab_parallel_cross_entropy(logits, targets, vocab_start=self.embedding[0].vocab_start,
+                                            group=self.ps.tp_group, ignore_index=ignore_index)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig, ps: ParallelState | None = None, *,
+                 checkpoint_activations: bool = False):
+        super().__init__()
+        ps = ps or ParallelState.single()
+        cfg.validate(ps.tp_size)
+        self.cfg, self.ps = cfg, ps
+        self.checkpoint_activations = checkpoint_activations
+        self.embed = Embedding(cfg, ps)
+        self.blocks = nn.ModuleList(Block(cfg, ps, i) for i in range(cfg.n_layer))
+        self.ln_f = FinalNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon) if cfg.ln_position == "pre" else None
+        self.head = LMHead(cfg, ps, self.embed.wte)
+
+    def hidden_states(self, idx):
+        x = self.embed(idx)
+        for block in self.blocks:
+            if self.checkpoint_activations and self.training:
+                x = checkpoint(block, x, use_reentrant=False,
+                               context_fn=self.ps.rng.checkpoint_contexts)
+            else:
+                x = block(x)
+        return self.ln_f(x) if self.ln_f is not None else x
+
+    def forward(self, idx, targets=None):
+        """Logits for this rank's vocabulary slice (B, T, V_padded/tp) when ``targets`` is None,
+        otherwise the per-token loss (B, T), float32, 0 where ``targets == -100``."""
+        logits = self.head(self.hidden_states(idx))
+        if targets is None:
+            return logits
+        return self.head.loss(logits, targets)
+
+    def gathered_logits(self, idx):
+        """Full-vocabulary logits (B, T, vocab_size) on every TP rank (for generation, tests)."""
+        logits = gather_from_tp(self.forward(idx), self.ps.tp_group)
+        return logits[..., : self.cfg.vocab_size]
