@@ -123,8 +123,11 @@ class FinalNorm(nn.LayerNorm):
 
 
 class LMHead(nn.Module):
-    """Logits h W_e^T against this rank's slice of the (tied) token embedding; padded vocabulary
-    columns are set to -inf so they are never predicted."""
+    """Logits h W_e^T against this rank's slice of the (tied) token embedding.
+
+    Padded vocabulary rows are left out of the product, so padding is never predicted and costs
+    nothing: the rank holding the end of the vocabulary returns fewer columns than its shard.
+    """
 
     def __init__(self, cfg: ModelConfig, ps: ParallelState, embedding: VocabParallelEmbedding):
         super().__init__()
@@ -138,16 +141,22 @@ class LMHead(nn.Module):
 
     def forward(self, h):
         emb = self.embedding[0]
-        logits = F.linear(copy_to_tp(h, self.ps.tp_group), emb.weight)  # (B, T, V_local)
-        valid = self.vocab_size - emb.vocab_start
-        if valid < logits.size(-1):
-            logits = logits.index_fill(-1, torch.arange(max(valid, 0), logits.size(-1),
-                                                        device=logits.device), float("-inf"))
-        return logits
+        valid = max(0, min(emb.weight.size(0), self.vocab_size - emb.vocab_start))
+        w = emb.weight if valid == emb.weight.size(0) else emb.weight[:valid]
+        return F.linear(copy_to_tp(h, self.ps.tp_group), w)  # (B, T, V_local)
 
     def loss(self, logits, targets, ignore_index=-100):
         return vocab_parallel_cross_entropy(logits, targets, vocab_start=self.embedding[0].vocab_start,
                                             group=self.ps.tp_group, ignore_index=ignore_index)
+
+    def gather(self, logits):
+        """Full-vocabulary logits (B, T, vocab_size) on every TP rank."""
+        if self.ps.tp_size == 1:
+            return logits
+        per_rank = self.embedding[0].weight.size(0)
+        if logits.size(-1) < per_rank:  # all_gather needs equal shapes: pad, then cut
+            logits = F.pad(logits, (0, per_rank - logits.size(-1)), value=float("-inf"))
+        return gather_from_tp(logits, self.ps.tp_group)[..., : self.vocab_size]
 
 
 class GPT(nn.Module):
@@ -174,7 +183,8 @@ class GPT(nn.Module):
         return self.ln_f(x) if self.ln_f is not None else x
 
     def forward(self, idx, targets=None):
-        """Logits for this rank's vocabulary slice (B, T, V_padded/tp) when ``targets`` is None,
+        """Logits for this rank's slice of the real vocabulary (B, T, <= V_padded/tp) when
+        ``targets`` is None,
         otherwise the per-token loss (B, T), float32, 0 where ``targets == -100``."""
         logits = self.head(self.hidden_states(idx))
         if targets is None:
@@ -183,5 +193,4 @@ class GPT(nn.Module):
 
     def gathered_logits(self, idx):
         """Full-vocabulary logits (B, T, vocab_size) on every TP rank (for generation, tests)."""
-        logits = gather_from_tp(self.forward(idx), self.ps.tp_group)
-        return logits[..., : self.cfg.vocab_size]
+        return self.head.gather(self.forward(idx))

@@ -19,7 +19,10 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     def forward(ctx, logits, target, vocab_start, group, ignore_index):
         logits = logits.float()
         local_v = logits.size(-1)
-        m = logits.max(dim=-1).values
+        if local_v:
+            m = logits.max(dim=-1).values
+        else:  # this rank holds only vocabulary padding
+            m = logits.new_full(logits.shape[:-1], float("-inf"))
         dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
         exp = (logits - m.unsqueeze(-1)).exp_()  # reused as the softmax in backward
         sum_exp = exp.sum(dim=-1)
@@ -29,7 +32,10 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         local_t = target - vocab_start
         outside = (local_t < 0) | (local_t >= local_v) | ignored
         local_t = local_t.masked_fill(outside, 0)
-        z_t = logits.gather(-1, local_t.unsqueeze(-1)).squeeze(-1).masked_fill(outside, 0.0)
+        if local_v:
+            z_t = logits.gather(-1, local_t.unsqueeze(-1)).squeeze(-1).masked_fill(outside, 0.0)
+        else:
+            z_t = torch.zeros_like(m)
         dist.all_reduce(z_t, group=group)
 
         loss = (sum_exp.log() + m - z_t).masked_fill(ignored, 0.0)
@@ -42,7 +48,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         softmax, local_t, outside, ignored = ctx.saved_tensors
         grad = softmax  # saved buffer reused in place: backward runs once
         onehot = (~outside).to(grad.dtype)
-        grad.scatter_add_(-1, local_t.unsqueeze(-1), -onehot.unsqueeze(-1))
+        if grad.size(-1):
+            grad.scatter_add_(-1, local_t.unsqueeze(-1), -onehot.unsqueeze(-1))
         grad.mul_((grad_loss * (~ignored).to(grad.dtype)).unsqueeze(-1))
         return grad, None, None, None, None
 

@@ -1,0 +1,81 @@
+"""Forward+backward throughput of the tp=1 megagpt model vs Hugging Face GPT2LMHeadModel of the
+same shape, in the same run, on CPU.
+
+    python benchmarks/model_throughput.py [--n-layer 6 --n-embd 384 --n-head 6 --seq 256 --batch 8]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import cpu_matmul_peak_flops, median, timed  # noqa: E402
+from megagpt.config import model_config  # noqa: E402
+from megagpt.model import GPT, load_full_state_dict, model_flops_per_token  # noqa: E402
+from megagpt.model.convert import config_from_hf, full_from_hf_gpt2  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n-layer", type=int, default=6)
+    ap.add_argument("--n-embd", type=int, default=384)
+    ap.add_argument("--n-head", type=int, default=6)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=50257)
+    ap.add_argument("--iters", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=2, help="alternate the two models this often")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hf_cfg = GPT2Config(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+                        n_positions=args.seq, vocab_size=args.vocab)
+    hf = GPT2LMHeadModel(hf_cfg).train()
+    cfg = config_from_hf(hf_cfg)
+    ours = GPT(cfg).train()
+    load_full_state_dict(ours, full_from_hf_gpt2(hf.state_dict()))
+
+    idx = torch.randint(0, args.vocab, (args.batch, args.seq))
+    tgt = torch.randint(0, args.vocab, (args.batch, args.seq))
+
+    def step_ours():
+        ours.zero_grad(set_to_none=True)
+        ours(idx, tgt).mean().backward()
+
+    def step_hf():
+        hf.zero_grad(set_to_none=True)
+        # same targets as ours: HF shifts labels itself, so give it [_, tgt] shifted by one
+        labels = torch.cat([idx[:, :1], tgt[:, :-1]], dim=1)
+        hf(idx, labels=labels).loss.backward()
+
+    times = {"megagpt": [], "hf-gpt2": []}
+    for _ in range(args.rounds):
+        times["megagpt"] += timed(step_ours, warmup=1, iters=args.iters)
+        times["hf-gpt2"] += timed(step_hf, warmup=1, iters=args.iters)
+
+    tokens = args.batch * args.seq
+    flops = model_flops_per_token(cfg, args.seq) * tokens
+    peak = cpu_matmul_peak_flops()
+    print(f"shape: {args.n_layer} layers, n_embd {args.n_embd}, {args.n_head} heads, ctx {args.seq}, "
+          f"vocab {args.vocab}, batch {args.batch}, threads {args.threads}")
+    print(f"model FLOPs per step (fwd+bwd): {flops / 1e9:.1f} GFLOP; measured fp32 matmul peak "
+          f"{peak / 1e9:.1f} GFLOP/s")
+    print(f"{'model':<10} {'step ms':>9} {'tokens/s':>10} {'GFLOP/s':>9} {'MFU':>6}")
+    for name, ts in times.items():
+        t = median(ts)
+        print(f"{name:<10} {t * 1e3:9.1f} {tokens / t:10.0f} {flops / t / 1e9:9.1f} {flops / t / peak:6.1%}")
+    speedup = median(times["hf-gpt2"]) / median(times["megagpt"])
+    print(f"megagpt / hf-gpt2 speed: {speedup:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
