@@ -1,0 +1,1 @@
+"""Runtime data: Megatron indexed shards, packed GPT samples, blended mixtures."""
