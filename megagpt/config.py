@@ -168,6 +168,64 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+@dataclass
+class DataConfig:
+    """Where training text comes from: Megatron shard prefixes of one source, or a mixture spec."""
+
+    prefixes: list = dataclasses.field(default_factory=list)  # shard prefixes (no .bin/.idx)
+    mixture: str | None = None  # a build_mixture.py spec; replaces ``prefixes``
+    valid_prefixes: list = dataclasses.field(default_factory=list)  # held-out shards, if any
+    valid_fraction: float = 0.01  # else: this tail fraction of each shard's documents
+    seq_length: int | None = None  # default: model.n_positions
+    seed: int = 1234
+
+    def validate(self) -> "DataConfig":
+        if not self.prefixes and not self.mixture:
+            raise ConfigError("data: give data.prefixes (shard prefixes) or data.mixture (a mixture spec).")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ConfigError(f"data.valid_fraction must be in [0, 1), got {self.valid_fraction!r}.")
+        if self.seq_length is not None:
+            _positive("data", seq_length=self.seq_length)
+        return self
+
+
+@dataclass
+class TrainConfig:
+    """The run: schedule, logging, checkpoints. Optimizer, batch and precision live in the
+    DeepSpeed JSON named by ``deepspeed_config``."""
+
+    deepspeed_config: str = "ds_configs/zero3.json"
+    train_iters: int = 100  # optimizer steps
+    exit_after_iters: int | None = None  # stop (with a checkpoint) early; the schedule is unchanged
+    seed: int = 1234
+    lr_warmup_tokens: int | None = None  # default: 1% of the run's tokens
+    lr_decay_tokens: int | None = None  # default: all of the run's tokens
+    min_lr_ratio: float = 0.1  # GPT-3: cosine decay to 10% of peak
+    rampup_start_batch: int = 0  # samples; 0 turns GPT-3's batch-size ramp-up off
+    rampup_tokens: int = 0
+    activation_checkpointing: bool = False
+    log_interval: int = 10
+    eval_interval: int = 100
+    eval_iters: int = 10
+    save_interval: int = 0  # 0: only at the end
+    keep_last: int = 3
+    checkpoint_dir: str | None = "checkpoints/run"
+    tensorboard_dir: str | None = "runs/run"
+    resume: bool = True
+    export_path: str | None = None  # consolidated fp32 weights written at the end
+
+    def validate(self) -> "TrainConfig":
+        _positive("train", train_iters=self.train_iters, log_interval=self.log_interval,
+                  eval_interval=self.eval_interval, eval_iters=self.eval_iters,
+                  keep_last=self.keep_last)
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}.")
+        if self.save_interval < 0 or self.rampup_start_batch < 0 or self.rampup_tokens < 0:
+            raise ConfigError("train.save_interval, train.rampup_start_batch and train.rampup_tokens "
+                              "must be >= 0.")
+        return self
+
+
 def model_config(preset: str | None = None, **overrides) -> ModelConfig:
     """A ModelConfig from a preset name plus field overrides (or from fields alone)."""
     base: dict[str, Any] = {}
@@ -214,3 +272,107 @@ __all__ = [
     "ConfigError", "ModelConfig", "ParallelConfig", "PRESETS", "model_config",
     "model_config_from_dict", "load_file", "asdict",
 ]
+
+
+@dataclass
+class RunConfig:
+    """A whole run file: one section per component, plus the DeepSpeed JSON it points at."""
+
+    model: ModelConfig
+    parallel: ParallelConfig
+    data: DataConfig
+    train: TrainConfig
+    deepspeed: dict  # the loaded ds_configs/*.json, with any ``deepspeed.*`` overrides applied
+
+    @property
+    def seq_length(self) -> int:
+        return self.data.seq_length or self.model.n_positions
+
+
+def _set_dotted(tree: dict, dotted: str, value, where: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: '{dotted}' goes through '{key}', which is not a section.")
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``train.train_iters=50`` -> ('train.train_iters', 50); values parse as YAML scalars."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value.")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a run YAML, apply dotted overrides (``model.n_layer=4``, ``deepspeed.bf16.enabled=true``),
+    load the DeepSpeed JSON it names, and build the typed sections."""
+    raw = load_file(path)
+    sections = ("model", "parallel", "data", "train")
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section '{unknown[0]}'; allowed sections are {', '.join(sections)}.")
+    ds_overrides = []
+    for text in overrides:
+        key, value = parse_override(text)
+        if key.startswith("deepspeed."):
+            ds_overrides.append((key[len("deepspeed."):], value))
+        elif key.split(".")[0] in sections:
+            _set_dotted(raw, key, value, "override")
+        else:
+            raise ConfigError(f"override '{text}': the key must start with one of "
+                              f"{', '.join(sections)} or deepspeed.")
+    train = _from_dict(TrainConfig, raw.get("train") or {}, "train")
+    ds_path = Path(train.deepspeed_config)
+    if not ds_path.is_absolute() and not ds_path.exists():
+        ds_path = Path(path).parent / ds_path  # relative to the run file
+    ds = load_file(ds_path)
+    for key, value in ds_overrides:
+        _set_dotted(ds, key, value, f"override deepspeed.{key}")
+    return RunConfig(model=model_config_from_dict(raw.get("model") or {}),
+                     parallel=_from_dict(ParallelConfig, raw.get("parallel") or {}, "parallel"),
+                     data=_from_dict(DataConfig, raw.get("data") or {}, "data"),
+                     train=train, deepspeed=ds)
+
+
+def validate_run(run: RunConfig, world_size: int) -> RunConfig:
+    """Every check that can fail before a process group exists, with one sentence each."""
+    par = run.parallel.validate(world_size)
+    run.model.validate(par.tp_size)
+    run.data.validate()
+    run.train.validate()
+    if run.seq_length > run.model.n_positions:
+        raise ConfigError(f"data.seq_length={run.seq_length} exceeds model.n_positions={run.model.n_positions}.")
+    ds, name = run.deepspeed, run.train.deepspeed_config
+    stage = (ds.get("zero_optimization") or {}).get("stage", 0)
+    if par.pp_size > 1 and stage > 1:
+        raise ConfigError(
+            f"pipeline stages (parallel.pp_size={par.pp_size}) cannot run with ZeRO stage {stage} "
+            f"({name}: zero_optimization.stage); either use layout 'zero3' with pp_size 1, or a "
+            f"ZeRO stage 0/1 config such as ds_configs/3d.json.")
+    if par.layout == "3d" and stage > 1:
+        raise ConfigError(
+            f"layout '3d' runs DeepSpeed's pipeline engine, which cannot use ZeRO stage {stage} "
+            f"({name}: zero_optimization.stage); point train.deepspeed_config at ds_configs/3d.json "
+            f"(ZeRO-1) or choose layout 'zero3'.")
+    dp = par.dp_size(world_size)
+    micro = ds.get("train_micro_batch_size_per_gpu")
+    gas = ds.get("gradient_accumulation_steps", 1)
+    total = ds.get("train_batch_size")
+    if micro is None:
+        raise ConfigError(f"{name}: set train_micro_batch_size_per_gpu (samples per rank per micro-step).")
+    if total is not None and total != micro * gas * dp:
+        raise ConfigError(
+            f"{name}: train_batch_size={total} is not train_micro_batch_size_per_gpu x "
+            f"gradient_accumulation_steps x data-parallel size = {micro} x {gas} x {dp} = "
+            f"{micro * gas * dp}; drop train_batch_size (it is derived) or fix one of the three.")
+    tr = run.train
+    if tr.rampup_start_batch and tr.rampup_start_batch % (micro * dp):
+        raise ConfigError(f"train.rampup_start_batch={tr.rampup_start_batch} must be a multiple of "
+                          f"micro-batch x data-parallel size = {micro * dp}.")
+    return run

@@ -98,6 +98,19 @@ class Block(nn.Module):
         return self.ln_2(x + self.drop(self.mlp(x)))
 
 
+class PositionEmbedding(nn.Module):
+    """Learned positions. The weight is drawn before it becomes a Parameter: under ZeRO-3's
+    ``zero.Init`` a module's parameters are partitioned as soon as its constructor returns, so
+    re-initialising an ``nn.Embedding`` afterwards would silently do nothing."""
+
+    def __init__(self, n_positions: int, n_embd: int, std: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_positions, n_embd).normal_(0.0, std))
+
+    def forward(self, pos):
+        return F.embedding(pos, self.weight)
+
+
 class Embedding(nn.Module):
     """Token embedding (vocab-parallel, tied with the output head) plus learned positions."""
 
@@ -105,8 +118,7 @@ class Embedding(nn.Module):
         super().__init__()
         self.wte = VocabParallelEmbedding(cfg.padded_vocab_size(ps.tp_size), cfg.n_embd, ps,
                                           init_std=cfg.initializer_range, num_valid=cfg.vocab_size)
-        self.wpe = nn.Embedding(cfg.n_positions, cfg.n_embd)
-        nn.init.normal_(self.wpe.weight, std=cfg.initializer_range)
+        self.wpe = PositionEmbedding(cfg.n_positions, cfg.n_embd, cfg.initializer_range)
         self.drop = nn.Dropout(cfg.embd_pdrop)
         self.n_positions = cfg.n_positions
 
@@ -160,15 +172,29 @@ class LMHead(nn.Module):
 
 
 class GPT(nn.Module):
+    """The whole model. With ``init_seed`` each piece is initialised right after
+    ``torch.manual_seed(init_seed + i)``, i = its position (embedding 0, blocks 1..n_layer), as
+    DeepSpeed's pipeline seeds its layers: one seed gives the same weights in every layout."""
+
     def __init__(self, cfg: ModelConfig, ps: ParallelState | None = None, *,
-                 checkpoint_activations: bool = False):
+                 checkpoint_activations: bool = False, init_seed: int | None = None):
         super().__init__()
         ps = ps or ParallelState.single()
         cfg.validate(ps.tp_size)
         self.cfg, self.ps = cfg, ps
         self.checkpoint_activations = checkpoint_activations
+
+        def seed(i):
+            if init_seed is not None:
+                torch.manual_seed(init_seed + i)
+
+        seed(0)
         self.embed = Embedding(cfg, ps)
-        self.blocks = nn.ModuleList(Block(cfg, ps, i) for i in range(cfg.n_layer))
+        blocks = []
+        for i in range(cfg.n_layer):
+            seed(1 + i)
+            blocks.append(Block(cfg, ps, i))
+        self.blocks = nn.ModuleList(blocks)
         self.ln_f = FinalNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon) if cfg.ln_position == "pre" else None
         self.head = LMHead(cfg, ps, self.embed.wte)
 

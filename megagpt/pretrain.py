@@ -1,0 +1,58 @@
+"""Pretrain a GPT.
+
+    deepspeed --hostfile hostfiles/cluster megagpt/pretrain.py --config run.yaml [key=value ...]
+    mpirun -np 4 python megagpt/pretrain.py --config run.yaml
+    python megagpt/pretrain.py --config run.yaml train.train_iters=20
+
+Overrides are dotted keys of the run file (``model.n_layer=4``, ``parallel.tp_size=2``) or of the
+DeepSpeed JSON it names (``deepspeed.bf16.enabled=true``).
+"""
+import argparse
+import os
+import sys
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from megagpt._entry import fix_path
+
+    fix_path(__file__)
+
+from megagpt.config import ConfigError, load_run_config, validate_run  # noqa: E402
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="Pretrain a GPT with DeepSpeed (layouts zero3 / 3d).")
+    ap.add_argument("--config", required=True, help="run YAML (model, parallel, data, train)")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.train_iters=50")
+    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel(logging.WARNING)
+    from megagpt.train.engine import init_distributed, launch_world_size
+
+    try:
+        run = validate_run(load_run_config(args.config, args.overrides), launch_world_size())
+    except ConfigError as e:  # before any process group: one sentence, non-zero exit
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    init_distributed()
+    from megagpt.train.loop import Trainer
+
+    trainer = Trainer(run)
+    losses = trainer.train()
+    if trainer.is_logger and losses:
+        print(f"done: {len(losses)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Checkpoints through DeepSpeed, made safe to resume from.
+
+DeepSpeed writes model, optimizer and scheduler state under ``<dir>/<tag>/``; each rank adds its
+RNG streams. Only after every rank has finished (a barrier) does rank 0 move ``latest`` to the new
+tag (write to a temporary file, then rename), and only then are tags beyond the last K deleted,
+so an interrupted save is never taken for a whole one.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+TAG = "global_step{}"
+
+
+def _rng_path(ckpt_dir: Path, tag: str, rank: int) -> Path:
+    return ckpt_dir / tag / f"rng_rank{rank}.pt"
+
+
+def latest_tag(ckpt_dir: str | Path) -> str | None:
+    p = Path(ckpt_dir) / "latest"
+    return p.read_text().strip() if p.is_file() else None
+
+
+def save(engine, ckpt_dir: str | Path, step: int, client_state: dict, ps, keep_last: int) -> str:
+    ckpt_dir = Path(ckpt_dir)
+    tag = TAG.format(step)
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+    rank = dist.get_rank()
+    (ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
+    torch.save({"megagpt": ps.rng.state_dict(), "numpy": np.random.get_state(),
+                "python": random.getstate()}, _rng_path(ckpt_dir, tag, rank))
+    dist.barrier()
+    if rank == 0:
+        tmp = ckpt_dir / "latest.tmp"
+        tmp.write_text(tag)
+        os.replace(tmp, ckpt_dir / "latest")
+        steps = sorted(int(m.group(1)) for d in ckpt_dir.iterdir()
+                       if (m := re.fullmatch(r"global_step(\d+)", d.name)) and d.is_dir())
+        for old in steps[:-keep_last]:
+            shutil.rmtree(ckpt_dir / TAG.format(old), ignore_errors=True)
+    dist.barrier()
+    return tag
+
+
+def load(engine, ckpt_dir: str | Path, ps) -> dict | None:
+    """Restore the newest complete checkpoint; returns its client state (None if there is none)."""
+    tag = latest_tag(ckpt_dir)
+    if tag is None:
+        return None
+    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    if path is None:
+        raise RuntimeError(f"{ckpt_dir}/{tag}: DeepSpeed could not load this checkpoint.")
+    rng_file = _rng_path(Path(ckpt_dir), tag, dist.get_rank())
+    if rng_file.is_file():  # absent when resuming on a different world size
+        rng = torch.load(rng_file, weights_only=False)
+        ps.rng.load_state_dict(rng["megagpt"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+    return client_state

@@ -1,0 +1,110 @@
+"""Process setup and DeepSpeed engines for the two layouts.
+
+``zero3``: ``GPT`` built under ``deepspeed.zero.Init`` (parameters partitioned over the DP group
+as they are made), our ParallelState passed as ``mpu``. ``3d``: the same layers as a
+``PipelineModule``, TP groups taken from DeepSpeed's pipeline grid, ZeRO-1.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import deepspeed
+import torch
+import torch.distributed as dist
+
+from megagpt.config import RunConfig
+from megagpt.model.gpt import GPT
+from megagpt.parallel.state import ParallelState
+from megagpt.train.schedule import WarmupCosineLR
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_world_size() -> int:
+    """The world size the launcher asked for, known before any process group exists."""
+    for var in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 1
+
+
+def init_distributed() -> None:
+    """Join the job: ``deepspeed``/torchrun set RANK etc.; ``mpirun`` is discovered through
+    mpi4py; plain ``python`` becomes a world of one."""
+    if dist.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ \
+            and "PMI_RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, verbose=False)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _param_groups(named_params, weight_decay_from_ds: bool = True):
+    """GPT-3 decays weight matrices only: biases and LayerNorm gains go in a no-decay group."""
+    decay, no_decay = [], []
+    for _, p in named_params:
+        if not p.requires_grad:
+            continue
+        shape = getattr(p, "ds_shape", p.shape)  # ZeRO-3 partitioned params keep their shape here
+        (decay if len(shape) >= 2 else no_decay).append(p)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class Built:
+    engine: object
+    ps: ParallelState
+    pipeline: bool
+
+
+def build_engine(run: RunConfig, total_tokens: int) -> Built:
+    cfg, par, tr = run.model, run.parallel, run.train
+    ds = run.deepspeed
+    world = dist.get_world_size()
+    warmup = tr.lr_warmup_tokens if tr.lr_warmup_tokens is not None else total_tokens // 100
+    decay = tr.lr_decay_tokens if tr.lr_decay_tokens is not None else total_tokens
+
+    def scheduler(optimizer):
+        return WarmupCosineLR(optimizer, warmup_tokens=warmup, decay_tokens=max(decay, warmup + 1),
+                              min_ratio=tr.min_lr_ratio)
+
+    if par.layout == "3d":
+        from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology, PipelineParallelGrid
+
+        from megagpt.train.pipeline import build_pipeline
+
+        dp = par.dp_size(world)
+        topo = PipeModelDataParallelTopology(num_pp=par.pp_size, num_mp=par.tp_size, num_dp=dp)
+        grid = PipelineParallelGrid(topology=topo)
+        ps = ParallelState(tp_size=par.tp_size, pp_size=par.pp_size, dp_size=dp, rank=dist.get_rank(),
+                           tp_group=grid.get_slice_parallel_group(),
+                           pp_group=grid.get_pipe_parallel_group(),
+                           dp_group=grid.get_data_parallel_group())
+        model = build_pipeline(cfg, ps, topo, init_seed=tr.seed,
+                               checkpoint_activations=tr.activation_checkpointing)
+        ps.seed(tr.seed)
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=_param_groups(model.named_parameters()),
+                                          config=ds, lr_scheduler=scheduler)
+        return Built(engine, ps, pipeline=True)
+
+    ps = ParallelState.build(tp_size=par.tp_size)
+    stage = (ds.get("zero_optimization") or {}).get("stage", 0)
+    with deepspeed.zero.Init(config_dict_or_path=ds, mpu=ps, enabled=stage == 3):
+        model = GPT(cfg, ps, checkpoint_activations=tr.activation_checkpointing, init_seed=tr.seed)
+    if stage == 3:
+        # the head reads the embedding's weight outside the embedding module
+        deepspeed.zero.register_external_parameter(model.head, model.embed.wte.weight)
+    ps.seed(tr.seed)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=_param_groups(model.named_parameters()),
+                                      config=ds, mpu=ps, lr_scheduler=scheduler)
+    return Built(engine, ps, pipeline=False)

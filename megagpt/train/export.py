@@ -1,0 +1,78 @@
+"""Consolidate a running engine (fresh or loaded from a checkpoint) into one fp32 state dict.
+
+Each parameter's fp32 master copy is gathered over the DP group (ZeRO), then over the TP group
+(``partition_dim``/``partition_stride``), then the pipeline stages are collected on rank 0. The
+result is megagpt's tp-independent full state dict, loadable by ``megagpt.model.GPT`` on one
+device and convertible to Hugging Face GPT-2 with ``megagpt.model.convert.full_to_hf_gpt2``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed.utils import safe_get_full_fp32_param
+
+from megagpt.model.convert import WTE
+from megagpt.parallel.layers import gather_tensor
+
+
+def _full_fp32(p) -> torch.Tensor:
+    t = safe_get_full_fp32_param(p)
+    if t is None:  # no ZeRO optimizer holds a master copy: the parameter is it
+        with deepspeed.zero.GatheredParameters([p], enabled=hasattr(p, "ds_id")):
+            t = p.detach().clone()
+    return t.float().cpu()
+
+
+def consolidated_state_dict(built, cfg) -> dict[str, torch.Tensor] | None:
+    """Collective over all ranks; the full state dict on global rank 0, None elsewhere."""
+    module, ps = built.engine.module, built.ps
+    if built.pipeline:
+        from megagpt.train.pipeline import pipeline_param_name
+
+        named = [(pipeline_param_name(n, cfg.n_layer), p) for n, p in module.named_parameters()]
+    else:
+        named = list(module.named_parameters())
+    local = {}
+    for name, p in named:
+        t = _full_fp32(p)
+        if getattr(p, "tensor_model_parallel", False):
+            t = gather_tensor(t, ps, p.partition_dim, p.partition_stride)
+        if name is not None and name not in local:
+            local[name] = t[: cfg.vocab_size] if name == WTE else t
+    if built.pipeline and ps.pp_size > 1:
+        parts = [None] * ps.pp_size
+        dist.all_gather_object(parts, local, group=ps.pp_group)
+        local = {}
+        for part in parts:
+            for k, v in part.items():
+                local.setdefault(k, v)
+    return local if dist.get_rank() == 0 else None
+
+
+def export(built, cfg, path: str | Path) -> None:
+    """Write {'config', 'state_dict'} to ``path`` atomically (rank 0)."""
+    full = consolidated_state_dict(built, cfg)
+    if full is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"config": asdict(cfg), "state_dict": full}, tmp)
+        os.replace(tmp, path)
+    dist.barrier()
+
+
+def load_exported(path: str | Path):
+    """A single-device ``GPT`` from an exported file."""
+    from megagpt.config import ModelConfig
+    from megagpt.model.convert import load_full_state_dict
+    from megagpt.model.gpt import GPT
+
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    model = GPT(ModelConfig(**blob["config"]))
+    load_full_state_dict(model, blob["state_dict"])
+    return model

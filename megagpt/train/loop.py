@@ -1,0 +1,188 @@
+"""The pretraining loop: data stream, steps, logging, evaluation, checkpoints, resume."""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megagpt.config import RunConfig
+from megagpt.data.gpt_dataset import GPTDataset, micro_batches, split_documents
+from megagpt.data.indexed import IndexedDataset
+from megagpt.model.flops import model_flops_per_token
+from megagpt.train import checkpoint
+from megagpt.train.engine import build_engine
+from megagpt.train.metrics import MetricsWriter, device_peak_flops, format_line, peak_memory_bytes
+from megagpt.train.schedule import rampup_batch_size
+
+
+def _dtype(ds_config: dict) -> torch.dtype:
+    if (ds_config.get("bf16") or {}).get("enabled"):
+        return torch.bfloat16
+    if (ds_config.get("fp16") or {}).get("enabled"):
+        return torch.float16
+    return torch.float32
+
+
+def build_datasets(run: RunConfig, train_samples: int, valid_samples: int):
+    """(train, valid) packed datasets for a single-source run (mixtures plug in here)."""
+    d = run.data
+    shards = [IndexedDataset(p) for p in d.prefixes]
+    if d.valid_prefixes:
+        train_ranges, _ = split_documents(shards, 0.0)
+        valid_ranges, _ = split_documents([IndexedDataset(p) for p in d.valid_prefixes], 0.0)
+    else:
+        train_ranges, valid_ranges = split_documents(shards, d.valid_fraction)
+    train = GPTDataset(train_ranges, run.seq_length, train_samples, d.seed, name="train")
+    valid = None
+    if sum(r.stop - r.start for r in valid_ranges):
+        valid = GPTDataset(valid_ranges, run.seq_length, valid_samples, d.seed + 1, name="valid")
+    return train, valid
+
+
+class Trainer:
+    def __init__(self, run: RunConfig):
+        self.run = run
+        tr, ds = run.train, run.deepspeed
+        world = dist.get_world_size()
+        self.dp = run.parallel.dp_size(world)
+        self.micro = ds["train_micro_batch_size_per_gpu"]
+        self.full_batch = self.micro * ds.get("gradient_accumulation_steps", 1) * self.dp
+        self.seq = run.seq_length
+        total_tokens = tr.train_iters * self.full_batch * self.seq
+        self.built = build_engine(run, total_tokens)
+        self.engine, self.ps = self.built.engine, self.built.ps
+        self.is_logger = dist.get_rank() == 0
+        self.metrics = MetricsWriter(tr.tensorboard_dir, self.is_logger)
+        self.flops_per_token = model_flops_per_token(run.model, self.seq)
+        self.dtype = _dtype(ds)
+        self.peak, self.peak_source = device_peak_flops(self.dtype)
+        self.step, self.consumed, self.tokens = 0, 0, 0
+        if tr.resume and tr.checkpoint_dir:
+            state = checkpoint.load(self.engine, tr.checkpoint_dir, self.ps)
+            if state is not None:
+                self.step, self.consumed, self.tokens = state["step"], state["consumed_samples"], state["tokens"]
+                self.metrics.console(f"resumed from {tr.checkpoint_dir} at step {self.step} "
+                                     f"({self.consumed} samples, {self.tokens} tokens)")
+        self.train_ds, self.valid_ds = build_datasets(
+            run, train_samples=tr.train_iters * self.full_batch,
+            valid_samples=tr.eval_iters * self.micro * self.dp)
+
+    # ----------------------------------------------------------------------------------------
+    def _batch_size(self) -> int:
+        tr = self.run.train
+        if not tr.rampup_start_batch:
+            return self.full_batch
+        return rampup_batch_size(self.tokens, full=self.full_batch, start=tr.rampup_start_batch,
+                                 rampup_tokens=tr.rampup_tokens, multiple=self.micro * self.dp)
+
+    def _dp_mean(self, value: torch.Tensor) -> float:
+        value = value.detach().float().clone()
+        if self.dp > 1:
+            dist.all_reduce(value, group=self.ps.dp_group)
+            value /= self.dp
+        return float(value)
+
+    def train_step(self, data) -> float:
+        bs = self._batch_size()
+        if bs != self.engine.train_batch_size():
+            self.engine.set_train_batch_size(bs)
+        self.engine.lr_scheduler.pending_tokens = bs * self.seq
+        if self.built.pipeline:
+            loss = self.engine.train_batch(data_iter=data)  # averaged over micro-batches and DP
+            value = float(loss)
+        else:
+            total = torch.zeros(())
+            gas = self.engine.gradient_accumulation_steps()
+            for _ in range(gas):
+                x, y = next(data)
+                loss = self.engine(x.to(self.engine.device), y.to(self.engine.device)).mean()
+                self.engine.backward(loss)
+                self.engine.step()
+                total += loss.detach().float().cpu()
+            value = self._dp_mean(total / gas)
+        self.consumed += bs
+        self.tokens += bs * self.seq
+        self.step += 1
+        return value
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        if self.valid_ds is None:
+            return None
+        it = micro_batches(self.valid_ds, 0, self.micro, self.ps.dp_rank, self.dp)
+        n = self.run.train.eval_iters
+        if self.built.pipeline:
+            gas = self.engine.gradient_accumulation_steps()
+            losses = [float(self.engine.eval_batch(it)) for _ in range(max(1, n // gas))]
+            return float(np.mean(losses))
+        self.engine.eval()
+        total = torch.zeros(())
+        for _ in range(n):
+            x, y = next(it)
+            total += self.engine(x.to(self.engine.device), y.to(self.engine.device)).mean().float().cpu()
+        self.engine.train()
+        return self._dp_mean(total / n)
+
+    def save(self):
+        tr = self.run.train
+        if tr.checkpoint_dir:
+            checkpoint.save(self.engine, tr.checkpoint_dir, self.step,
+                            {"step": self.step, "consumed_samples": self.consumed, "tokens": self.tokens},
+                            self.ps, tr.keep_last)
+
+    # ----------------------------------------------------------------------------------------
+    def train(self) -> list[float]:
+        tr = self.run.train
+        data = micro_batches(self.train_ds, self.consumed, self.micro, self.ps.dp_rank, self.dp)
+        stop = min(tr.train_iters, tr.exit_after_iters or tr.train_iters)
+        losses = []
+        self.metrics.console(
+            f"training {self.run.parallel.layout}: tp={self.ps.tp_size} pp={self.ps.pp_size} dp={self.dp}, "
+            f"batch {self.full_batch} x {self.seq} tokens, steps {self.step + 1}..{stop} of {tr.train_iters}; "
+            f"peak {self.peak / 1e12:.3f} TFLOP/s per device ({self.peak_source})")
+        window_t, window_tokens = time.perf_counter(), 0
+        saved_at = self.step
+        while self.step < stop:
+            t0 = time.perf_counter()
+            loss = self.train_step(data)
+            step_time = time.perf_counter() - t0
+            losses.append(loss)
+            window_tokens += self.engine.train_batch_size() * self.seq
+            if self.step % tr.log_interval == 0 or self.step == stop:
+                elapsed = time.perf_counter() - window_t
+                tok_s = window_tokens / elapsed
+                tflops = tok_s * self.flops_per_token / dist.get_world_size() / 1e12
+                m = {"train/loss": loss, "train/ppl": math.exp(min(loss, 50.0)),
+                     "train/lr": self.engine.lr_scheduler.get_lr()[0],
+                     "train/grad_norm": self.engine.get_global_grad_norm(),
+                     "train/tokens_seen": float(self.tokens), "train/batch_size": float(self.engine.train_batch_size()),
+                     "perf/tokens_per_sec": tok_s, "perf/tflops_per_device": tflops,
+                     "perf/mfu": tflops * 1e12 / self.peak, "perf/step_time": step_time,
+                     "perf/peak_memory_gb": peak_memory_bytes() / 2 ** 30}
+                if m["train/grad_norm"] is not None:
+                    m["train/grad_norm"] = float(m["train/grad_norm"])
+                if self.dtype == torch.float16:
+                    m["train/loss_scale"] = float(self.engine.optimizer.cur_scale)
+                self.metrics.scalars(self.step, m)
+                self.metrics.console(format_line(self.step, tr.train_iters, m))
+                window_t, window_tokens = time.perf_counter(), 0
+            if self.step % tr.eval_interval == 0 or self.step == tr.train_iters:
+                v = self.evaluate()
+                if v is not None:
+                    self.metrics.scalars(self.step, {"valid/loss": v, "valid/ppl": math.exp(min(v, 50.0))})
+                    self.metrics.console(f"step {self.step:>6} | valid loss {v:.4f} | valid ppl {math.exp(min(v, 50)):.2f}")
+            if tr.save_interval and self.step % tr.save_interval == 0:
+                self.save()
+                saved_at = self.step
+        if saved_at != self.step:
+            self.save()
+        if tr.export_path and self.step == tr.train_iters:
+            from megagpt.train.export import export
+
+            export(self.built, self.run.model, tr.export_path)
+            self.metrics.console(f"exported fp32 weights to {tr.export_path}")
+        self.metrics.close()
+        return losses

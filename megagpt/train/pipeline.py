@@ -1,0 +1,74 @@
+"""The GPT as a DeepSpeed ``PipelineModule``: the same Embedding / Block / FinalNorm / LMHead
+classes as ``megagpt.model.GPT``, cut into stages, with the embedding tied to the output head.
+
+Layer i is seeded with ``init_seed + i`` exactly as ``GPT(init_seed=...)`` seeds its pieces, so the
+two layouts start from identical weights.
+"""
+from __future__ import annotations
+
+import torch
+from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
+from torch.utils.checkpoint import checkpoint
+
+from megagpt.config import ModelConfig
+from megagpt.model.gpt import Block, Embedding, FinalNorm, LMHead
+from megagpt.parallel.cross_entropy import vocab_parallel_cross_entropy
+from megagpt.parallel.state import ParallelState
+
+
+class EmbeddingPipe(Embedding):
+    """The embedding stage; the same module, on the last stage, also serves as the output head."""
+
+    def __init__(self, cfg: ModelConfig, ps: ParallelState):
+        super().__init__(cfg, ps)
+        self.head = LMHead(cfg, ps, self.wte)
+
+
+def _head_forward(module: EmbeddingPipe, hidden):
+    return module.head(hidden)
+
+
+class PipeLoss:
+    """Mean vocab-parallel cross-entropy of the last stage's logits."""
+
+    def __init__(self, cfg: ModelConfig, ps: ParallelState):
+        self.group = ps.tp_group
+        self.vocab_start = cfg.padded_vocab_size(ps.tp_size) // ps.tp_size * ps.tp_rank
+
+    def __call__(self, logits, targets):
+        return vocab_parallel_cross_entropy(logits, targets, vocab_start=self.vocab_start,
+                                            group=self.group).mean()
+
+
+def build_pipeline(cfg: ModelConfig, ps: ParallelState, topology, *, init_seed: int,
+                   checkpoint_activations: bool = False) -> PipelineModule:
+    specs = [TiedLayerSpec("embed", EmbeddingPipe, cfg, ps, tied_weight_attr="wte.weight")]
+    specs += [LayerSpec(Block, cfg, ps, i) for i in range(cfg.n_layer)]
+    if cfg.ln_position == "pre":
+        specs.append(LayerSpec(FinalNorm, cfg.n_embd, eps=cfg.layer_norm_epsilon))
+    specs.append(TiedLayerSpec("embed", EmbeddingPipe, cfg, ps, forward_fn=_head_forward,
+                               tied_weight_attr="wte.weight"))
+
+    def checkpoint_fn(fn, *args):
+        # our RNG tracker replays the forked (per-TP-rank) dropout stream on recompute
+        return checkpoint(fn, *args, use_reentrant=False, context_fn=ps.rng.checkpoint_contexts)
+
+    return PipelineModule(
+        layers=specs, topology=topology, loss_fn=PipeLoss(cfg, ps), partition_method="type:Block",
+        seed_layers=True, base_seed=init_seed, seed_fn=lambda s: torch.manual_seed(int(s)),
+        activation_checkpoint_interval=1 if checkpoint_activations else 0,
+        activation_checkpoint_func=checkpoint_fn, checkpointable_layers=["Block"])
+
+
+def pipeline_param_name(name: str, n_layer: int) -> str | None:
+    """A PipelineModule parameter name as megagpt's full-state-dict name (None: the head's unused
+    copy of the position table)."""
+    if name.startswith("tied_modules.embed."):
+        return "embed." + name[len("tied_modules.embed."):]
+    idx, rest = name.split(".", 1)
+    i = int(idx)
+    if 1 <= i <= n_layer:
+        return f"blocks.{i - 1}.{rest}"
+    if i == n_layer + 1:
+        return f"ln_f.{rest}"
+    return None
