@@ -155,7 +155,9 @@ class LMHead(nn.Module):
         emb = self.embedding[0]
         valid = max(0, min(emb.weight.size(0), self.vocab_size - emb.vocab_start))
         w = emb.weight if valid == emb.weight.size(0) else emb.weight[:valid]
-        return F.linear(copy_to_tp(h, self.ps.tp_group), w)  # (B, T, V_local)
+        # matmul, not F.linear: ZeRO-3 swaps F.linear for a version that fails on a rank whose
+        # slice is all padding (zero columns)
+        return torch.matmul(copy_to_tp(h, self.ps.tp_group), w.t())  # (B, T, V_local)
 
     def loss(self, logits, targets, ignore_index=-100):
         return vocab_parallel_cross_entropy(logits, targets, vocab_start=self.embedding[0].vocab_start,

@@ -99,7 +99,10 @@ def build_engine(run: RunConfig, total_tokens: int) -> Built:
 
     ps = ParallelState.build(tp_size=par.tp_size)
     stage = (ds.get("zero_optimization") or {}).get("stage", 0)
-    with deepspeed.zero.Init(config_dict_or_path=ds, mpu=ps, enabled=stage == 3):
+    # zero.Init ignores mpu for its group: without data_parallel_group it would partition (and
+    # broadcast rank 0's TP shard) over the whole world
+    with deepspeed.zero.Init(config_dict_or_path=ds, mpu=ps, data_parallel_group=ps.dp_group,
+                             enabled=stage == 3):
         model = GPT(cfg, ps, checkpoint_activations=tr.activation_checkpointing, init_seed=tr.seed)
     if stage == 3:
         # the head reads the embedding's weight outside the embedding module
