@@ -86,6 +86,10 @@ class Trainer:
         return float(value)
 
     def train_step(self, data) -> float:
+        # Dropout streams are re-seeded from (seed, step) every step: a resumed run draws the same
+        # masks as an uninterrupted one whatever else touched the generators in between (the
+        # pipeline engine's first batch does).
+        self.ps.seed(self.run.train.seed * 1_000_003 + self.step)
         bs = self._batch_size()
         if bs != self.engine.train_batch_size():
             self.engine.set_train_batch_size(bs)

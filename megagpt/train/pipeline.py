@@ -40,6 +40,17 @@ class PipeLoss:
                                             group=self.group).mean()
 
 
+def _seed_build(spec: LayerSpec, seed: int) -> None:
+    """Initialise this layer right after ``torch.manual_seed(seed)``, on whichever stage builds it."""
+    build = spec.build
+
+    def seeded_build(log=False):
+        torch.manual_seed(seed)
+        return build(log=log)
+
+    spec.build = seeded_build
+
+
 def build_pipeline(cfg: ModelConfig, ps: ParallelState, topology, *, init_seed: int,
                    checkpoint_activations: bool = False) -> PipelineModule:
     specs = [TiedLayerSpec("embed", EmbeddingPipe, cfg, ps, tied_weight_attr="wte.weight")]
@@ -48,6 +59,8 @@ def build_pipeline(cfg: ModelConfig, ps: ParallelState, topology, *, init_seed: 
         specs.append(LayerSpec(FinalNorm, cfg.n_embd, eps=cfg.layer_norm_epsilon))
     specs.append(TiedLayerSpec("embed", EmbeddingPipe, cfg, ps, forward_fn=_head_forward,
                                tied_weight_attr="wte.weight"))
+    for i, spec in enumerate(specs):
+        _seed_build(spec, init_seed + i)
 
     def checkpoint_fn(fn, *args):
         # our RNG tracker replays the forked (per-TP-rank) dropout stream on recompute
@@ -55,7 +68,9 @@ def build_pipeline(cfg: ModelConfig, ps: ParallelState, topology, *, init_seed: 
 
     return PipelineModule(
         layers=specs, topology=topology, loss_fn=PipeLoss(cfg, ps), partition_method="type:Block",
-        seed_layers=True, base_seed=init_seed, seed_fn=lambda s: torch.manual_seed(int(s)),
+        # not seed_layers: DeepSpeed would then reseed every layer on every forward from a
+        # call counter that checkpoints do not keep, so dropout would change on resume
+        seed_layers=False,
         activation_checkpoint_interval=1 if checkpoint_activations else 0,
         activation_checkpoint_func=checkpoint_fn, checkpointable_layers=["Block"])
 
