@@ -40,7 +40,8 @@ def _run(cmd, timeout=300):
 def test_deepspeed_launcher_with_localhost_hostfile(tmp_path, shard):
     exe = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
     port = str(29500 + os.getpid() % 1000)
-    r = _run([exe, "--hostfile", str(ROOT / "hostfiles" / "localhost"), "--master_port", port,
+    r = _run([exe, "--hostfile", str(ROOT / "hostfiles" / "localhost"), "--no_ssh_check",
+              "--master_addr", "127.0.0.1", "--master_port", port,
               str(ROOT / "megagpt" / "pretrain.py"), "--config", str(RUN), *_overrides(tmp_path, shard)])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "dp=2" in r.stdout and "done: 4 steps" in r.stdout
