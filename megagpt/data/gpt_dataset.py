@@ -86,16 +86,32 @@ class GPTDataset:
 
 
 def micro_batches(dataset, consumed_samples: int, micro_batch: int, dp_rank: int,
-                  dp_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """This DP rank's micro-batches from sample ``consumed_samples`` on, as (inputs, targets).
+                  dp_size: int, with_source: bool = False) -> Iterator[tuple]:
+    """This DP rank's micro-batches from sample ``consumed_samples`` on, as (inputs, targets), or
+    (inputs, targets, source ids) with ``with_source`` (a blended dataset's ``source_of``).
 
     The global stream is cut into chunks of ``micro_batch * dp_size`` samples; rank r takes the
     r-th ``micro_batch`` of each. Resuming from a consumed-sample count continues exactly.
     """
     step = micro_batch * dp_size
     start = consumed_samples
+    source_of = getattr(dataset, "source_of", lambda i: 0)
     while True:
         idx = [(start + dp_rank * micro_batch + k) % len(dataset) for k in range(micro_batch)]
         batch = torch.from_numpy(np.stack([dataset[i] for i in idx]))
-        yield batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+        x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+        if with_source:
+            yield x, y, torch.tensor([source_of(i) for i in idx])
+        else:
+            yield x, y
         start += step
+
+
+def source_counts(dataset, start: int, stop: int, n_sources: int) -> np.ndarray:
+    """How many of samples [start, stop) of the global stream each source supplied."""
+    index = getattr(dataset, "dataset_index", None)
+    if index is None:
+        return np.array([stop - start])
+    n = len(index)
+    picks = np.arange(start, stop) % n
+    return np.bincount(index[picks], minlength=n_sources)

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megagpt.config import RunConfig
-from megagpt.data.gpt_dataset import GPTDataset, micro_batches, split_documents
+from megagpt.config import ConfigError, RunConfig
+from megagpt.data.gpt_dataset import GPTDataset, micro_batches, source_counts, split_documents
 from megagpt.data.indexed import IndexedDataset
 from megagpt.model.flops import model_flops_per_token
 from megagpt.train import checkpoint
@@ -27,8 +27,25 @@ def _dtype(ds_config: dict) -> torch.dtype:
 
 
 def build_datasets(run: RunConfig, train_samples: int, valid_samples: int):
-    """(train, valid) packed datasets for a single-source run (mixtures plug in here)."""
+    """(train, valid, valid by source). A mixture's train set is its blended dataset; a single
+    source's is one packed dataset over its shards."""
     d = run.data
+    if d.mixture:
+        from megagpt.data import mixture
+
+        spec = mixture.load_spec(d.mixture)
+        if spec.seq_length != run.seq_length:
+            raise ConfigError(f"{d.mixture}: seq_length {spec.seq_length} differs from the run's "
+                              f"{run.seq_length} (data.seq_length / model.n_positions).")
+        if dist.get_rank() == 0:
+            report = mixture.build(spec)
+            print(mixture.format_report(report), flush=True)
+        dist.barrier()
+        train, valid_by_source = mixture.load(spec)
+        if len(train) < train_samples:
+            raise ConfigError(f"{d.mixture}: total_tokens gives {len(train)} samples but the run needs "
+                              f"{train_samples} (train_iters x batch); raise total_tokens.")
+        return train, None, {k: v for k, v in valid_by_source.items() if v is not None}
     shards = [IndexedDataset(p) for p in d.prefixes]
     if d.valid_prefixes:
         train_ranges, _ = split_documents(shards, 0.0)
@@ -39,7 +56,7 @@ def build_datasets(run: RunConfig, train_samples: int, valid_samples: int):
     valid = None
     if sum(r.stop - r.start for r in valid_ranges):
         valid = GPTDataset(valid_ranges, run.seq_length, valid_samples, d.seed + 1, name="valid")
-    return train, valid
+    return train, valid, {}
 
 
 class Trainer:
@@ -66,9 +83,12 @@ class Trainer:
                 self.step, self.consumed, self.tokens = state["step"], state["consumed_samples"], state["tokens"]
                 self.metrics.console(f"resumed from {tr.checkpoint_dir} at step {self.step} "
                                      f"({self.consumed} samples, {self.tokens} tokens)")
-        self.train_ds, self.valid_ds = build_datasets(
+        self.train_ds, self.valid_ds, self.valid_by_source = build_datasets(
             run, train_samples=tr.train_iters * self.full_batch,
             valid_samples=tr.eval_iters * self.micro * self.dp)
+        self.sources = list(getattr(self.train_ds, "names", []))
+        self._reset_source_window()
+        self._src_tokens = source_counts(self.train_ds, 0, self.consumed, len(self.sources)) * self.seq
 
     # ----------------------------------------------------------------------------------------
     def _batch_size(self) -> int:
@@ -101,22 +121,63 @@ class Trainer:
             total = torch.zeros(())
             gas = self.engine.gradient_accumulation_steps()
             for _ in range(gas):
-                x, y = next(data)
-                loss = self.engine(x.to(self.engine.device), y.to(self.engine.device)).mean()
+                x, y, src = next(data)
+                token_loss = self.engine(x.to(self.engine.device), y.to(self.engine.device))
+                loss = token_loss.mean()
                 self.engine.backward(loss)
                 self.engine.step()
                 total += loss.detach().float().cpu()
+                if self.sources:
+                    per_sample = token_loss.detach().float().mean(dim=1).cpu()
+                    self._src_loss.index_add_(0, src, per_sample)
+                    self._src_n.index_add_(0, src, torch.ones_like(per_sample))
             value = self._dp_mean(total / gas)
+        if self.sources:
+            self._src_tokens += source_counts(self.train_ds, self.consumed, self.consumed + bs,
+                                              len(self.sources)) * self.seq
         self.consumed += bs
         self.tokens += bs * self.seq
         self.step += 1
         return value
 
+    def _reset_source_window(self):
+        n = len(self.sources)
+        self._src_loss, self._src_n = torch.zeros(n), torch.zeros(n)
+
+    def _source_scalars(self) -> dict[str, float]:
+        """train/loss/<source> over the log window (zero3 layout) and train/tokens/<source>."""
+        out = {}
+        if not self.sources:
+            return out
+        if not self.built.pipeline:
+            both = torch.stack([self._src_loss, self._src_n])
+            if self.dp > 1:
+                dist.all_reduce(both, group=self.ps.dp_group)
+            for i, name in enumerate(self.sources):
+                if both[1, i] > 0:
+                    out[f"train/loss/{name}"] = float(both[0, i] / both[1, i])
+        for i, name in enumerate(self.sources):
+            out[f"train/tokens/{name}"] = float(self._src_tokens[i])
+        self._reset_source_window()
+        return out
+
     @torch.no_grad()
-    def evaluate(self) -> float | None:
+    def evaluate(self) -> dict[str, float]:
+        """valid/loss (and per source valid/loss/<source> for a mixture)."""
+        if self.valid_by_source:
+            out = {f"valid/loss/{name}": self._eval_on(ds) for name, ds in self.valid_by_source.items()}
+            # weight each source's held-out loss by its share of the training mixture
+            counts = np.bincount(self.train_ds.dataset_index, minlength=len(self.sources))
+            weights = dict(zip(self.sources, counts.tolist()))
+            total = sum(weights[n] for n in self.valid_by_source)
+            out["valid/loss"] = sum(out[f"valid/loss/{n}"] * weights[n] / total for n in self.valid_by_source)
+            return out
         if self.valid_ds is None:
-            return None
-        it = micro_batches(self.valid_ds, 0, self.micro, self.ps.dp_rank, self.dp)
+            return {}
+        return {"valid/loss": self._eval_on(self.valid_ds)}
+
+    def _eval_on(self, dataset) -> float:
+        it = micro_batches(dataset, 0, self.micro, self.ps.dp_rank, self.dp)
         n = self.run.train.eval_iters
         if self.built.pipeline:
             gas = self.engine.gradient_accumulation_steps()
@@ -140,7 +201,8 @@ class Trainer:
     # ----------------------------------------------------------------------------------------
     def train(self) -> list[float]:
         tr = self.run.train
-        data = micro_batches(self.train_ds, self.consumed, self.micro, self.ps.dp_rank, self.dp)
+        data = micro_batches(self.train_ds, self.consumed, self.micro, self.ps.dp_rank, self.dp,
+                             with_source=not self.built.pipeline)
         stop = min(tr.train_iters, tr.exit_after_iters or tr.train_iters)
         losses = []
         self.metrics.console(
@@ -168,6 +230,7 @@ class Trainer:
                      "perf/peak_memory_gb": peak_memory_bytes() / 2 ** 30}
                 if m["train/grad_norm"] is not None:
                     m["train/grad_norm"] = float(m["train/grad_norm"])
+                m.update(self._source_scalars())
                 if self.dtype == torch.float16:
                     m["train/loss_scale"] = float(self.engine.optimizer.cur_scale)
                 self.metrics.scalars(self.step, m)
@@ -175,9 +238,11 @@ class Trainer:
                 window_t, window_tokens = time.perf_counter(), 0
             if self.step % tr.eval_interval == 0 or self.step == tr.train_iters:
                 v = self.evaluate()
-                if v is not None:
-                    self.metrics.scalars(self.step, {"valid/loss": v, "valid/ppl": math.exp(min(v, 50.0))})
-                    self.metrics.console(f"step {self.step:>6} | valid loss {v:.4f} | valid ppl {math.exp(min(v, 50)):.2f}")
+                if v:
+                    v["valid/ppl"] = math.exp(min(v["valid/loss"], 50.0))
+                    self.metrics.scalars(self.step, v)
+                    self.metrics.console(f"step {self.step:>6} | " + " | ".join(
+                        f"{k[6:]} {val:.4f}" for k, val in v.items()))
             if tr.save_interval and self.step % tr.save_interval == 0:
                 self.save()
                 saved_at = self.step
