@@ -13,7 +13,7 @@ def identifier():
     global _IDENTIFIER  # one model per process; loading it costs ~0.3 s
     if _IDENTIFIER is None:
         from py3langid.langid import MODEL_FILE, LanguageIdentifier
-        _IDENTIFIER = LanguageIdentifier.from_pickled_model(MODEL_FILE, norm_probs=True)
+        _IDENTIFIER = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
     return _IDENTIFIER
 
 
