@@ -61,7 +61,7 @@ def normalize(text: str) -> str:
 
 
 def exact_hash(text: str) -> int:
-    return xxhash.xxh64_intdigest(normalize(text))
+    return xxhash.xxh64_intdigest(normalize(text).encode())
 
 
 def shingle_hashes(text: str, n: int = 5) -> np.ndarray:
