@@ -213,17 +213,19 @@ def read_warc(path: Path, source: str, errors: ErrorLog, wet: bool) -> Iterator[
         it = ArchiveIterator(f)
         try:
             for rec in it:
-                offset = it.get_record_offset()
+                body = rec.content_stream().read() if rec.rec_type == want else b""
+                # offset of this record; the next one starts after it (where a failure is reported)
+                here = it.get_record_offset()
+                offset = here + it.get_record_length()
                 if rec.rec_type != want:
                     continue
                 url = rec.rec_headers.get_header("WARC-Target-URI")
-                rid = rec.rec_headers.get_header("WARC-Record-ID") or f"{path.name}@{offset}"
-                body = rec.content_stream().read()
+                rid = rec.rec_headers.get_header("WARC-Record-ID") or f"{path.name}@{here}"
                 if wet:
                     try:
                         text = body.decode("utf-8")
                     except UnicodeDecodeError as e:
-                        errors.add(path, offset, "invalid_utf8", f"record {rid}: {e.reason}")
+                        errors.add(path, here, "invalid_utf8", f"record {rid}: {e.reason}")
                         continue
                 else:
                     ctype = (rec.http_headers.get_header("Content-Type") or "") if rec.http_headers else ""
@@ -234,6 +236,11 @@ def read_warc(path: Path, source: str, errors: ErrorLog, wet: bool) -> Iterator[
                 yield Document(text=text, id=rid.strip("<>"), source=source, url=url)
         except Exception as e:  # warcio: ArchiveLoadFailed, zlib/EOF on truncated gzip
             errors.add(path, offset, "bad_warc", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}")
+            return
+    # warcio ends quietly at a truncated gzip member: bytes left after the last whole record
+    size = os.path.getsize(path)
+    if offset < size:
+        errors.add(path, offset, "bad_warc", f"truncated: {size - offset} bytes after the last whole record")
 
 
 def _charset(ctype: str) -> str:
