@@ -258,3 +258,30 @@ def removals(groups: list[np.ndarray], is_reference: Callable[[np.ndarray], np.n
             remove.append(g[1:])  # g is sorted: the first document in input order survives
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, dtype=np.int64)  # noqa: E731
     return cat(remove + cross), cat(cross), sizes
+
+
+def dedup_texts(texts: list[str], cfg: DedupConfig, references: list[str] = ()) -> dict:
+    """All passes in memory for a list of texts (tests, benchmarks, small sources): returns
+    removed indices into ``texts``, the clusters (indices; references numbered after texts)
+    and edge counts. The pipeline runs the same functions over files instead."""
+    allt = list(texts) + list(references)
+    step = SignatureStep(cfg)
+    list(step((Document(t, str(i)) for i, t in enumerate(allt)), Stats()))
+    table, gids = step.table, np.arange(len(allt), dtype=np.int64)
+    bands, keys, g = table_keys(table, gids, cfg)
+    ex = bands == -1
+    exact_pairs = set(map(tuple, bucket_edges(keys[ex], g[ex], bands[ex]).tolist()))
+    edges = bucket_edges(keys, g, bands)
+    sh: dict[int, np.ndarray] = {}
+
+    def shingles_of(i):
+        if i not in sh:
+            sh[i] = shingle_hashes(allt[i], cfg.ngram)
+        return sh[i]
+
+    sigs = step.hasher.signatures([shingle_hashes(t, cfg.ngram) for t in allt]) if cfg.verify == "signature" else None
+    confirmed = verify_edges(edges, exact_pairs, cfg, shingles_of, (lambda i: sigs[i]) if sigs is not None else None)
+    groups = clusters(confirmed)
+    remove, cross, _ = removals(groups, lambda grp: grp >= len(texts))
+    return {"removed": np.sort(remove), "cross": np.sort(cross), "clusters": groups,
+            "candidate_edges": len(edges), "confirmed_edges": len(confirmed)}
