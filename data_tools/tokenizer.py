@@ -53,7 +53,8 @@ def train(texts: Iterable[str], model_path, cfg: TokenizerConfig = TokenizerConf
     import sentencepiece as spm
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_prefix = model_path.with_name(model_path.stem + f".tmp{os.getpid()}")
+    # a fixed temporary name: the trainer records it in the model, which must not vary by run
+    tmp_prefix = model_path.with_name(model_path.stem + ".tmp")
     sample = Path(str(tmp_prefix) + ".sample.txt")
     stride = max(1, (total_bytes or 0) // max(cfg.sample_bytes, 1))
     write_sample(texts, sample, cfg.sample_bytes, stride)
