@@ -284,4 +284,4 @@ def dedup_texts(texts: list[str], cfg: DedupConfig, references: list[str] = ()) 
     groups = clusters(confirmed)
     remove, cross, _ = removals(groups, lambda grp: grp >= len(texts))
     return {"removed": np.sort(remove), "cross": np.sort(cross), "clusters": groups,
-            "candidate_edges": len(edges), "confirmed_edges": len(confirmed)}
+            "candidate_edges": len(edges), "confirmed_edges": len(confirmed), "edges": confirmed}
