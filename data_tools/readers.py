@@ -239,6 +239,11 @@ def read_warc(path: Path, source: str, errors: ErrorLog, wet: bool) -> Iterator[
             return
     # warcio ends quietly at a truncated gzip member: bytes left after the last whole record
     size = os.path.getsize(path)
+    if 0 < size - offset <= 16:  # uncompressed WARC: the record's trailing CRLFs are not counted
+        with open(path, "rb") as f:
+            f.seek(offset)
+            if not f.read().strip():
+                offset = size
     if offset < size:
         errors.add(path, offset, "bad_warc", f"truncated: {size - offset} bytes after the last whole record")
 

@@ -18,7 +18,7 @@ TEXTS = ["First page.\nIt has two lines.", "Zweite Seite mit Umlauten: äöü ß
 
 def write_warc(path, texts, wet):
     with open(path, "wb") as f:
-        w = WARCWriter(f, gzip=True)
+        w = WARCWriter(f, gzip=str(path).endswith(".gz"))
         for i, t in enumerate(texts):
             url = f"http://example{i}.com/page"
             if wet:
@@ -33,9 +33,9 @@ def write_warc(path, texts, wet):
             w.write_record(w.create_warc_record(url, "request", payload=io.BytesIO(b"GET / HTTP/1.1\r\n\r\n")))
 
 
-@pytest.mark.parametrize("wet", [True, False])
-def test_warc_wet_roundtrip(tmp_path, wet):
-    p = tmp_path / ("a.warc.wet.gz" if wet else "a.warc.gz")
+@pytest.mark.parametrize("wet,gz", [(True, True), (False, True), (True, False), (False, False)])
+def test_warc_wet_roundtrip(tmp_path, wet, gz):
+    p = tmp_path / (("a.warc.wet" if wet else "a.warc") + (".gz" if gz else ""))
     write_warc(p, TEXTS, wet)
     errors = ErrorLog()
     docs = list(read_file(p, "cc", errors))
@@ -56,6 +56,9 @@ def test_truncated_gzip_warc_keeps_good_records(tmp_path):
     assert errors.counts["bad_warc"] == 1
     e = errors.entries[0]
     assert e["file"] == str(p) and isinstance(e["offset"], int) and e["offset"] > 0
+    garbage = tmp_path / "g.warc.gz"
+    garbage.write_bytes(bytes(range(256)) * 10)
+    assert list(read_file(garbage, "cc", errors)) == [] and errors.counts["bad_warc"] == 2
 
 
 WIKI = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10" xml:lang="en">
