@@ -104,7 +104,7 @@ def main():
     t0 = time.perf_counter()
     mhs = []
     for t in texts:
-        w = dd._WORD.findall(t.lower())
+        w = dd.words(t)
         m = MinHash(num_perm=cfg.num_perm)
         m.update_batch([" ".join(w[i:i + 5]).encode() for i in range(max(1, len(w) - 4))])
         mhs.append(m)

@@ -18,7 +18,7 @@ product with multiply-shift hashing, and reduced per document with ``np.minimum.
 """
 from __future__ import annotations
 
-import re
+import string
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -27,7 +27,6 @@ import xxhash
 
 from data_tools.document import Document, Stats
 
-_WORD = re.compile(r"\w+")
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -55,21 +54,45 @@ class DedupConfig:
         return self.bands * self.rows
 
 
+# punctuation becomes a word break; str.translate + split is ~2.5x faster than re.findall(r"\w+")
+_PUNCT = str.maketrans({c: " " for c in string.punctuation + "\u2018\u2019\u201c\u201d\u2026\u2013"
+                        "\u2014\u00ab\u00bb\u00bf\u00a1\u3001\u3002\uff0c\uff01\uff1f\uff1a\uff1b"})
+_WORD_HASH: dict[str, int] = {}   # Zipf: most words seen before; a dict hit is ~4x cheaper than xxh64
+_WORD_HASH_MAX = 1 << 20
+
+
+def words(text: str) -> list[str]:
+    """Lowercased words with punctuation removed (the unit of shingles and exact hashes)."""
+    return text.lower().translate(_PUNCT).split()
+
+
 def normalize(text: str) -> str:
     """Lowercased words joined by single spaces: whitespace/punctuation-only edits hash equal."""
-    return " ".join(_WORD.findall(text.lower()))
+    return " ".join(words(text))
 
 
 def exact_hash(text: str) -> int:
     return xxhash.xxh64_intdigest(normalize(text).encode())
 
 
-def shingle_hashes(text: str, n: int = 5) -> np.ndarray:
-    """Sorted unique uint64 hashes of the word n-grams of ``text`` (lowercased ``\\w+`` words)."""
-    words = _WORD.findall(text.lower())
-    if not words:
+def word_hashes(ws: list[str]) -> np.ndarray:
+    out = list(map(_WORD_HASH.get, ws))
+    if None in out:
+        if len(_WORD_HASH) > _WORD_HASH_MAX:
+            _WORD_HASH.clear()  # bounded memory
+        for i, w in enumerate(ws):
+            if out[i] is None:
+                out[i] = _WORD_HASH[w] = xxhash.xxh64_intdigest(w.encode())
+    return np.array(out, dtype=np.uint64)
+
+
+def shingle_hashes(text: str, n: int = 5, unique: bool = True, ws: list[str] | None = None) -> np.ndarray:
+    """uint64 hashes of the word n-grams of ``text`` (sorted and unique unless ``unique=False``:
+    MinHash does not need it and the sort is a third of the cost). ``ws``: its words if known."""
+    ws = words(text) if ws is None else ws
+    if not ws:
         return np.array([xxhash.xxh64_intdigest(text.encode())], dtype=np.uint64)
-    wh = np.fromiter((xxhash.xxh64_intdigest(w.encode()) for w in words), dtype=np.uint64, count=len(words))
+    wh = word_hashes(ws)
     k = min(n, len(wh))
     m = len(wh) - k + 1
     # polynomial combination of the k word hashes (wraps mod 2^64): order-sensitive, cheap
@@ -77,7 +100,7 @@ def shingle_hashes(text: str, n: int = 5) -> np.ndarray:
     with np.errstate(over="ignore"):
         for j in range(1, k):
             h = h * _MIX + wh[j:j + m]
-    return np.unique(h)
+    return np.unique(h) if unique else h
 
 
 class MinHasher:
@@ -155,9 +178,10 @@ class SignatureStep:
     def _flush(self, docs, stats):
         if not docs:
             return
-        ex = np.array([exact_hash(d.text) for d in docs], dtype=np.uint64)
+        ws = [words(d.text) for d in docs]  # split once for the exact hash and the shingles
+        ex = np.array([xxhash.xxh64_intdigest(" ".join(w).encode()) for w in ws], dtype=np.uint64)
         sig = self.hasher.band_hashes(self.hasher.signatures(
-            [shingle_hashes(d.text, self.cfg.ngram) for d in docs]))
+            [shingle_hashes(d.text, self.cfg.ngram, unique=False, ws=w) for d, w in zip(docs, ws)]))
         self.rows.append(np.concatenate([ex[:, None], sig], axis=1))
         stats.count(self.name, "documents", len(docs))
         yield from docs
