@@ -14,6 +14,7 @@ import gzip
 import io
 import json
 import os
+import re
 import zlib
 from html.parser import HTMLParser
 from pathlib import Path
@@ -38,8 +39,8 @@ def detect_format(path: str | Path) -> str:
         return "parquet"
     if name.endswith(".txt"):
         return "txt"
-    if name.endswith((".xml.bz2", ".xml")):
-        return "wiki"
+    if name.endswith((".xml.bz2", ".xml")) or (name.endswith(".bz2") and ".xml" in name):
+        return "wiki"  # dump parts are named like enwiki-...-pages-articles1.xml-p10p30302.bz2
     raise ValueError(f"{path}: unknown input format; use one of .wet(.gz), .warc(.gz), "
                      f".jsonl(.gz), .parquet, .txt, .xml(.bz2), or pass --format {{{','.join(FORMATS)}}}.")
 
@@ -261,31 +262,70 @@ def _charset(ctype: str) -> str:
 
 
 # --------------------------------------------------------------------------- Wikipedia
+_DROP_TAGS = {"ref", "references", "table", "gallery", "math", "timeline", "imagemap", "score",
+              "syntaxhighlight", "source", "chem", "graph", "mapframe", "templatedata", "nowiki"}
+_DROP_LINK = {"file", "image", "category", "media", "wikipedia", "wp", "help", "template", "portal",
+              "special", "user", "talk", "draft", "module", "wiktionary", "wikt", "s", "commons"}
+_LANG_PREFIX = re.compile(r"[a-z]{2,3}(-[a-z]+)*")
+_REF = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>", re.S | re.I)
+
+
 def wikitext_to_text(wikitext: str) -> str:
-    """Plain text of an article: templates, refs, tables and files/categories dropped; links keep
-    their visible text."""
+    """Plain text of an article: templates, refs, tables, files, categories and interlanguage
+    links dropped; links keep their visible text; headings kept as lines. One walk over the parse
+    tree (removing nodes one by one from mwparserfromhell's tree is quadratic on long articles)."""
     import mwparserfromhell as mw
-    code = mw.parse(wikitext)
-    for node in list(code.filter_templates(recursive=False)):
-        _remove(code, node)
-    for node in list(code.filter_tags(recursive=True)):
-        if str(node.tag).lower() in ("ref", "table", "gallery", "references", "math", "timeline"):
-            _remove(code, node)
-    for node in list(code.filter_wikilinks(recursive=True)):
-        title = str(node.title).strip().lower()
-        if title.startswith(("file:", "image:", "category:", "media:")) or ":" in title[:3]:
-            _remove(code, node)
-    text = code.strip_code(normalize=True, collapse=True)
-    lines = [line.strip() for line in text.split("\n")]
-    out = "\n".join(line for line in lines if line and not line.startswith(("{|", "|}", "|", "!")))
-    return out.replace("'''", "").replace("''", "")
+    # refs first, by pattern: the parser leaves a ref as plain text when its markup is unbalanced
+    wikitext = _REF.sub("", wikitext)
+    out: list[str] = []
+    _walk(mw.parse(wikitext).nodes, out, mw.nodes)
+    kept, in_table = [], 0
+    for line in "".join(out).replace("'''", "").replace("''", "").split("\n"):
+        line = " ".join(line.split())
+        # tables the parser could not structure come through as raw {| ... |} lines
+        if line.startswith("{|"):
+            in_table += 1
+        elif line.startswith("|}"):
+            in_table = max(0, in_table - 1)
+        elif line.startswith("[[") and line[2:].split(":", 1)[0].strip().lower() in _DROP_LINK:
+            continue  # a file/category link the parser left as text (nested markup in a caption)
+        elif line and not in_table and not line.startswith(("|", "!")):
+            kept.append(line)
+    return "\n".join(kept)
 
 
-def _remove(code, node):
-    try:
-        code.remove(node)
-    except ValueError:  # already removed with its parent
-        pass
+def _walk(nodes, out, n) -> None:
+    for node in nodes:
+        if isinstance(node, n.Text):
+            out.append(str(node.value))
+        elif isinstance(node, n.Wikilink):
+            title = str(node.title).strip()
+            prefix, colon, _ = title.lstrip(":").partition(":")
+            prefix = prefix.strip().lower()
+            if colon and (prefix in _DROP_LINK or _LANG_PREFIX.fullmatch(prefix)):
+                continue
+            if node.text is not None:
+                _walk(node.text.nodes, out, n)
+            else:
+                out.append(title.lstrip(":").split("#")[0] or title)
+        elif isinstance(node, n.Tag):
+            tag = str(node.tag).strip().lower()
+            if tag in _DROP_TAGS:
+                continue
+            if tag in ("br", "p", "div", "li", "dd", "dt"):
+                out.append("\n")
+            if node.contents is not None:
+                _walk(node.contents.nodes, out, n)
+        elif isinstance(node, n.Heading):
+            out.append("\n")
+            _walk(node.title.nodes, out, n)
+            out.append("\n")
+        elif isinstance(node, n.ExternalLink):
+            if node.title is not None:
+                _walk(node.title.nodes, out, n)
+        elif isinstance(node, n.HTMLEntity):
+            out.append(node.normalize())
+        # Template, Comment, Argument: dropped
 
 
 def read_wiki(path: Path, source: str, errors: ErrorLog) -> Iterator[Document]:
