@@ -198,24 +198,25 @@ def dedup_stage(files: dict[int, Path], cfg: dd.DedupConfig, comm=None) -> dict:
     are reference sources). Each rank passes its own files; returns the removal summary (same
     on every rank)."""
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
-    bands, keys, gids = [], [], []
-    for fno, base in sorted(files.items()):
-        table = np.load(str(base) + ".sig.npy")
-        b, k, g = dd.table_keys(table, _gids(fno, len(table)), cfg)
-        bands.append(b), keys.append(k), gids.append(g)
     cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt)  # noqa: E731
-    bands, keys, gids = cat(bands, np.int64), cat(keys, np.uint64), cat(gids, np.int64)
-    if comm is not None and size > 1:
-        # bucket exchange: (band, key, gid) goes to rank key % size, so equal keys meet
-        dest = (keys % np.uint64(size)).astype(np.int64)
-        send = [(bands[dest == r], keys[dest == r], gids[dest == r]) for r in range(size)]
-        recv = comm.alltoall(send)
-        bands = cat([r[0] for r in recv], np.int64)
-        keys = cat([r[1] for r in recv], np.uint64)
-        gids = cat([r[2] for r in recv], np.int64)
-    ex = bands == -1
-    exact_edges = dd.bucket_edges(keys[ex], gids[ex], bands[ex])
-    edges = dd.bucket_edges(keys, gids, bands)
+    tables = {fno: np.load(str(base) + ".sig.npy", mmap_mode="r") for fno, base in sorted(files.items())}
+    gids_all = cat([_gids(fno, len(t)) for fno, t in tables.items()], np.int64)
+    # one band at a time: peak memory is ~16 bytes per document, not the whole signature table
+    exact_parts, lsh_parts = [], []
+    for b in ([-1] if cfg.exact else []) + (list(range(cfg.bands)) if cfg.minhash else []):
+        keys = cat([np.asarray(t[:, 1 + b]) for t in tables.values()], np.uint64)  # b=-1: column 0, exact hash
+        gids = gids_all
+        if comm is not None and size > 1:
+            # bucket exchange: (key, gid) goes to rank key % size, so equal keys meet on one rank
+            dest = (keys % np.uint64(size)).astype(np.int64)
+            recv = comm.alltoall([(keys[dest == r], gids[dest == r]) for r in range(size)])
+            keys = cat([r[0] for r in recv], np.uint64)
+            gids = cat([r[1] for r in recv], np.int64)
+        e = dd.bucket_edges(keys, gids, np.full(len(keys), b, dtype=np.int64))
+        (exact_parts if b == -1 else lsh_parts).append(e)
+    uniq = lambda xs: np.unique(np.concatenate(xs), axis=0) if xs and sum(map(len, xs)) else np.zeros((0, 2), np.int64)  # noqa: E731
+    exact_edges = uniq(exact_parts)
+    edges = uniq(exact_parts + lsh_parts)
     exact_pairs = set(map(tuple, exact_edges.tolist()))
     if comm is not None and size > 1:
         all_files = {k: v for d in comm.allgather(files) for k, v in d.items()}
@@ -231,12 +232,12 @@ def dedup_stage(files: dict[int, Path], cfg: dd.DedupConfig, comm=None) -> dict:
         return sig_cache[g]
 
     confirmed = dd.verify_edges(edges, exact_pairs, cfg, store.shingles, sig_of)
-    n_cand = len(edges)
+    n_cand, n_exact = len(edges), len(exact_edges)
     if comm is not None and size > 1:
-        gathered = comm.allgather((confirmed, n_cand))
-        confirmed = np.concatenate([c for c, _ in gathered]) if gathered else confirmed
-        n_cand = sum(n for _, n in gathered)
-        confirmed = np.unique(confirmed, axis=0) if len(confirmed) else confirmed
+        gathered = comm.allgather((confirmed, n_cand, n_exact))
+        confirmed = uniq([c for c, _, _ in gathered])
+        n_cand = sum(g[1] for g in gathered)
+        n_exact = sum(g[2] for g in gathered)
     groups = dd.clusters(confirmed)
     remove, cross, sizes = dd.removals(groups, lambda g: (g >> 32) >= REF_BASE)
     return {"removed_ids": np.sort(remove), "cross_ids": np.sort(cross),
@@ -244,7 +245,7 @@ def dedup_stage(files: dict[int, Path], cfg: dd.DedupConfig, comm=None) -> dict:
                         "removed_cross_source": int(len(cross)),
                         "largest_cluster": int(max(sizes, default=0)),
                         "candidate_edges": int(n_cand), "confirmed_edges": int(len(confirmed)),
-                        "exact_duplicate_edges": int(len(exact_edges)) if size == 1 else None}}
+                        "exact_duplicate_edges": int(n_exact)}}
 
 
 # ------------------------------------------------------------------------- stage: write
