@@ -11,6 +11,7 @@ Outputs under ``--out``: ``<source>/deduped/*.jsonl``, ``<source>_text_document.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -122,10 +123,16 @@ def run(a) -> int:
     if rank == 0:
         for d in ("filtered", "deduped", "dedup"):
             (work / d).mkdir(parents=True, exist_ok=True)
-        listing = work / "inputs.json"
-        if listing.is_file() and json.loads(listing.read_text()) != inputs:
-            raise SystemExit(f"{listing}: the inputs differ from the run being resumed; use a fresh --out.")
-        pl._atomic_write(listing, json.dumps(inputs))
+        # a resumed run must be the same run: same inputs, same configuration
+        run_desc = {"inputs": inputs, "dedup_against": a.dedup_against,
+                    "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "strict"}}
+        run_desc = json.loads(json.dumps(run_desc))
+        listing = work / "run.json"
+        if listing.is_file() and json.loads(listing.read_text()) != run_desc:
+            raise SystemExit(f"error: {listing}: inputs or options differ from the run being resumed; "
+                             f"rerun with the same ones or use a fresh --out.")
+        pl._atomic_write(listing, json.dumps(run_desc, indent=1))
+        pl._atomic_write(work / "inputs.json", json.dumps(inputs))
     barrier()
     mine = [i for i in range(len(inputs)) if i % size == rank]
     walls = {}

@@ -133,3 +133,53 @@ def test_cross_source_cli(tmp_path, rng, make_doc, jsonl_writer):
     assert kept_docs(tmp_path / "out", "cc") == ["cc_own"]
     rep = json.loads((tmp_path / "out" / "cc_report.json").read_text())
     assert rep["steps"]["dedup"]["dropped:cross_source_duplicate"] == 1
+
+
+def test_filter_reasons_in_report(tmp_path, rng, make_doc, jsonl_writer):
+    good = make_doc(rng)
+    docs = [
+        {"id": "ok", "url": "http://fine.org/a", "text": good},
+        {"id": "blocked", "url": "http://spam.example/x", "text": make_doc(rng)},
+        {"id": "german", "text": "Die Katze sitzt auf dem Tisch und schaut aus dem Fenster, weil draussen "
+                                 "die Vögel singen. Es ist ein schöner Tag im Garten der Familie."},
+        {"id": "short", "text": "The cat and the dog. The sun is up. We go to the park now. It is fun."},
+        {"id": "repeat", "text": "\n".join([good.split("\n")[0]] * 4 + good.split("\n"))},
+        {"id": "lorem", "text": make_doc(rng) + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit."},
+        {"id": "menu", "text": "\n".join(" ".join(ws[i:i + 7]) for ws in [make_doc(rng, 5).replace(".", "").split()]
+                                        for i in range(0, len(ws), 7))},  # no line ends a sentence
+    ]
+    long = make_doc(rng, paragraphs=30).split("\n")
+    docs.append({"id": "dupline", "text": "\n".join(long + long[3:4])})  # passes Gopher's 0.2, fails FineWeb's 0.01
+    jsonl_writer(tmp_path / "in.jsonl", docs)
+    bl = tmp_path / "block.txt"
+    bl.write_text("spam.example\n")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"url": {"blocklist_file": str(bl)}}))
+    build(tmp_path / "in.jsonl", "--source", "web", "--out", tmp_path / "out", "--config", cfg)
+    steps = json.loads((tmp_path / "out" / "web_report.json").read_text())["steps"]
+    assert steps["url"]["dropped:blocked_domain"] == 1
+    assert steps["language"]["dropped:lang_de"] == 1
+    assert steps["gopher_quality"]["dropped:few_words"] == 1
+    assert steps["gopher_repetition"]["dropped:dup_line_frac"] == 1
+    assert steps["c4"]["dropped:lorem_ipsum"] == 1
+    assert steps["c4"]["dropped:few_sentences"] == 1 and steps["c4"]["line_dropped:no_terminal_punct"] >= 10
+    assert steps["fineweb"]["dropped:char_dup_ratio"] == 1
+    assert kept_docs(tmp_path / "out") == ["ok"]
+    table = (tmp_path / "out" / "web_report.txt").read_text()
+    assert "dropped:lang_de" in table and "dropped:blocked_domain" in table
+
+
+def test_configs_and_errors(tmp_path, rng, make_doc, jsonl_writer):
+    from data_tools.build_source import make_config, parse_args
+    for name in ("common_crawl", "webtext2", "books", "wikipedia"):
+        cfg = make_config(parse_args(["x", "--source", name, "--out", "o", "--config",
+                                      str(ROOT / "data_tools" / "configs" / f"{name}.yaml")]))
+        assert cfg.source == name
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"gopher_quality": {"min_wordz": 3}}))
+    jsonl_writer(tmp_path / "in.jsonl", [{"text": make_doc(rng)}])
+    r = build(tmp_path / "in.jsonl", "--source", "s", "--out", tmp_path / "o", "--config", bad, check=False)
+    assert r.returncode == 2 and "unknown key(s) ['min_wordz']" in r.stderr and "allowed" in r.stderr
+    build(tmp_path / "in.jsonl", "--source", "s", "--out", tmp_path / "o2", "--filters", "none")
+    r = build(tmp_path / "in.jsonl", "--source", "s", "--out", tmp_path / "o2", "--filters", "c4", check=False)
+    assert r.returncode != 0 and "differ from the run being resumed" in r.stderr
