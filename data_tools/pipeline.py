@@ -145,12 +145,16 @@ def filter_file(job) -> str:
     jsonl = out / f"{index:05d}.jsonl"
     tmp = jsonl.with_name(jsonl.name + f".tmp{os.getpid()}")
     offsets, pos = [], 0
-    with open(tmp, "wb") as f:
-        for doc in docs:
-            line = (json.dumps(doc.to_json(), ensure_ascii=False) + "\n").encode()
-            offsets.append(pos)
-            f.write(line)
-            pos += len(line)
+    try:
+        with open(tmp, "wb") as f:
+            for doc in docs:
+                line = (json.dumps(doc.to_json(), ensure_ascii=False) + "\n").encode()
+                offsets.append(pos)
+                f.write(line)
+                pos += len(line)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # --strict stops here; leave no partial file behind
+        raise
     # inclusive generator times -> self time per step
     incl = [stats.times.pop(n, 0.0) for n in order]
     for i, n in enumerate(order):

@@ -183,3 +183,32 @@ def test_configs_and_errors(tmp_path, rng, make_doc, jsonl_writer):
     build(tmp_path / "in.jsonl", "--source", "s", "--out", tmp_path / "o2", "--filters", "none")
     r = build(tmp_path / "in.jsonl", "--source", "s", "--out", tmp_path / "o2", "--filters", "c4", check=False)
     assert r.returncode != 0 and "differ from the run being resumed" in r.stderr
+
+
+def test_books_dir_wiki_decontam_and_classifier_steps(tmp_path, rng, make_doc, jsonl_writer):
+    """Books as a directory of .txt; the classifier and decontamination as pipeline steps."""
+    from data_tools.classifier import QualityClassifier
+    books = tmp_path / "books"
+    books.mkdir()
+    texts = [make_doc(rng, paragraphs=12) for _ in range(4)]
+    ev = "the quick brown fox jumps over the lazy dog while the farmer watches from the old bridge today"
+    texts[1] = texts[1] + "\n" + ev.capitalize() + ".\n" + make_doc(rng, paragraphs=6)
+    for i, t in enumerate(texts):
+        (books / f"book{i}.txt").write_text(t, encoding="utf-8")
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"question": ev}) + "\n")
+    spam = lambda: " ".join(rng.choice("buy cheap click here free casino win now".split()) for _ in range(80))  # noqa: E731
+    clf = QualityClassifier().train([make_doc(rng) for _ in range(60)], [spam() for _ in range(60)])
+    clf.save(tmp_path / "q.npz")
+    build(books, "--source", "books1", "--out", tmp_path / "out", "--config",
+          ROOT / "data_tools" / "configs" / "books.yaml", "--decontam", tmp_path / "eval.jsonl",
+          "--classifier", tmp_path / "q.npz", "--shard-per-file")
+    rep = json.loads((tmp_path / "out" / "books1_report.json").read_text())
+    assert rep["documents_in"] == 4
+    assert rep["steps"]["decontam"]["kept:cut"] == 1 and rep["steps"]["decontam"]["kept"] == 3
+    assert rep["steps"]["quality_classifier"]["kept"] == 4
+    kept = [json.loads(l) for p in sorted((tmp_path / "out" / "books1" / "deduped").glob("*.jsonl")) for l in open(p)]
+    assert [k["title"] for k in kept] == ["book0", "book1", "book2", "book3"]
+    assert "lazy dog" not in kept[1]["text"]
+    from megagpt.data.indexed import IndexedDataset
+    shards = sorted((tmp_path / "out" / "shards").glob("books1_*_text_document.idx"))
+    assert len(shards) == 4 and all(len(IndexedDataset(str(p)[:-4])) == 1 for p in shards)
