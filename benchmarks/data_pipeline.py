@@ -84,6 +84,25 @@ def main():
         list(f(iter(d2), Stats()))
         rate(f.name, time.perf_counter() - t0, len(d2), nbytes, rows)
 
+    from data_tools.decontam import DecontamConfig, Decontaminate
+    step = Decontaminate(DecontamConfig(), texts=[texts[i] for i in range(0, len(texts), 50)])
+    d2 = [Document(d.text, d.id) for d in docs]
+    t0 = time.perf_counter()
+    list(step(iter(d2), Stats()))
+    rate("decontaminate (13-grams)", time.perf_counter() - t0, len(d2), nbytes, rows)
+
+    import sentencepiece as spm
+    from data_tools.tokenizer import TokenizerConfig, train
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        model = train(iter(texts), Path(tmp) / "tok.model", TokenizerConfig(vocab_size=600))
+        rate("tokenizer training (vocab 600)", time.perf_counter() - t0, len(texts), nbytes, rows)
+        sp = spm.SentencePieceProcessor(model_file=str(model))
+        t0 = time.perf_counter()
+        for i in range(0, len(texts), 64):
+            sp.encode(texts[i:i + 64])
+        rate("tokenize (sentencepiece encode)", time.perf_counter() - t0, len(texts), nbytes, rows)
+
     cfg = dd.DedupConfig(bands=a.bands, rows=a.rows)
     # ours: shingles -> signatures -> band keys -> buckets
     t0 = time.perf_counter()
