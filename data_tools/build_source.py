@@ -21,7 +21,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
 
 from data_tools import pipeline as pl  # noqa: E402
 from data_tools import report  # noqa: E402
@@ -150,8 +149,6 @@ def run(a) -> int:
     t0 = time.perf_counter()
     summary_path = work / "dedup" / "summary.json"
     if summary_path.is_file():
-        removed = np.load(work / "dedup" / "removed.npy")
-        cross = np.load(work / "dedup" / "cross.npy")
         summary = json.loads(summary_path.read_text())
     else:
         files = {i: work / "filtered" / f"{i:05d}" for i in mine}
@@ -160,17 +157,17 @@ def run(a) -> int:
             files.update({pl.REF_BASE + j * 65536 + k: Path(ref) / "filtered" / f"{k:05d}"
                           for k in range(len(ref_inputs)) if k % size == rank})
         res = pl.dedup_stage(files, cfg.dedup, comm)
-        removed, cross, summary = res["removed_ids"], res["cross_ids"], res["summary"]
-        if rank == 0:
-            pl._atomic_save(work / "dedup" / "removed.npy", removed)
-            pl._atomic_save(work / "dedup" / "cross.npy", cross)
+        summary = res["summary"]
+        if rank == 0:  # sorted id lists; the summary is written last and marks the stage done
+            pl._atomic_save(work / "dedup" / "removed.npy", res["removed_ids"])
+            pl._atomic_save(work / "dedup" / "cross.npy", res["cross_ids"])
             pl._atomic_write(summary_path, json.dumps(summary))
     barrier()
     walls["dedup"] = time.perf_counter() - t0
 
     # stage 3: deduped JSONL per file
     t0 = time.perf_counter()
-    _map(pl.write_file, [(i, str(work), removed, cross) for i in mine], a.workers, "write")
+    _map(pl.write_file, [(i, str(work)) for i in mine], a.workers, "write")
     barrier()
     walls["write"] = time.perf_counter() - t0
     deduped = [out / cfg.source / "deduped" / f"{i:05d}.jsonl" for i in range(len(inputs))]

@@ -255,7 +255,10 @@ def dedup_stage(files: dict[int, Path], cfg: dd.DedupConfig, comm=None) -> dict:
 # ------------------------------------------------------------------------- stage: write
 def write_file(job) -> str:
     """Deduped JSONL for one file: stage-1 output minus removed documents; marker = stats json."""
-    index, work, removed, cross = job
+    index, work = job
+    # the removal lists are read (memory-mapped) here rather than pickled into every job
+    removed = np.load(Path(work) / "dedup" / "removed.npy", mmap_mode="r")
+    cross = np.load(Path(work) / "dedup" / "cross.npy", mmap_mode="r")
     base = Path(work) / "filtered" / f"{index:05d}"
     out = Path(work).parents[1] / Path(work).name / "deduped" / f"{index:05d}.jsonl"  # <out>/<source>/deduped
     marker = Path(work) / "deduped" / f"{index:05d}.stats.json"
@@ -263,8 +266,9 @@ def write_file(job) -> str:
         return str(marker)
     out.parent.mkdir(parents=True, exist_ok=True)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    rm = set((removed[(removed >> 32) == index] & 0xFFFFFFFF).tolist())
-    cr = set((cross[(cross >> 32) == index] & 0xFFFFFFFF).tolist())
+    lo, hi = np.int64(index) << np.int64(32), np.int64(index + 1) << np.int64(32)
+    rm = set((removed[np.searchsorted(removed, lo):np.searchsorted(removed, hi)] & 0xFFFFFFFF).tolist())
+    cr = set((cross[np.searchsorted(cross, lo):np.searchsorted(cross, hi)] & 0xFFFFFFFF).tolist())
     stats = Stats()
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     with open(str(base) + ".jsonl", "rb") as f, open(tmp, "wb") as g:

@@ -3,7 +3,6 @@ ground truth at 0.8; exact duplicates; cross-source removal; 13-gram decontamina
 import itertools
 
 import numpy as np
-import pytest
 
 from data_tools.decontam import DecontamConfig, Decontaminate
 from data_tools.dedup import DedupConfig, MinHasher, dedup_texts, shingle_hashes
