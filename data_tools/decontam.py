@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-import xxhash
 
+from data_tools.dedup import _MIX, _PUNCT, word_hashes
 from data_tools.document import Document, Stats
 
-_WORD = re.compile(r"\w+")
-_MIX = np.uint64(0x9E3779B97F4A7C15)
+_SPAN = re.compile(r"\S+")
 
 
 @dataclass
@@ -28,11 +27,15 @@ class DecontamConfig:
     max_pieces: int = 10               # more pieces than this: the document is dropped
 
 
+def _tokens(text: str) -> list[str]:
+    # the dedup tokenisation (punctuation -> space, lowercase, split), whose word hashes are cached
+    return text.translate(_PUNCT).lower().split()
+
+
 def _ngram_hashes(words: list[str], n: int) -> np.ndarray:
     if len(words) < n:
         return np.zeros(0, dtype=np.uint64)
-    wh = np.fromiter((xxhash.xxh64_intdigest(w.encode()) for w in words), dtype=np.uint64,
-                     count=len(words))
+    wh = word_hashes(words)
     m = len(wh) - n + 1
     h = wh[:m].copy()
     with np.errstate(over="ignore"):
@@ -58,7 +61,7 @@ class Decontaminate:
 
     def __init__(self, cfg: DecontamConfig, texts: Iterable[str] | None = None):
         self.cfg = cfg
-        grams = [_ngram_hashes(_WORD.findall(t.lower()), cfg.ngram)
+        grams = [_ngram_hashes(_tokens(t), cfg.ngram)
                  for t in (texts if texts is not None else eval_texts(cfg.eval_files))]
         self.grams = np.unique(np.concatenate(grams)) if grams else np.zeros(0, np.uint64)
 
@@ -66,11 +69,14 @@ class Decontaminate:
         """(new text or None to drop, outcome)."""
         if not len(self.grams):
             return text, "clean"
-        spans = [(m.start(), m.end()) for m in _WORD.finditer(text.lower())]
-        h = _ngram_hashes([text.lower()[a:b] for a, b in spans], self.cfg.ngram)
-        hit = np.flatnonzero(np.isin(h, self.grams, assume_unique=False))
-        if not len(hit):
+        h = _ngram_hashes(_tokens(text), self.cfg.ngram)
+        hit = np.flatnonzero(np.isin(h, self.grams))
+        if not len(hit):  # the common case: no word spans needed
             return text, "clean"
+        # translate() maps each punctuation character to one space, so spans index ``text``
+        spans = [(m.start(), m.end()) for m in _SPAN.finditer(text.translate(_PUNCT))]
+        h = _ngram_hashes([text[a:b].lower() for a, b in spans], self.cfg.ngram)
+        hit = np.flatnonzero(np.isin(h, self.grams))
         n, mg = self.cfg.ngram, self.cfg.margin
         cuts = []  # merged character ranges to remove
         for i in hit.tolist():
