@@ -113,3 +113,33 @@ def test_url_blocklist(tmp_path, make_doc, rng):
     assert_rule(f, text, text, "blocked_domain", good_url="http://good.com/a", bad_url="https://www.bad.example.com/x")
     assert_rule(f, text, text, "blocked_substring", good_url="http://good.com/a", bad_url="http://ok.com/casino/1")
     assert_rule(f, text, text, "hook_says_no", good_url="http://good.com/a", bad_url="http://hook.com/")
+
+
+def _phrase_doc(phrase, reps, filler_words):
+    """``phrase`` repeated ``reps`` times, unique 5-character filler words in between."""
+    per = filler_words // reps
+    out, k = [], 0
+    for _ in range(reps):
+        out.append(phrase)
+        out.extend(f"x{k + j:04d}" for j in range(per))
+        k += per
+    return " ".join(out)
+
+
+@pytest.mark.parametrize("reason,bad", [
+    ("top_3gram", _phrase_doc("aaaa bbbb cccc", 10, 76)),              # 2-gram 0.16, 3-gram 0.24
+    ("top_4gram", _phrase_doc("aaaa bbbb cccc dddd", 10, 128)),        # 3-gram 0.15, 4-gram 0.20
+    ("dup_10gram", _phrase_doc(" ".join(f"s{i:04d}" for i in range(10)), 2, 170)),  # 0.105 covered
+    ("dup_line_char_frac", "\n".join(["a much longer line of text that repeats itself " * 3] * 2
+                                     + [f"short line {i} of the text." for i in range(8)])),
+])
+def test_gopher_repetition_ngram_fractions(make_doc, rng, reason, bad):
+    assert_rule(GopherRepetition(), make_doc(rng), bad, reason)
+
+
+def test_c4_bad_words_and_low_language_score(make_doc, rng):
+    from data_tools.filters import C4Config, LanguageConfig
+    good = make_doc(rng)
+    assert_rule(C4Filter(C4Config(bad_words=("garbageword",))), good, good + "\nThis line has a garbageword in it here.", "bad_words")
+    mixed = "The cat sat. Die Katze sass. Le chat assis. El gato sentado. Il gatto seduto."
+    assert_rule(LanguageFilter(LanguageConfig(languages=(), min_score=0.99)), good, mixed, "low_lang_score")
