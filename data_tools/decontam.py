@@ -65,18 +65,23 @@ class Decontaminate:
                  for t in (texts if texts is not None else eval_texts(cfg.eval_files))]
         self.grams = np.unique(np.concatenate(grams)) if grams else np.zeros(0, np.uint64)
 
+    def _hits(self, h: np.ndarray) -> np.ndarray:
+        # self.grams is sorted and unique: a binary search per n-gram, no re-sort per document
+        i = np.minimum(np.searchsorted(self.grams, h), len(self.grams) - 1)
+        return np.flatnonzero(self.grams[i] == h)
+
     def process(self, text: str) -> tuple[str | None, str]:
         """(new text or None to drop, outcome)."""
         if not len(self.grams):
             return text, "clean"
         h = _ngram_hashes(_tokens(text), self.cfg.ngram)
-        hit = np.flatnonzero(np.isin(h, self.grams))
+        hit = self._hits(h)
         if not len(hit):  # the common case: no word spans needed
             return text, "clean"
         # translate() maps each punctuation character to one space, so spans index ``text``
         spans = [(m.start(), m.end()) for m in _SPAN.finditer(text.translate(_PUNCT))]
         h = _ngram_hashes([text[a:b].lower() for a, b in spans], self.cfg.ngram)
-        hit = np.flatnonzero(np.isin(h, self.grams))
+        hit = self._hits(h)
         n, mg = self.cfg.ngram, self.cfg.margin
         cuts = []  # merged character ranges to remove
         for i in hit.tolist():
