@@ -109,6 +109,22 @@ def _tokenize_job(job):
     return tokenize_file(Path(jsonl), Path(model), Path(prefix), position=pos, progress=progress)
 
 
+def _report(cfg, work: Path, out: Path, n_inputs: int, summary: dict, tok: dict, walls: dict) -> dict:
+    """Merges the per-file stats and writes ``<out>/<source>_report.{json,txt}``; returns errors."""
+    stats, errors = Stats(), {"counts": {}, "entries": []}
+    for i in range(n_inputs):
+        rec = json.loads((work / "filtered" / f"{i:05d}.stats.json").read_text())
+        stats.merge(rec["stats"])
+        for k, v in rec["errors"]["counts"].items():
+            errors["counts"][k] = errors["counts"].get(k, 0) + v
+        errors["entries"] += rec["errors"]["entries"]
+        stats.merge(json.loads((work / "deduped" / f"{i:05d}.stats.json").read_text())["stats"])
+    rep = report.build(cfg.source, stats.to_json(), errors, summary, tok, walls)
+    report.write(rep, out / f"{cfg.source}_report")
+    print(report.table(rep))
+    return errors
+
+
 def run(a) -> int:
     cfg = make_config(a)
     comm = _comm()
@@ -175,9 +191,19 @@ def run(a) -> int:
     # stage 4: tokenizer
     t0 = time.perf_counter()
     model = Path(a.tokenizer) if a.tokenizer else out / "tokenizer.model"
+    if a.tokenizer and not model.is_file():
+        raise ValueError(f"--tokenizer {model}: file not found; pass a sentencepiece .model or omit it to train one.")
+    total = sum(p.stat().st_size for p in deduped)
+    if total == 0 and not model.is_file():
+        # nothing survived: say so plainly (and keep the report) instead of a trainer error
+        if rank == 0:
+            _report(cfg, work, out, len(inputs), summary, {}, walls)
+            print(f"error: no documents left after filtering and dedup (see {out / cfg.source}_report.txt); "
+                  f"nothing to train a tokenizer on. Check --filters/--config, or pass --tokenizer.",
+                  file=sys.stderr)
+        return 1
     if rank == 0 and not model.is_file():
         from data_tools.tokenizer import train
-        total = sum(p.stat().st_size for p in deduped)
         train((json.loads(line)["text"] for p in deduped for line in open(p, "rb")),
               model, cfg.tokenizer, total_bytes=total)
     barrier()
@@ -205,17 +231,7 @@ def run(a) -> int:
             tok["tokens"] += ds.num_tokens
         walls["tokenize"] = time.perf_counter() - t0
 
-        stats, errors = Stats(), {"counts": {}, "entries": []}
-        for i in range(len(inputs)):
-            rec = json.loads((work / "filtered" / f"{i:05d}.stats.json").read_text())
-            stats.merge(rec["stats"])
-            for k, v in rec["errors"]["counts"].items():
-                errors["counts"][k] = errors["counts"].get(k, 0) + v
-            errors["entries"] += rec["errors"]["entries"]
-            stats.merge(json.loads((work / "deduped" / f"{i:05d}.stats.json").read_text())["stats"])
-        rep = report.build(cfg.source, stats.to_json(), errors, summary, tok, walls)
-        report.write(rep, out / f"{cfg.source}_report")
-        print(report.table(rep))
+        errors = _report(cfg, work, out, len(inputs), summary, tok, walls)
         if errors["counts"] and cfg.strict:
             rc = 1
     return rc

@@ -57,7 +57,19 @@ def train(texts: Iterable[str], model_path, cfg: TokenizerConfig = TokenizerConf
     tmp_prefix = model_path.with_name(model_path.stem + ".tmp")
     sample = Path(str(tmp_prefix) + ".sample.txt")
     stride = max(1, (total_bytes or 0) // max(cfg.sample_bytes, 1))
-    write_sample(texts, sample, cfg.sample_bytes, stride)
+    try:
+        write_sample(texts, sample, cfg.sample_bytes, stride)
+        _train(spm, sample, tmp_prefix, cfg)
+    finally:
+        sample.unlink(missing_ok=True)
+    os.replace(str(tmp_prefix) + ".vocab", model_path.with_suffix(".vocab"))
+    meta = special_ids(str(tmp_prefix) + ".model") | {"config": asdict(cfg)}
+    model_path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    os.replace(str(tmp_prefix) + ".model", model_path)
+    return model_path
+
+
+def _train(spm, sample: Path, tmp_prefix: Path, cfg: TokenizerConfig) -> None:
     spm.SentencePieceTrainer.train(
         input=str(sample), model_prefix=str(tmp_prefix), model_type="bpe",
         vocab_size=cfg.vocab_size, byte_fallback=True, character_coverage=cfg.character_coverage,
@@ -67,12 +79,6 @@ def train(texts: Iterable[str], model_path, cfg: TokenizerConfig = TokenizerConf
         control_symbols=list(cfg.special_tokens), max_sentence_length=cfg.max_sentence_length,
         input_sentence_size=0, shuffle_input_sentence=False, num_threads=cfg.threads,
         seed_sentencepiece_size=1_000_000, hard_vocab_limit=True, minloglevel=2)
-    sample.unlink(missing_ok=True)
-    os.replace(str(tmp_prefix) + ".vocab", model_path.with_suffix(".vocab"))
-    meta = special_ids(str(tmp_prefix) + ".model") | {"config": asdict(cfg)}
-    model_path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
-    os.replace(str(tmp_prefix) + ".model", model_path)
-    return model_path
 
 
 def special_ids(model_path) -> dict:

@@ -212,3 +212,11 @@ def test_books_dir_wiki_decontam_and_classifier_steps(tmp_path, rng, make_doc, j
     from megagpt.data.indexed import IndexedDataset
     shards = sorted((tmp_path / "out" / "shards").glob("books1_*_text_document.idx"))
     assert len(shards) == 4 and all(len(IndexedDataset(str(p)[:-4])) == 1 for p in shards)
+
+
+def test_nothing_left_is_a_clear_error(tmp_path, jsonl_writer):
+    jsonl_writer(tmp_path / "in.jsonl", [{"text": "Too short to keep."}] * 3)
+    r = build(tmp_path / "in.jsonl", "--source", "s", "--out", tmp_path / "o", check=False)
+    assert r.returncode == 1 and "no documents left after filtering" in r.stderr
+    rep = json.loads((tmp_path / "o" / "s_report.json").read_text())
+    assert rep["steps"]["gopher_quality"]["dropped:few_words"] == 3
