@@ -59,7 +59,11 @@ def train(texts: Iterable[str], model_path, cfg: TokenizerConfig = TokenizerConf
     stride = max(1, (total_bytes or 0) // max(cfg.sample_bytes, 1))
     try:
         write_sample(texts, sample, cfg.sample_bytes, stride)
-        _train(spm, sample, tmp_prefix, cfg)
+        try:
+            _train(spm, sample, tmp_prefix, cfg)
+        except RuntimeError as e:  # e.g. "Vocabulary size too high (2000). Please set it to a value <= 1564."
+            raise ValueError(f"sentencepiece training failed: {str(e).split('] ')[-1].strip()} "
+                             f"Change --vocab-size or train on more text.") from None
     finally:
         sample.unlink(missing_ok=True)
     os.replace(str(tmp_prefix) + ".vocab", model_path.with_suffix(".vocab"))

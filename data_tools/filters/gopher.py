@@ -113,8 +113,8 @@ class GopherRepetition(Filter):
             gram, count = grams.most_common(1)[0]
             if count > 1 and sum(len(w) for w in gram) * count / total > thr:
                 return f"top_{k}gram"
-        for k, thr in sorted(c.dup_ngram_char_frac.items()):
-            k = int(k)
+        dup = sorted((int(k), v) for k, v in c.dup_ngram_char_frac.items())
+        for n, (k, thr) in enumerate(dup):
             if len(words) < k:
                 continue
             grams = list(zip(*(words[i:] for i in range(k))))
@@ -126,4 +126,8 @@ class GopherRepetition(Filter):
             dup_chars = sum(len(w) for w, m in zip(words, covered) if m)
             if dup_chars / total > thr:
                 return f"dup_{k}gram"
+            # words under a repeated longer n-gram are under repeated k-grams too, so the longer
+            # fractions can only be smaller: stop once none of the remaining thresholds is reachable
+            if all(dup_chars / total <= t for kk, t in dup[n + 1:] if kk > k):
+                break
         return None
