@@ -132,7 +132,7 @@ def run(a) -> int:
     barrier = comm.Barrier if comm else (lambda: None)
     out = Path(a.out)
     work = out / "work" / cfg.source
-    inputs = [str(p) for p in list_inputs(a.inputs)]
+    inputs = [str(p) for p in list_inputs(a.inputs, exclude=out)]
     if not inputs:
         raise SystemExit(f"no input files found in {a.inputs}; pass files or directories of a known format.")
     if rank == 0:

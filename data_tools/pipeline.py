@@ -221,6 +221,14 @@ def dedup_stage(files: dict[int, Path], cfg: dd.DedupConfig, comm=None) -> dict:
     uniq = lambda xs: np.unique(np.concatenate(xs), axis=0) if xs and sum(map(len, xs)) else np.zeros((0, 2), np.int64)  # noqa: E731
     exact_edges = uniq(exact_parts)
     edges = uniq(exact_parts + lsh_parts)
+    if comm is not None and size > 1:
+        # one pair can meet in buckets on two ranks: pool the candidates, then split the
+        # verification by pair so each is checked once and the summary equals a 1-process run
+        exact_edges = uniq(comm.allgather(exact_edges))
+        edges = uniq(comm.allgather(edges))
+    n_cand, n_exact = len(edges), len(exact_edges)
+    if comm is not None and size > 1:
+        edges = edges[((edges[:, 0] ^ edges[:, 1]) % size) == rank]
     exact_pairs = set(map(tuple, exact_edges.tolist()))
     if comm is not None and size > 1:
         all_files = {k: v for d in comm.allgather(files) for k, v in d.items()}
@@ -236,12 +244,8 @@ def dedup_stage(files: dict[int, Path], cfg: dd.DedupConfig, comm=None) -> dict:
         return sig_cache[g]
 
     confirmed = dd.verify_edges(edges, exact_pairs, cfg, store.shingles, sig_of)
-    n_cand, n_exact = len(edges), len(exact_edges)
     if comm is not None and size > 1:
-        gathered = comm.allgather((confirmed, n_cand, n_exact))
-        confirmed = uniq([c for c, _, _ in gathered])
-        n_cand = sum(g[1] for g in gathered)
-        n_exact = sum(g[2] for g in gathered)
+        confirmed = uniq(comm.allgather(confirmed))
     groups = dd.clusters(confirmed)
     remove, cross, sizes = dd.removals(groups, lambda g: (g >> 32) >= REF_BASE)
     return {"removed_ids": np.sort(remove), "cross_ids": np.sort(cross),

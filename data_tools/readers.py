@@ -44,13 +44,17 @@ def detect_format(path: str | Path) -> str:
                      f".jsonl(.gz), .parquet, .txt, .xml(.bz2), or pass --format {{{','.join(FORMATS)}}}.")
 
 
-def list_inputs(inputs: list[str]) -> list[Path]:
-    """Files named on the command line; a directory stands for the readable files under it."""
+def list_inputs(inputs: list[str], exclude: Path | None = None) -> list[Path]:
+    """Files named on the command line; a directory stands for the readable files under it
+    (except those under ``exclude``: an output directory placed inside an input directory)."""
     out: list[Path] = []
+    skip = Path(exclude).resolve() if exclude is not None else None
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             for f in sorted(p.rglob("*")):
+                if skip is not None and f.resolve().is_relative_to(skip):
+                    continue
                 if f.is_file() and not f.name.startswith("."):
                     try:
                         detect_format(f)

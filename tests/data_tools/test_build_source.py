@@ -120,6 +120,15 @@ def test_mpirun_two_ranks_same_kept_set(tmp_path, rng, make_doc, jsonl_writer):
     # the planted cross-file duplicates sit on different ranks and were still found
     assert not {f"dup{k}" for k in range(6)} & set(kept_docs(tmp_path / "two"))
     assert outputs(tmp_path / "two") == outputs(tmp_path / "one")
+    one, two = (json.loads((tmp_path / d / "web_report.json").read_text()) for d in ("one", "two"))
+    assert one["dedup"] == two["dedup"] and one["steps"] == two["steps"] and one["tokens"] == two["tokens"]
+
+
+def test_output_inside_input_dir_is_not_read_back(tmp_path, rng, make_doc, jsonl_writer):
+    jsonl_writer(tmp_path / "a.jsonl", [{"id": f"d{i}", "text": make_doc(rng)} for i in range(5)])
+    build(tmp_path, "--source", "web", "--out", tmp_path / "out")
+    build(tmp_path, "--source", "web", "--out", tmp_path / "out2")  # out/ now sits inside the input dir
+    assert kept_docs(tmp_path / "out2") == kept_docs(tmp_path / "out") == [f"d{i}" for i in range(5)]
 
 
 def test_cross_source_cli(tmp_path, rng, make_doc, jsonl_writer):
