@@ -62,3 +62,14 @@ def test_idx_bytes_megatron_layout(tmp_path, rng, make_doc, jsonl_writer):
     assert ra["tokens"] + rb["tokens"] == ds.num_tokens
     # a finished shard is not rewritten on resume
     assert tokenize_file(tmp_path / "a.jsonl", model, tmp_path / "a_text_document", progress=False)["skipped"]
+
+
+def test_train_tokenizer_cli(tmp_path, rng, make_doc, jsonl_writer):
+    import subprocess
+    import sys
+    jsonl_writer(tmp_path / "clean.jsonl", [{"text": t} for t in corpus(rng, make_doc, 30)])
+    r = subprocess.run([sys.executable, "data_tools/train_tokenizer.py", "--vocab-size", "500",
+                        "--model", str(tmp_path / "t.model"), str(tmp_path / "clean.jsonl")],
+                       capture_output=True, text=True, check=True)
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {EOD: 2, **{t: 3 + i for i, t in enumerate(SPECIAL_TOKENS)}}
+    assert spm.SentencePieceProcessor(model_file=str(tmp_path / "t.model")).get_piece_size() == 500
