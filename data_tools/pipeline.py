@@ -77,7 +77,21 @@ def from_dict(cls, d: dict):
     return cls(**kw)
 
 
+_STEPS: tuple[str, list] | None = None
+
+
 def build_steps(cfg: PipelineConfig) -> list:
+    """The per-document steps, built once per process for a given config (the classifier and
+    the evaluation n-gram set are loaded once, not once per input file). Steps keep no state
+    between documents."""
+    global _STEPS
+    key = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    if _STEPS is None or _STEPS[0] != key:
+        _STEPS = (key, _build_steps(cfg))
+    return _STEPS[1]
+
+
+def _build_steps(cfg: PipelineConfig) -> list:
     steps = [lambda docs, stats: clean(docs, stats, cfg.clean)]
     make = {"url": lambda: UrlFilter(cfg.url), "language": lambda: LanguageFilter(cfg.language),
             "gopher_quality": lambda: GopherQuality(cfg.gopher_quality),

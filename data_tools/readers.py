@@ -114,9 +114,27 @@ def read_jsonl(path: Path, source: str, errors: ErrorLog, text_key: str = "text"
             if not isinstance(obj, dict) or not isinstance(obj.get(text_key), str):
                 errors.add(path, start, "bad_record", f"line {lineno}: no string field '{text_key}'")
                 continue
+            try:  # JSON may escape a lone surrogate ("\ud800"): not text, and unwritable as UTF-8
+                obj[text_key].encode("utf-8")
+            except UnicodeEncodeError as e:
+                errors.add(path, start, "invalid_unicode", f"line {lineno}: {e.reason} in '{text_key}'")
+                continue
             meta = {"score": obj["score"]} if "score" in obj else {}
-            yield Document(text=obj[text_key], id=str(obj.get("id", f"{stem}:{lineno}")),
-                           source=source, url=obj.get("url"), title=obj.get("title"), meta=meta)
+            yield Document(text=obj[text_key], id=_field(obj.get("id")) or f"{stem}:{lineno}",
+                           source=source, url=_field(obj.get("url")), title=_field(obj.get("title")),
+                           meta=meta)
+
+
+def _field(v) -> str | None:
+    """A metadata field as writable text, or None (numbers become strings; lone surrogates drop)."""
+    if v is None or isinstance(v, (dict, list)):
+        return None
+    v = str(v)
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return v
 
 
 # --------------------------------------------------------------------------- Parquet

@@ -112,12 +112,13 @@ def test_jsonl_webtext_and_bad_lines(tmp_path):
     good = [{"url": f"http://r{i}.com", "text": f"text {i} ü", "score": i} for i in range(4)]
     lines = [json.dumps(good[0]).encode(), b'{"url": "x", "text": "unterminated', json.dumps(good[1]).encode(),
              b'{"text": "bad \xff\xfe utf8"}', json.dumps(good[2]).encode(), b'{"no_text": 1}',
-             b"\x00\x01\x02\x89PNG garbage", json.dumps(good[3], ensure_ascii=False).encode()]
+             b"\x00\x01\x02\x89PNG garbage", b'{"text": "lone \\ud800 surrogate"}',
+             json.dumps(good[3], ensure_ascii=False).encode()]
     p.write_bytes(b"\n".join(lines) + b"\n")
     errors = ErrorLog()
     docs = list(read_file(p, "webtext", errors))
     assert [(d.url, d.text, d.meta["score"]) for d in docs] == [(g["url"], g["text"], g["score"]) for g in good]
-    assert errors.counts == {"bad_json": 1, "invalid_utf8": 2, "bad_record": 1}
+    assert errors.counts == {"bad_json": 1, "invalid_utf8": 2, "bad_record": 1, "invalid_unicode": 1}
     offsets = {e["kind"]: e for e in errors.entries}
     assert offsets["bad_json"]["offset"] == len(lines[0]) + 1 and "line 2" in offsets["bad_json"]["message"]
     with pytest.raises(InputError, match=r"webtext.jsonl: offset \d+: bad_json: line 2"):
