@@ -91,7 +91,7 @@ def test_bad_input_counted_and_strict(tmp_path, rng, make_doc, jsonl_writer):
     assert strict.returncode != 0 and "offset" in strict.stderr and "error:" in strict.stderr
 
 
-@pytest.mark.parametrize("kill_at", ["filter:2", "tokenize:3"])
+@pytest.mark.parametrize("kill_at", ["filter:2", "write:2", "tokenize:3"])
 def test_kill_and_resume_equals_uninterrupted(tmp_path, rng, make_doc, jsonl_writer, kill_at):
     web_corpus(tmp_path / "in", rng, make_doc, jsonl_writer)
     build(tmp_path / "in", "--source", "web", "--out", tmp_path / "ref")
