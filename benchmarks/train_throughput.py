@@ -114,6 +114,7 @@ def main():
     ap.add_argument("--vocab", type=int, default=50257)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16")
     ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -131,7 +132,7 @@ def main():
 
     tokens = args.batch * args.seq
     rows = []
-    for precision in ("fp32", "bf16"):
+    for precision in args.precisions.split(","):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         peak = measured_cpu_peak(dtype, seconds=1.0)
         ours, _, cfg = _megagpt_steps(args, precision)

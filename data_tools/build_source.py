@@ -45,6 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--tokenizer", help="existing sentencepiece .model (default: train one)")
     p.add_argument("--vocab-size", type=int, help="vocabulary size of the trained tokenizer")
     p.add_argument("--shard-per-file", action="store_true", help="keep one shard per input file")
+    p.add_argument("--no-tokenize", action="store_true",
+                   help="stop after the deduplicated JSONL (to train one tokenizer over several sources "
+                        "with train_tokenizer.py, then rerun with --tokenizer)")
     p.add_argument("--workers", type=int, default=1, help="processes per rank")
     p.add_argument("--strict", action="store_true", help="exit non-zero on the first bad input record")
     p.add_argument("--no-progress", action="store_true")
@@ -187,6 +190,10 @@ def run(a) -> int:
     barrier()
     walls["write"] = time.perf_counter() - t0
     deduped = [out / cfg.source / "deduped" / f"{i:05d}.jsonl" for i in range(len(inputs))]
+    if a.no_tokenize:
+        if rank == 0:
+            _report(cfg, work, out, len(inputs), summary, {}, walls)
+        return 0
 
     # stage 4: tokenizer
     t0 = time.perf_counter()

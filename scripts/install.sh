@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install megagpt with everything its tools and tests need.
+# Without a GPU the CPU build of torch goes in first: a plain requirement could pull a CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v mpirun >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev) \
+        >/dev/null 2>&1 || echo "warning: could not install OpenMPI (mpirun); mpirun launches will not work" >&2
+fi
+[ -d .venv ] || python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+    python -m pip install -q torch==2.13.0
+fi
+python -m pip install -q -e ".[${1:-test}]"
