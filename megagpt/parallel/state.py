@@ -65,22 +65,13 @@ class ParallelState:
                 f"launch a multiple of {tp_size * pp_size} processes.")
         dp_size = world // (tp_size * pp_size)
         state = cls(tp_size=tp_size, pp_size=pp_size, dp_size=dp_size, rank=rank)
-        for ranks in state.tp_groups_ranks():
-            g = dist.new_group(ranks)
-            if rank in ranks:
-                state.tp_group = g
-        for ranks in state.dp_groups_ranks():
-            g = dist.new_group(ranks)
-            if rank in ranks:
-                state.dp_group = g
-        for ranks in state.pp_groups_ranks():
-            g = dist.new_group(ranks)
-            if rank in ranks:
-                state.pp_group = g
-        for ranks in state.mp_groups_ranks():
-            g = dist.new_group(ranks)
-            if rank in ranks:
-                state.mp_group = g
+        # every rank creates every group, in the same order (new_group is collective)
+        for attr, all_ranks in (("tp_group", state.tp_groups_ranks()), ("dp_group", state.dp_groups_ranks()),
+                                ("pp_group", state.pp_groups_ranks()), ("mp_group", state.mp_groups_ranks())):
+            for ranks in all_ranks:
+                group = dist.new_group(ranks)
+                if rank in ranks:
+                    setattr(state, attr, group)
         return state
 
     # --- rank arithmetic ----------------------------------------------------------------------

@@ -112,7 +112,9 @@ class Trainer:
         self.ps.seed(self.run.train.seed * 1_000_003 + self.step)
         bs = self._batch_size()
         if bs != self.engine.train_batch_size():
-            self.engine.set_train_batch_size(bs)
+            self.engine.set_train_batch_size(bs)  # changes the gradient accumulation steps
+            if self.built.pipeline:
+                self.engine.micro_batches = self.engine.gradient_accumulation_steps()
         self.engine.lr_scheduler.pending_tokens = bs * self.seq
         if self.built.pipeline:
             loss = self.engine.train_batch(data_iter=data)  # averaged over micro-batches and DP
@@ -120,7 +122,9 @@ class Trainer:
         else:
             total = torch.zeros(())
             gas = self.engine.gradient_accumulation_steps()
-            for _ in range(gas):
+            for k in range(gas):
+                # explicit boundary: DeepSpeed's own (micro_steps % gas) drifts once gas changes
+                self.engine.set_gradient_accumulation_boundary(k == gas - 1)
                 x, y, src = next(data)
                 token_loss = self.engine(x.to(self.engine.device), y.to(self.engine.device))
                 loss = token_loss.mean()
