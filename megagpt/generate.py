@@ -74,8 +74,8 @@ def main(argv=None) -> int:
         ids = torch.tensor([sp.encode(prompt)])
         out = sample(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                      top_p=args.top_p, eod=eod, generator=g)
-        text = sp.decode([t for t in out[0, ids.size(1):].tolist() if t != eod])
-        print(f"--- {prompt!r} ->\n{prompt}{text}\n", flush=True)
+        text = sp.decode([t for t in out[0].tolist() if t != eod])  # whole, so spacing survives
+        print(f"--- {prompt!r} ->\n{text}\n", flush=True)
     return 0
 
 
