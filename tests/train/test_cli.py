@@ -80,6 +80,14 @@ def test_plain_python_tensorboard_and_export(tmp_path, shard):
     x = torch.randint(1, 96, (1, 16))
     assert model(x).shape == (1, 16, 96)
 
+    # the standalone command consolidates the saved checkpoint into the same weights
+    again = tmp_path / "again.pt"
+    r = _run([sys.executable, str(ROOT / "megagpt" / "export.py"), "--config", str(RUN), "--out", str(again),
+              *_overrides(tmp_path, shard)])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    a, b = torch.load(export)["state_dict"], torch.load(again)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
 
 def _refusal(tmp_path, shard, *extra, world=None):
     cmd = [sys.executable, str(ROOT / "megagpt" / "pretrain.py"), "--config", str(RUN),

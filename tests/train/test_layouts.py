@@ -51,3 +51,13 @@ def test_loss_falls(tmp_path, shard):
                   extra=["deepspeed.optimizer.params.lr=0.003"])
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < first - 0.5, losses
+
+
+@pytest.mark.parametrize("layout,pp,world", [("zero3", 1, 1), ("3d", 2, 2)])
+def test_activation_checkpointing_is_exact(tmp_path, shard, layout, pp, world):
+    """Recomputing blocks (inside pipeline stages too) with dropout on changes nothing."""
+    dropout = ["model.attn_pdrop=0.1", "model.resid_pdrop=0.1"]
+    plain = _run(tmp_path / "plain", shard, layout, 1, pp, world, steps=3, extra=dropout)
+    ckpt = _run(tmp_path / "ckpt", shard, layout, 1, pp, world, steps=3,
+                extra=dropout + ["train.activation_checkpointing=true"])
+    assert ckpt == plain
