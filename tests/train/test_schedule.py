@@ -52,7 +52,7 @@ def test_batch_rampup(tmp_path, layout, pp):
     shard = write_pattern_shard(tmp_path / "pattern_text_document")
     ov = layout_overrides(layout, 1, pp, 2, 4, tmp_path, "ramp") + [
         f"data.prefixes=[{shard}]", "train.train_iters=6", "train.log_interval=1",
-        "train.rampup_start_batch=2", f"train.rampup_tokens={8 * 32 * 3}"]
+        "train.rampup_start_batch=2", f"train.rampup_tokens={8 * 32}"]
     world = pp
     losses, optimizer_steps, consumed = run_distributed(_ramp_worker, world, ov, use_deepspeed=True)[0]
     assert optimizer_steps == 6  # one optimizer step per train step, whatever the accumulation
