@@ -180,8 +180,17 @@ class DataConfig:
     seed: int = 1234
 
     def validate(self) -> "DataConfig":
+        for key in ("prefixes", "valid_prefixes"):
+            value = getattr(self, key)
+            if isinstance(value, str):
+                setattr(self, key, [value])
+            elif not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"data.{key} must be a list of shard prefixes, got {value!r}.")
         if not self.prefixes and not self.mixture:
             raise ConfigError("data: give data.prefixes (shard prefixes) or data.mixture (a mixture spec).")
+        if self.mixture and (self.prefixes or self.valid_prefixes):
+            raise ConfigError("data.mixture brings its own shards and held-out split; remove "
+                              "data.prefixes and data.valid_prefixes.")
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ConfigError(f"data.valid_fraction must be in [0, 1), got {self.valid_fraction!r}.")
         if self.seq_length is not None:

@@ -97,9 +97,13 @@ def load_spec(path: str | Path) -> MixtureSpec:
     seq = raw["seq_length"]
     if not isinstance(total, int) or total <= 0 or not isinstance(seq, int) or seq <= 0:
         raise ConfigError(f"{path}: total_tokens and seq_length must be positive integers.")
+    valid_fraction = raw.get("valid_fraction", 0.01)
+    if isinstance(valid_fraction, bool) or not isinstance(valid_fraction, (int, float)) \
+            or not 0.0 <= valid_fraction < 1.0:
+        raise ConfigError(f"{path}: valid_fraction must be a number in [0, 1), got {valid_fraction!r}.")
     cache = raw.get("cache_dir")
     return MixtureSpec(path=path, sources=sources, total_tokens=total, seq_length=seq,
-                       seed=int(raw.get("seed", 1234)), valid_fraction=float(raw.get("valid_fraction", 0.01)),
+                       seed=int(raw.get("seed", 1234)), valid_fraction=float(valid_fraction),
                        max_epochs=float(raw.get("max_epochs", 4.0)),
                        cache_dir=Path(cache) if cache else path.parent / ".mixture_cache", raw=raw)
 
@@ -198,7 +202,7 @@ def build(spec: MixtureSpec, log=print) -> dict:
               "warnings": [f"source '{r['source']}' is repeated {r['epochs']:.2f} epochs (> max_epochs "
                            f"{spec.max_epochs})" for r in rows if r["epochs"] > spec.max_epochs],
               "cached": False}
-    tmp = report_path.with_name(report_path.name + ".tmp")
+    tmp = report_path.with_name(report_path.name + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, report_path)
     return report

@@ -44,6 +44,9 @@ def save(engine, ckpt_dir: str | Path, step: int, client_state: dict, ps, keep_l
         os.replace(tmp, ckpt_dir / "latest")
         steps = sorted(int(m.group(1)) for d in ckpt_dir.iterdir()
                        if (m := re.fullmatch(r"global_step(\d+)", d.name)) and d.is_dir())
+        # only tags at or before this one: a newer folder is a save that never completed, and it
+        # is never counted against keep_last (the new `latest` is always kept)
+        steps = [s for s in steps if s <= step]
         for old in steps[:-keep_last]:
             shutil.rmtree(ckpt_dir / TAG.format(old), ignore_errors=True)
     dist.barrier()

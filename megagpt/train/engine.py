@@ -28,9 +28,11 @@ def _free_port() -> int:
 
 def launch_world_size() -> int:
     """The world size the launcher asked for, known before any process group exists."""
-    for var in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"):
+    for var in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
         if var in os.environ:
             return int(os.environ[var])
+    if "SLURM_PROCID" in os.environ:  # a task started by srun (salloc alone runs one process)
+        return int(os.environ["SLURM_NTASKS"])
     return 1
 
 
@@ -40,6 +42,13 @@ def init_distributed() -> None:
     if dist.is_initialized():
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    launched_by_mpi = "OMPI_COMM_WORLD_RANK" in os.environ or "PMI_RANK" in os.environ
+    if "RANK" not in os.environ and not launched_by_mpi and "SLURM_PROCID" in os.environ:
+        # srun: one task per rank; MASTER_ADDR/MASTER_PORT come from the job script
+        os.environ.update(RANK=os.environ["SLURM_PROCID"], WORLD_SIZE=os.environ["SLURM_NTASKS"],
+                          LOCAL_RANK=os.environ.get("SLURM_LOCALID", "0"))
+        if "MASTER_ADDR" not in os.environ:
+            raise RuntimeError("under srun, export MASTER_ADDR (the first node) and MASTER_PORT.")
     if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ \
             and "PMI_RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",

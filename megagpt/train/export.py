@@ -37,18 +37,23 @@ def consolidated_state_dict(built, cfg) -> dict[str, torch.Tensor] | None:
         named = [(pipeline_param_name(n, cfg.n_layer), p) for n, p in module.named_parameters()]
     else:
         named = list(module.named_parameters())
+    # every rank takes part in the DP and TP gathers (collectives); only the ranks with
+    # dp_rank == tp_rank == 0 keep the result, and the pipeline stages send theirs to rank 0
+    keep = ps.dp_rank == 0 and ps.tp_rank == 0
+    device = built.engine.device  # NCCL groups have no CPU backend
     local = {}
     for name, p in named:
         t = _full_fp32(p)
         if getattr(p, "tensor_model_parallel", False):
-            t = gather_tensor(t, ps, p.partition_dim, p.partition_stride)
-        if name is not None and name not in local:
+            t = gather_tensor(t.to(device), ps, p.partition_dim, p.partition_stride).cpu()
+        if keep and name is not None and name not in local:
             local[name] = t[: cfg.vocab_size] if name == WTE else t
-    if built.pipeline and ps.pp_size > 1:
-        parts = [None] * ps.pp_size
-        dist.all_gather_object(parts, local, group=ps.pp_group)
+    if built.pipeline and ps.pp_size > 1 and keep:
+        parts = [None] * ps.pp_size if ps.pp_rank == 0 else None
+        dist.gather_object(local, parts, dst=dist.get_rank() - ps.pp_rank * ps.dp_size * ps.tp_size,
+                           group=ps.pp_group)
         local = {}
-        for part in parts:
+        for part in parts or []:
             for k, v in part.items():
                 local.setdefault(k, v)
     return local if dist.get_rank() == 0 else None

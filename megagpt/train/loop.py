@@ -37,10 +37,16 @@ def build_datasets(run: RunConfig, train_samples: int, valid_samples: int):
         if spec.seq_length != run.seq_length:
             raise ConfigError(f"{d.mixture}: seq_length {spec.seq_length} differs from the run's "
                               f"{run.seq_length} (data.seq_length / model.n_positions).")
+        # rank 0 builds (or finds) the cached index; a failure reaches every rank, not just one
+        error = [None]
         if dist.get_rank() == 0:
-            report = mixture.build(spec)
-            print(mixture.format_report(report), flush=True)
-        dist.barrier()
+            try:
+                print(mixture.format_report(mixture.build(spec)), flush=True)
+            except ConfigError as e:
+                error = [str(e)]
+        dist.broadcast_object_list(error, src=0)
+        if error[0]:
+            raise ConfigError(error[0])
         train, valid_by_source = mixture.load(spec)
         if len(train) < train_samples:
             raise ConfigError(f"{d.mixture}: total_tokens gives {len(train)} samples but the run needs "
@@ -54,8 +60,12 @@ def build_datasets(run: RunConfig, train_samples: int, valid_samples: int):
         train_ranges, valid_ranges = split_documents(shards, d.valid_fraction)
     train = GPTDataset(train_ranges, run.seq_length, train_samples, d.seed, name="train")
     valid = None
-    if sum(r.stop - r.start for r in valid_ranges):
+    valid_tokens = sum(int(r.shard.sizes[r.start:r.stop].sum()) for r in valid_ranges)
+    if valid_tokens > run.seq_length + 1:
         valid = GPTDataset(valid_ranges, run.seq_length, valid_samples, d.seed + 1, name="valid")
+    elif valid_tokens and dist.get_rank() == 0:
+        print(f"warning: {valid_tokens} held-out tokens are fewer than one sample of {run.seq_length + 1}; "
+              f"no validation (raise data.valid_fraction or give data.valid_prefixes).", flush=True)
     return train, valid, {}
 
 
@@ -99,7 +109,8 @@ class Trainer:
                                  rampup_tokens=tr.rampup_tokens, multiple=self.micro * self.dp)
 
     def _dp_mean(self, value: torch.Tensor) -> float:
-        value = value.detach().float().clone()
+        # on the engine's device: NCCL groups have no CPU backend
+        value = value.detach().float().to(self.engine.device)
         if self.dp > 1:
             dist.all_reduce(value, group=self.ps.dp_group)
             value /= self.dp
@@ -154,9 +165,10 @@ class Trainer:
         if not self.sources:
             return out
         if not self.built.pipeline:
-            both = torch.stack([self._src_loss, self._src_n])
+            both = torch.stack([self._src_loss, self._src_n]).to(self.engine.device)
             if self.dp > 1:
                 dist.all_reduce(both, group=self.ps.dp_group)
+            both = both.cpu()
             for i, name in enumerate(self.sources):
                 if both[1, i] > 0:
                     out[f"train/loss/{name}"] = float(both[0, i] / both[1, i])
