@@ -27,6 +27,8 @@ def _run_config(args, precision: str, stage: int):
     ds["train_micro_batch_size_per_gpu"] = args.batch
     ds["bf16"] = {"enabled": precision == "bf16"}
     ds["zero_optimization"]["stage"] = stage
+    # buckets sized to this small model (the shipped 50M-element buckets would dwarf it)
+    ds["zero_optimization"].update(reduce_bucket_size=2_000_000, stage3_prefetch_bucket_size=2_000_000)
     model = model_config(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
                          n_positions=args.seq, vocab_size=args.vocab)
     return RunConfig(model=model, parallel=ParallelConfig(), data=DataConfig(prefixes=["unused"]),
@@ -116,6 +118,7 @@ def main():
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--memory-only", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
@@ -132,7 +135,7 @@ def main():
 
     tokens = args.batch * args.seq
     rows = []
-    for precision in args.precisions.split(","):
+    for precision in ([] if args.memory_only else args.precisions.split(",")):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         peak = measured_cpu_peak(dtype, seconds=1.0)
         ours, _, cfg = _megagpt_steps(args, precision)
@@ -141,9 +144,10 @@ def main():
         for name, ts in ((f"megagpt+DeepSpeed ZeRO-3 {precision}", ours), (f"HF GPT-2 + AdamW {precision}", hf)):
             t = sorted(ts)[len(ts) // 2]
             rows.append((name, t, tokens / t, flops / t / 1e12, flops / t / peak))
-    print(f"shape: {args.n_layer} layers, n_embd {args.n_embd}, ctx {args.seq}, vocab {args.vocab}, "
-          f"batch {args.batch}, threads {args.threads}, {args.steps} timed steps (median)")
-    print(f"{'run':<36} {'step s':>7} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6}")
+    if rows:
+        print(f"shape: {args.n_layer} layers, n_embd {args.n_embd}, ctx {args.seq}, vocab {args.vocab}, "
+              f"batch {args.batch}, threads {args.threads}, {args.steps} timed steps (median)")
+        print(f"{'run':<36} {'step s':>7} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6}")
     for name, t, tps, tf, mfu in rows:
         print(f"{name:<36} {t:7.2f} {tps:9.0f} {tf:8.4f} {mfu:6.1%}")
 
