@@ -1,4 +1,4 @@
-"""Shared bits for the benchmarks: timing and a measured CPU matmul peak for MFU on CPU."""
+"""Shared bits for the benchmarks: timing, median, and the model shape arguments."""
 from __future__ import annotations
 
 import time
@@ -22,8 +22,13 @@ def median(xs):
     return xs[len(xs) // 2]
 
 
-def cpu_matmul_peak_flops(n: int = 1024, dtype=torch.float32, iters: int = 10) -> float:
-    """Achieved FLOP/s of a square matmul: the practical peak this CPU reaches."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    t = median(timed(lambda: a @ b, warmup=3, iters=iters))
-    return 2 * n ** 3 / t
+def add_shape_args(ap, *, steps_flag: str, steps_default: int) -> None:
+    """The GPT-2-small-like shape both benchmarks measure, and how many timed steps."""
+    ap.add_argument("--n-layer", type=int, default=6)
+    ap.add_argument("--n-embd", type=int, default=384)
+    ap.add_argument("--n-head", type=int, default=6)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=50257)
+    ap.add_argument(steps_flag, type=int, default=steps_default)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())

@@ -14,23 +14,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import cpu_matmul_peak_flops, median, timed  # noqa: E402
-from megagpt.config import model_config  # noqa: E402
+from _common import add_shape_args, median, timed  # noqa: E402
 from megagpt.model import GPT, load_full_state_dict, model_flops_per_token  # noqa: E402
 from megagpt.model.convert import config_from_hf, full_from_hf_gpt2  # noqa: E402
+from megagpt.train.metrics import measured_cpu_peak  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n-layer", type=int, default=6)
-    ap.add_argument("--n-embd", type=int, default=384)
-    ap.add_argument("--n-head", type=int, default=6)
-    ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--vocab", type=int, default=50257)
-    ap.add_argument("--iters", type=int, default=8)
+    add_shape_args(ap, steps_flag="--iters", steps_default=8)
     ap.add_argument("--rounds", type=int, default=2, help="alternate the two models this often")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -64,7 +57,7 @@ def main():
 
     tokens = args.batch * args.seq
     flops = model_flops_per_token(cfg, args.seq) * tokens
-    peak = cpu_matmul_peak_flops()
+    peak = measured_cpu_peak(n=1024, seconds=1.0)
     print(f"shape: {args.n_layer} layers, n_embd {args.n_embd}, {args.n_head} heads, ctx {args.seq}, "
           f"vocab {args.vocab}, batch {args.batch}, threads {args.threads}")
     print(f"model FLOPs per step (fwd+bwd): {flops / 1e9:.1f} GFLOP; measured fp32 matmul peak "

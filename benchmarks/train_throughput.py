@@ -17,6 +17,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import add_shape_args, median  # noqa: E402
 
 
 def _run_config(args, precision: str, stage: int):
@@ -108,14 +111,7 @@ def _memory_worker(rank, world_size, args, stage):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n-layer", type=int, default=6)
-    ap.add_argument("--n-embd", type=int, default=384)
-    ap.add_argument("--n-head", type=int, default=6)
-    ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--vocab", type=int, default=50257)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    add_shape_args(ap, steps_flag="--steps", steps_default=5)
     ap.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--memory-only", action="store_true")
@@ -142,7 +138,7 @@ def main():
         hf = _hf_steps(args, precision)
         flops = model_flops_per_token(cfg, args.seq) * tokens
         for name, ts in ((f"megagpt+DeepSpeed ZeRO-3 {precision}", ours), (f"HF GPT-2 + AdamW {precision}", hf)):
-            t = sorted(ts)[len(ts) // 2]
+            t = median(ts)
             rows.append((name, t, tokens / t, flops / t / 1e12, flops / t / peak))
     if rows:
         print(f"shape: {args.n_layer} layers, n_embd {args.n_embd}, ctx {args.seq}, vocab {args.vocab}, "
