@@ -38,6 +38,11 @@ def split_documents(shards: Sequence[IndexedDataset], valid_fraction: float):
     return train, valid
 
 
+def range_tokens(ranges: Sequence[DocumentRange]) -> int:
+    """Tokens in some document ranges."""
+    return int(sum(int(r.shard.sizes[r.start:r.stop].sum(dtype=np.int64)) for r in ranges))
+
+
 class GPTDataset:
     """``num_samples`` packed samples of ``seq_length + 1`` tokens over some document ranges."""
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from megagpt.config import ConfigError, load_file
-from megagpt.data.gpt_dataset import GPTDataset, split_documents
+from megagpt.data.gpt_dataset import GPTDataset, range_tokens, split_documents
 from megagpt.data.indexed import IndexedDataset, ShardError, paths
 
 INDEX_VERSION = 1
@@ -152,11 +152,7 @@ def blend_order(weights: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _tokens(ranges) -> int:
-    return int(sum(int(r.shard.sizes[r.start:r.stop].sum(dtype=np.int64)) for r in ranges))
-
-
-def build(spec: MixtureSpec, log=print) -> dict:
+def build(spec: MixtureSpec) -> dict:
     """Check shards, blend, cache; returns the report (also written next to the cached index)."""
     shards = _open_shards(spec)
     key = cache_key(spec)
@@ -171,7 +167,7 @@ def build(spec: MixtureSpec, log=print) -> dict:
     train_tokens = {}
     for s in spec.sources:
         train, _ = split_documents(shards[s.name], spec.valid_fraction)
-        train_tokens[s.name] = _tokens(train)
+        train_tokens[s.name] = range_tokens(train)
         if train_tokens[s.name] <= spec.seq_length:
             raise ConfigError(f"{spec.path}: source '{s.name}' has {train_tokens[s.name]} training tokens, "
                               f"too few for one sample of {spec.seq_length + 1}.")
@@ -228,6 +224,7 @@ class BlendedDataset:
         self.datasets = datasets
         self.dataset_index = index["dataset_index"]
         self.dataset_sample_index = index["dataset_sample_index"]
+        self.counts = index["counts"]  # samples drawn from each source over the whole run
 
     def __len__(self) -> int:
         return len(self.dataset_index)
@@ -239,9 +236,11 @@ class BlendedDataset:
         return int(self.dataset_index[i])
 
 
-def load(spec: MixtureSpec) -> tuple[BlendedDataset, dict[str, GPTDataset | None]]:
-    """The blended training dataset (index built if missing) and each source's held-out set."""
-    report = build(spec, log=lambda *_: None)
+def load(spec: MixtureSpec, report: dict | None = None) -> tuple[BlendedDataset, dict[str, GPTDataset | None]]:
+    """The blended training dataset and each source's held-out set. Pass the report of a
+    ``build`` already done (its key names the cached index) to skip checking and hashing the
+    shards again; without one the index is built if missing."""
+    report = report or build(spec)
     index = np.load(spec.cache_dir / f"{report['key']}.npz")
     shards = _open_shards(spec)
     train_sets, valid_sets = [], {}
@@ -249,7 +248,7 @@ def load(spec: MixtureSpec) -> tuple[BlendedDataset, dict[str, GPTDataset | None
         train, valid = split_documents(shards[s.name], spec.valid_fraction)
         n_i = max(1, int(index["counts"][i]))
         train_sets.append(GPTDataset(train, spec.seq_length, n_i, spec.seed + 1000 * i, name=s.name))
-        valid_tokens = _tokens(valid)
+        valid_tokens = range_tokens(valid)
         valid_sets[s.name] = (GPTDataset(valid, spec.seq_length, max(1, valid_tokens // spec.seq_length - 1),
                                          spec.seed + 1000 * i + 1, name=f"{s.name}/valid")
                               if valid_tokens > spec.seq_length + 1 else None)

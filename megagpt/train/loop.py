@@ -9,7 +9,8 @@ import torch
 import torch.distributed as dist
 
 from megagpt.config import ConfigError, RunConfig
-from megagpt.data.gpt_dataset import GPTDataset, micro_batches, source_counts, split_documents
+from megagpt.data.gpt_dataset import (GPTDataset, micro_batches, range_tokens, source_counts,
+                                      split_documents)
 from megagpt.data.indexed import IndexedDataset
 from megagpt.model.flops import model_flops_per_token
 from megagpt.train import checkpoint
@@ -37,17 +38,19 @@ def build_datasets(run: RunConfig, train_samples: int, valid_samples: int):
         if spec.seq_length != run.seq_length:
             raise ConfigError(f"{d.mixture}: seq_length {spec.seq_length} differs from the run's "
                               f"{run.seq_length} (data.seq_length / model.n_positions).")
-        # rank 0 builds (or finds) the cached index; a failure reaches every rank, not just one
-        error = [None]
+        # rank 0 checks the shards and builds (or finds) the cached index once; the report (or the
+        # failure) reaches every rank, which then loads that index without hashing the shards again
+        outcome = [None, None]  # report, error
         if dist.get_rank() == 0:
             try:
-                print(mixture.format_report(mixture.build(spec)), flush=True)
+                outcome[0] = mixture.build(spec)
+                print(mixture.format_report(outcome[0]), flush=True)
             except ConfigError as e:
-                error = [str(e)]
-        dist.broadcast_object_list(error, src=0)
-        if error[0]:
-            raise ConfigError(error[0])
-        train, valid_by_source = mixture.load(spec)
+                outcome[1] = str(e)
+        dist.broadcast_object_list(outcome, src=0)
+        if outcome[1]:
+            raise ConfigError(outcome[1])
+        train, valid_by_source = mixture.load(spec, outcome[0])
         if len(train) < train_samples:
             raise ConfigError(f"{d.mixture}: total_tokens gives {len(train)} samples but the run needs "
                               f"{train_samples} (train_iters x batch); raise total_tokens.")
@@ -60,7 +63,7 @@ def build_datasets(run: RunConfig, train_samples: int, valid_samples: int):
         train_ranges, valid_ranges = split_documents(shards, d.valid_fraction)
     train = GPTDataset(train_ranges, run.seq_length, train_samples, d.seed, name="train")
     valid = None
-    valid_tokens = sum(int(r.shard.sizes[r.start:r.stop].sum()) for r in valid_ranges)
+    valid_tokens = range_tokens(valid_ranges)
     if valid_tokens > run.seq_length + 1:
         valid = GPTDataset(valid_ranges, run.seq_length, valid_samples, d.seed + 1, name="valid")
     elif valid_tokens and dist.get_rank() == 0:
@@ -183,8 +186,7 @@ class Trainer:
         if self.valid_by_source:
             out = {f"valid/loss/{name}": self._eval_on(ds) for name, ds in self.valid_by_source.items()}
             # weight each source's held-out loss by its share of the training mixture
-            counts = np.bincount(self.train_ds.dataset_index, minlength=len(self.sources))
-            weights = dict(zip(self.sources, counts.tolist()))
+            weights = dict(zip(self.sources, self.train_ds.counts.tolist()))
             total = sum(weights[n] for n in self.valid_by_source)
             out["valid/loss"] = sum(out[f"valid/loss/{n}"] * weights[n] / total for n in self.valid_by_source)
             return out
