@@ -39,15 +39,22 @@ def load_full_state_dict(model, full: dict[str, torch.Tensor]) -> None:
             p.copy_(t)
 
 
+def whole_tensor(name: str, p, t: torch.Tensor, ps, vocab_size: int, device=None) -> torch.Tensor:
+    """This rank's copy ``t`` of parameter ``p`` made whole: all-gathered over the TP group when
+    ``p`` is sharded (on ``device`` if given: NCCL has no CPU backend), padding rows dropped from
+    the token embedding. Collective for sharded parameters."""
+    if getattr(p, "tensor_model_parallel", False):
+        t = gather_tensor(t if device is None else t.to(device), ps, p.partition_dim,
+                          p.partition_stride).to(t.device)
+    return t[:vocab_size] if name == WTE else t
+
+
 def full_state_dict(model) -> dict[str, torch.Tensor]:
     """Whole tensors from a tensor-parallel GPT (collective over the TP group)."""
     out = {}
     for name, p in model.named_parameters():
-        if getattr(p, "tensor_model_parallel", False):
-            t = gather_tensor(p, model.ps, p.partition_dim, p.partition_stride)
-        else:
-            t = p.detach().clone()
-        out[name] = t[: model.cfg.vocab_size] if name == WTE else t
+        t = p.detach() if getattr(p, "tensor_model_parallel", False) else p.detach().clone()
+        out[name] = whole_tensor(name, p, t, model.ps, model.cfg.vocab_size)
     return out
 
 

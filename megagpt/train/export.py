@@ -16,8 +16,7 @@ import torch
 import torch.distributed as dist
 from deepspeed.utils import safe_get_full_fp32_param
 
-from megagpt.model.convert import WTE
-from megagpt.parallel.layers import gather_tensor
+from megagpt.model.convert import whole_tensor
 
 
 def _full_fp32(p) -> torch.Tensor:
@@ -43,11 +42,9 @@ def consolidated_state_dict(built, cfg) -> dict[str, torch.Tensor] | None:
     device = built.engine.device  # NCCL groups have no CPU backend
     local = {}
     for name, p in named:
-        t = _full_fp32(p)
-        if getattr(p, "tensor_model_parallel", False):
-            t = gather_tensor(t.to(device), ps, p.partition_dim, p.partition_stride).cpu()
+        t = whole_tensor(name, p, _full_fp32(p), ps, cfg.vocab_size, device)
         if keep and name is not None and name not in local:
-            local[name] = t[: cfg.vocab_size] if name == WTE else t
+            local[name] = t
     if built.pipeline and ps.pp_size > 1 and keep:
         parts = [None] * ps.pp_size if ps.pp_rank == 0 else None
         dist.gather_object(local, parts, dst=dist.get_rank() - ps.pp_rank * ps.dp_size * ps.tp_size,
