@@ -273,13 +273,9 @@ def load_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def asdict(cfg) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
 __all__ = [
     "ConfigError", "ModelConfig", "ParallelConfig", "PRESETS", "model_config",
-    "model_config_from_dict", "load_file", "asdict",
+    "model_config_from_dict", "load_file",
 ]
 
 

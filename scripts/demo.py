@@ -146,7 +146,7 @@ def build_shards(demo: Path, raw: Path, vocab_size: int, workers: int) -> Path:
 
 
 def write_mixture(out: Path, total_tokens: int, seq: int) -> Path:
-    lines = [f"# written by scripts/demo.py: GPT-3's four-source weights over the demo shards",
+    lines = ["# written by scripts/demo.py: GPT-3's four-source weights over the demo shards",
              f"total_tokens: {total_tokens}", f"seq_length: {seq}", "seed: 1234", "valid_fraction: 0.02",
              "max_epochs: 1000", "sources:"]
     lines += [f"  {s}: {{prefixes: [{s}_text_document], weight: {WEIGHTS[s]}}}" for s in SOURCES]

@@ -2,19 +2,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank, world_size, port, fn, args, outdir, use_deepspeed):
@@ -38,6 +31,8 @@ def _worker(rank, world_size, port, fn, args, outdir, use_deepspeed):
 def run_distributed(fn, world_size: int, *args, use_deepspeed: bool = False) -> list:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` processes; return each rank's result.
     An exception (a failed assert) on any rank fails the caller with that rank's traceback."""
+    from megagpt.train.engine import free_port  # here, not at import: spawned ranks skip deepspeed
+
     with tempfile.TemporaryDirectory() as outdir:
         mp.spawn(_worker, args=(world_size, free_port(), fn, args, outdir, use_deepspeed),
                  nprocs=world_size, join=True)

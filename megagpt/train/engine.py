@@ -20,7 +20,7 @@ from megagpt.parallel.state import ParallelState
 from megagpt.train.schedule import WarmupCosineLR
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -52,13 +52,13 @@ def init_distributed() -> None:
     if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ \
             and "PMI_RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, verbose=False)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def _param_groups(named_params, weight_decay_from_ds: bool = True):
+def _param_groups(named_params):
     """GPT-3 decays weight matrices only: biases and LayerNorm gains go in a no-decay group."""
     decay, no_decay = [], []
     for _, p in named_params:

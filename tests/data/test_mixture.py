@@ -1,6 +1,4 @@
 """build_mixture.py and the blended training stream."""
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +8,6 @@ import pytest
 import torch
 
 from shards import write_pattern_shard
-from megagpt.config import ConfigError
 from megagpt.data import mixture
 from megagpt.data.gpt_dataset import micro_batches
 

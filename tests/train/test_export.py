@@ -4,13 +4,11 @@ checks that zero.Init and the seeded pipeline build the same weights)."""
 import pytest
 import torch
 
-from common import layout_overrides
+from common import RUN_YAML, layout_overrides
 from dist_harness import run_distributed
 from shards import write_pattern_shard
 from megagpt.config import load_run_config, validate_run
 from megagpt.model import GPT, full_state_dict
-
-from common import RUN_YAML
 
 
 def _export_worker(rank, world_size, overrides):
@@ -32,5 +30,4 @@ def _export_worker(rank, world_size, overrides):
 def test_consolidated_weights_equal_single_device_model(tmp_path, layout, tp, pp):
     shard = write_pattern_shard(tmp_path / "pattern_text_document")
     ov = layout_overrides(layout, tp, pp, 2, 1, tmp_path, "x") + [f"data.prefixes=[{shard}]"]
-    world = 4 if layout == "zero3" else 4
-    run_distributed(_export_worker, world, ov, use_deepspeed=True)
+    run_distributed(_export_worker, 4, ov, use_deepspeed=True)
