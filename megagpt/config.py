@@ -178,6 +178,7 @@ class DataConfig:
     valid_fraction: float = 0.01  # else: this tail fraction of each shard's documents
     seq_length: int | None = None  # default: model.n_positions
     seed: int = 1234
+    tokenizer: str | None = None  # the sentencepiece model that made the shards; exports record it
 
     def validate(self) -> "DataConfig":
         for key in ("prefixes", "valid_prefixes"):
@@ -221,7 +222,7 @@ class TrainConfig:
     checkpoint_dir: str | None = "checkpoints/run"
     tensorboard_dir: str | None = "runs/run"
     resume: bool = True
-    export_path: str | None = None  # consolidated fp32 weights written at the end
+    export_path: str | None = None  # consolidated fp32 weights (*.safetensors) written at the end
 
     def validate(self) -> "TrainConfig":
         _positive("train", train_iters=self.train_iters, log_interval=self.log_interval,
@@ -229,6 +230,9 @@ class TrainConfig:
                   keep_last=self.keep_last)
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}.")
+        if self.export_path is not None and not str(self.export_path).endswith(".safetensors"):
+            raise ConfigError(f"train.export_path={self.export_path!r} must name a .safetensors file "
+                              f"(the weights; their config goes to a .json beside it).")
         if self.save_interval < 0 or self.rampup_start_batch < 0 or self.rampup_tokens < 0:
             raise ConfigError("train.save_interval, train.rampup_start_batch and train.rampup_tokens "
                               "must be >= 0.")

@@ -1,11 +1,19 @@
-"""Sample text from an exported model (``train.export_path``) with a sentencepiece tokenizer.
+"""Generate text from an exported model, a Hugging Face GPT-2 directory or a training checkpoint.
 
-    python megagpt/generate.py --model checkpoints/run/model.pt --tokenizer out/tokenizer.model \\
-        --prompt "The history of" --max-new-tokens 60 --temperature 0.8 --top-k 50 --top-p 0.95
+    python megagpt/generate.py --model demo/run/model.safetensors --prompt "The history of"
+    deepspeed --num_gpus 2 megagpt/generate.py --model checkpoints/run --tokenizer tok.model \\
+        --prompt-file prompts.txt --max-new-tokens 200 --top-p 0.9 --output out.jsonl
+    mpirun -np 4 python megagpt/generate.py --model ... --tp 2      # tp 2 x dp 2
+
+Under a launcher the world is split into tensor-parallel groups of ``--tp`` ranks (default: the
+whole world): each rank holds its shard of the weights, the prompts are dealt out over the
+data-parallel groups, and rank 0 prints (and writes ``--output``) in the prompts' order. A
+training checkpoint loads whatever tp/pp/dp it was saved with.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -17,65 +25,126 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Keep the ``top_k`` most likely tokens and the smallest set whose probability reaches
-    ``top_p`` (nucleus); the rest get -inf. ``logits``: (B, V)."""
-    if top_k and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= top_p  # tokens entirely beyond the nucleus
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return logits
+from megagpt.inference.generation import SamplingParams, filter_logits, generate  # noqa: E402,F401
 
 
-@torch.no_grad()
-def sample(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0, eod: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Autoregressive sampling (greedy when ``temperature == 0``); stops early at ``eod``."""
-    model.eval()
-    ctx = model.cfg.n_positions
-    for _ in range(max_new_tokens):
-        logits = model.gathered_logits(idx[:, -ctx:])[:, -1, :]
-        if temperature == 0:
-            nxt = logits.argmax(-1, keepdim=True)
-        else:
-            probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
-            nxt = torch.multinomial(probs, 1, generator=generator)
-        idx = torch.cat([idx, nxt], dim=1)
-        if eod is not None and bool((nxt == eod).all()):
-            break
-    return idx
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="Generate continuations with a megagpt model.")
+    ap.add_argument("--model", required=True,
+                    help="exported *.safetensors, a Hugging Face GPT-2 directory, or a checkpoint directory")
+    ap.add_argument("--tokenizer", help="sentencepiece .model (default: the one the export names)")
+    ap.add_argument("--tag", help="checkpoint tag (default: the one in 'latest')")
+    ap.add_argument("--prompt", action="append", default=[], help="repeat for several prompts")
+    ap.add_argument("--prompt-file", help="one prompt per line (.txt) or {'prompt': ...} per line (.jsonl)")
+    ap.add_argument("--output", help="write {'prompt', 'completion', 'finish_reason'} per line (JSONL)")
+    ap.add_argument("--tp", type=int, default=None, help="tensor-parallel size (default: world size)")
+    ap.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
+    ap.add_argument("--max-new-tokens", type=int, default=60)
+    ap.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    ap.add_argument("--top-k", type=int, default=50)
+    ap.add_argument("--top-p", type=float, default=0.95)
+    ap.add_argument("--repetition-penalty", type=float, default=1.0)
+    ap.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    ap.add_argument("--num-return-sequences", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    ap.add_argument("--no-cache", action="store_true", help="recompute the whole prefix at every step")
+    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def read_prompts(args) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompt_file:
+        with open(args.prompt_file, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if args.prompt_file.endswith(".jsonl"):
+                    try:
+                        prompts.append(json.loads(line)["prompt"])
+                    except (ValueError, KeyError, TypeError):
+                        raise ValueError(f"{args.prompt_file}:{n}: expected a JSON object with a "
+                                         f"'prompt' string.") from None
+                else:
+                    prompts.append(line.rstrip("\n"))
+    if not prompts:
+        raise ValueError("give at least one --prompt or a --prompt-file.")
+    return prompts
+
+
+def setup_parallel(tp: int | None):
+    """(ParallelState, device): a world of one under plain python, groups under a launcher."""
+    from megagpt.train.engine import launch_world_size
+
+    world = launch_world_size()
+    if world == 1 and (tp or 1) == 1:
+        return None, torch.device("cpu")
+    import torch.distributed as dist
+
+    from megagpt.parallel.state import ParallelState
+    from megagpt.train.engine import init_distributed
+
+    if world % (tp or world):
+        raise ValueError(f"--tp {tp} does not divide the world size {world}.")
+    init_distributed()
+    ps = ParallelState.build(tp_size=tp or dist.get_world_size())
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return ps, device
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Sample continuations from an exported megagpt model.")
-    ap.add_argument("--model", required=True, help="exported weights (train.export_path)")
-    ap.add_argument("--tokenizer", required=True, help="sentencepiece .model used to build the shards")
-    ap.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
-    ap.add_argument("--max-new-tokens", type=int, default=60)
-    ap.add_argument("--temperature", type=float, default=0.8)
-    ap.add_argument("--top-k", type=int, default=50)
-    ap.add_argument("--top-p", type=float, default=0.95)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    import sentencepiece as spm
+    args = parse_args(argv)
+    from megagpt.inference import WeightsError, load
 
-    from megagpt.train.export import load_exported
+    try:
+        prompts = read_prompts(args)
+        params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                                stop=tuple(args.stop), num_return_sequences=args.num_return_sequences,
+                                seed=args.seed).validate()
+        ps, device = setup_parallel(args.tp)
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+        loaded = load(args.model, tokenizer=args.tokenizer, ps=ps, tag=args.tag, dtype=dtype, device=device)
+    except (ValueError, FileNotFoundError, WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    model, tok = loaded
+    if tok is None:
+        print(f"error: {args.model}: no tokenizer recorded or found beside it; pass --tokenizer.", file=sys.stderr)
+        return 2
+    if tok.vocab_size > model.cfg.vocab_size:
+        print(f"error: {tok.path} has {tok.vocab_size} tokens but the model only {model.cfg.vocab_size}.",
+              file=sys.stderr)
+        return 2
+    dp_rank, dp_size = (ps.dp_rank, ps.dp_size) if ps is not None else (0, 1)
+    mine = list(range(dp_rank, len(prompts), dp_size))  # this data-parallel group's prompts
+    results = {}
+    for b in range(0, len(mine), args.batch_size):
+        chunk = mine[b:b + args.batch_size]
+        ids = [tok.encode(prompts[i]) or [tok.eod_id] for i in chunk]
+        for c in generate(model, ids, params, eod_id=tok.eod_id, decode=tok.decode, use_cache=not args.no_cache):
+            results.setdefault(chunk[c.prompt_index], []).append((c.text, c.finish_reason))
+    if ps is not None and dp_size > 1:
+        import torch.distributed as dist
 
-    model = load_exported(args.model)
-    sp = spm.SentencePieceProcessor(model_file=args.tokenizer)
-    eod = sp.piece_to_id("<|endoftext|>")
-    g = torch.Generator().manual_seed(args.seed)
-    for prompt in args.prompt:
-        ids = torch.tensor([sp.encode(prompt)])
-        out = sample(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                     top_p=args.top_p, eod=eod, generator=g)
-        text = sp.decode([t for t in out[0].tolist() if t != eod])  # whole, so spacing survives
-        print(f"--- {prompt!r} ->\n{text}\n", flush=True)
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, results)
+        results = {k: v for part in parts for k, v in part.items()}
+    if ps is None or ps.rank == 0:
+        out = open(args.output, "w", encoding="utf-8") if args.output else None
+        for i, prompt in enumerate(prompts):
+            for text, reason in results[i]:
+                print(f"--- {prompt!r} ->\n{prompt}{text}\n", flush=True)
+                if out:
+                    out.write(json.dumps({"prompt": prompt, "completion": text, "finish_reason": reason},
+                                         ensure_ascii=False) + "\n")
+        if out:
+            out.close()
+    if ps is not None:
+        import torch.distributed as dist
+
+        dist.barrier()
     return 0
 
 

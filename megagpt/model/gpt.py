@@ -9,6 +9,7 @@ model into stages.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -20,6 +21,9 @@ from megagpt.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megagpt.parallel.layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 from megagpt.parallel.mappings import copy_to_tp, gather_from_tp
 from megagpt.parallel.state import ParallelState
+
+if TYPE_CHECKING:
+    from megagpt.model.cache import DecodeState
 
 
 def band_mask(T: int, window: int, device=None) -> torch.Tensor:
@@ -35,6 +39,7 @@ class Attention(nn.Module):
         self.ps = ps
         self.n_head = cfg.n_head // ps.tp_size  # heads on this rank
         self.head_dim = cfg.head_dim
+        self.layer_idx = layer_idx
         self.banded = cfg.is_banded(layer_idx)
         self.window = cfg.local_window
         self.attn_pdrop = cfg.attn_pdrop
@@ -51,18 +56,24 @@ class Attention(nn.Module):
             m = self._mask_cache = band_mask(T, self.window, device)
         return m[:T, :T]
 
-    def forward(self, x):
+    def forward(self, x, state: "DecodeState | None" = None):
         B, T, _ = x.shape
         qkv = self.c_attn(x)  # (B, T, 3 * nh * hs), nh = heads on this rank
         q, k, v = qkv.split(self.n_head * self.head_dim, dim=-1)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        p = self.attn_pdrop if self.training else 0.0
-        mask = self._band(T, x.device) if self.banded and T > self.window else None
-        with self.ps.rng.fork():  # this rank's heads: independent dropout per TP rank
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-                                               is_causal=mask is None)
+        if state is not None:  # inference: padding-aware masks, optionally a key/value cache
+            cache = state.caches[self.layer_idx] if state.caches is not None else None
+            if cache is not None:
+                k, v = cache.update(k, v, state.start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=state.mask(self.banded, T))
+        else:
+            p = self.attn_pdrop if self.training else 0.0
+            mask = self._band(T, x.device) if self.banded and T > self.window else None
+            with self.ps.rng.fork():  # this rank's heads: independent dropout per TP rank
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                                   is_causal=mask is None)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.c_proj(y)
 
@@ -90,11 +101,11 @@ class Block(nn.Module):
         self.mlp = MLP(cfg, ps)
         self.drop = nn.Dropout(cfg.resid_pdrop)
 
-    def forward(self, x):
+    def forward(self, x, state: "DecodeState | None" = None):
         if self.pre_ln:
-            x = x + self.drop(self.attn(self.ln_1(x)))
+            x = x + self.drop(self.attn(self.ln_1(x), state))
             return x + self.drop(self.mlp(self.ln_2(x)))
-        x = self.ln_1(x + self.drop(self.attn(x)))
+        x = self.ln_1(x + self.drop(self.attn(x, state)))
         return self.ln_2(x + self.drop(self.mlp(x)))
 
 
@@ -122,11 +133,13 @@ class Embedding(nn.Module):
         self.drop = nn.Dropout(cfg.embd_pdrop)
         self.n_positions = cfg.n_positions
 
-    def forward(self, idx):
-        T = idx.size(1)
-        if T > self.n_positions:
-            raise ValueError(f"sequence length {T} exceeds model.n_positions={self.n_positions}")
-        pos = torch.arange(T, device=idx.device)
+    def forward(self, idx, pos=None):
+        """``pos``: (B, T) positions when they are not 0..T-1 (left padding, cached decoding)."""
+        if pos is None:
+            T = idx.size(1)
+            if T > self.n_positions:
+                raise ValueError(f"sequence length {T} exceeds model.n_positions={self.n_positions}")
+            pos = torch.arange(T, device=idx.device)
         return self.drop(self.wte(idx) + self.wpe(pos))
 
 
@@ -200,7 +213,14 @@ class GPT(nn.Module):
         self.ln_f = FinalNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon) if cfg.ln_position == "pre" else None
         self.head = LMHead(cfg, ps, self.embed.wte)
 
-    def hidden_states(self, idx):
+    def hidden_states(self, idx, state: "DecodeState | None" = None):
+        """Final hidden states (B, T, n_embd). With a ``DecodeState`` (inference): positions and
+        attention masks come from it, and its key/value caches, if any, are read and extended."""
+        if state is not None:
+            x = self.embed(idx, state.positions(idx.size(1)))
+            for block in self.blocks:
+                x = block(x, state)
+            return self.ln_f(x) if self.ln_f is not None else x
         x = self.embed(idx)
         for block in self.blocks:
             if self.checkpoint_activations and self.training:
@@ -218,6 +238,12 @@ class GPT(nn.Module):
         if targets is None:
             return logits
         return self.head.loss(logits, targets)
+
+    def next_token_logits(self, idx, state: "DecodeState") -> torch.Tensor:
+        """Full-vocabulary logits (B, vocab_size) of the last input position (inference: only that
+        position goes through the output head)."""
+        h = self.hidden_states(idx, state)[:, -1:]
+        return self.head.gather(self.head(h))[:, 0]
 
     def gathered_logits(self, idx):
         """Full-vocabulary logits (B, T, vocab_size) on every TP rank (for generation, tests)."""

@@ -2,13 +2,11 @@
 
 Each parameter's fp32 master copy is gathered over the DP group (ZeRO), then over the TP group
 (``partition_dim``/``partition_stride``), then the pipeline stages are collected on rank 0. The
-result is megagpt's tp-independent full state dict, loadable by ``megagpt.model.GPT`` on one
-device and convertible to Hugging Face GPT-2 with ``megagpt.model.convert.full_to_hf_gpt2``.
+result is megagpt's tp-independent full state dict, written as safetensors
+(``megagpt.inference.weights``) and loadable at any tp with ``megagpt.load``.
 """
 from __future__ import annotations
 
-import os
-from dataclasses import asdict
 from pathlib import Path
 
 import deepspeed
@@ -56,25 +54,18 @@ def consolidated_state_dict(built, cfg) -> dict[str, torch.Tensor] | None:
     return local if dist.get_rank() == 0 else None
 
 
-def export(built, cfg, path: str | Path) -> None:
-    """Write {'config', 'state_dict'} to ``path`` atomically (rank 0)."""
+def export(built, cfg, path: str | Path, *, tokenizer: str | None = None, step: int | None = None) -> None:
+    """Write the consolidated weights as ``path`` (.safetensors) plus its JSON (rank 0)."""
+    from megagpt.inference.weights import save_export
+
     full = consolidated_state_dict(built, cfg)
     if full is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"config": asdict(cfg), "state_dict": full}, tmp)
-        os.replace(tmp, path)
+        save_export(full, cfg, path, tokenizer=tokenizer, step=step)
     dist.barrier()
 
 
 def load_exported(path: str | Path):
-    """A single-device ``GPT`` from an exported file."""
-    from megagpt.config import ModelConfig
-    from megagpt.model.convert import load_full_state_dict
-    from megagpt.model.gpt import GPT
+    """A single-device ``GPT`` from an exported file (never unpickles)."""
+    from megagpt.inference import load
 
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    model = GPT(ModelConfig(**blob["config"]))
-    load_full_state_dict(model, blob["state_dict"])
-    return model
+    return load(path, with_tokenizer=False).model

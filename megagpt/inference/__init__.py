@@ -1,0 +1,122 @@
+"""One loading path and one forward path for everything after pretraining.
+
+``load(path)`` takes an exported model (``*.safetensors`` with its JSON), a Hugging Face GPT-2
+directory, or a training checkpoint directory (any layout and tp/pp/dp it was saved with), and
+returns the model (sharded over ``ps`` when given, an ordinary single-device GPT otherwise) and its
+tokenizer::
+
+    import megagpt
+    model, tok = megagpt.load("demo/run/model.safetensors")
+    print(megagpt.load("demo/run/model.safetensors").complete("In the beginning", max_new_tokens=30))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from megagpt.inference.generation import Completion, SamplingParams, generate
+from megagpt.inference.tokenizer import Tokenizer
+from megagpt.inference.weights import WeightsError
+
+__all__ = ["load", "Loaded", "read_weights", "generate", "SamplingParams", "Completion", "Tokenizer",
+           "WeightsError"]
+
+
+@dataclass
+class Loaded:
+    """A loaded model and its tokenizer (unpacks as ``model, tokenizer``)."""
+
+    model: torch.nn.Module
+    tokenizer: Tokenizer | None
+    source: str
+    meta: dict = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter((self.model, self.tokenizer))
+
+    def complete(self, prompts: str | list[str], **sampling) -> str | list[str]:
+        """Text continuations of one prompt or a list (``sampling``: ``SamplingParams`` fields)."""
+        if self.tokenizer is None:
+            raise ValueError(f"{self.source}: no tokenizer found; pass tokenizer=... to load().")
+        single = isinstance(prompts, str)
+        texts = [prompts] if single else list(prompts)
+        tok = self.tokenizer
+        ids = [tok.encode(t) or [tok.eod_id] for t in texts]
+        out = generate(self.model, ids, SamplingParams(**sampling), eod_id=tok.eod_id, decode=tok.decode)
+        result = [c.text for c in out]
+        return result[0] if single and len(result) == 1 else result
+
+
+def _is_checkpoint_dir(p: Path) -> bool:
+    return (p / "latest").is_file() or any(d.name.startswith("global_step") for d in p.iterdir())
+
+
+def read_weights(path: str | Path, *, tag: str | None = None, model_cfg=None):
+    """(config, full state dict (a mapping), metadata) from any supported source."""
+    p = Path(path)
+    if p.is_file():
+        from megagpt.inference.weights import read_export
+
+        return read_export(p)
+    if not p.is_dir():
+        raise WeightsError(f"{p}: no such file or directory.")
+    if (p / "config.json").is_file():
+        from megagpt.inference.hf import read_hf_dir
+
+        cfg, full, tok = read_hf_dir(p)
+        return cfg, full, {"tokenizer": str(tok) if tok else None, "format": "hf"}
+    if (p / "megagpt.json").is_file() or _is_checkpoint_dir(p):
+        from megagpt.inference.checkpoint_reader import read_checkpoint
+
+        if (p / "megagpt.json").is_file() and not _is_checkpoint_dir(p):  # a tag directory
+            p, tag = p.parent, p.name
+        cfg, full, meta = read_checkpoint(p, tag, model_cfg=model_cfg)
+        return cfg, full, dict(meta, format="checkpoint")
+    if (p / "model.safetensors").is_file():
+        from megagpt.inference.weights import read_export
+
+        return read_export(p / "model.safetensors")
+    raise WeightsError(f"{p}: not a megagpt export, a Hugging Face GPT-2 directory (config.json) or a "
+                       f"training checkpoint directory (latest / global_step*).")
+
+
+def build_empty(cfg, ps=None):
+    """A ``GPT`` with uninitialised storage (nothing drawn): weights come from a file next."""
+    from megagpt.model.gpt import GPT
+
+    with torch.device("meta"):
+        model = GPT(cfg, ps)
+    marks = {name: dict(p.__dict__) for name, p in model.named_parameters()}
+    model.to_empty(device="cpu")  # new Parameter objects: the TP marks are copied over
+    for name, p in model.named_parameters():
+        p.__dict__.update(marks[name])
+    return model
+
+
+def load(path: str | Path, *, tokenizer: str | Path | None = None, ps=None, dtype=None,
+         device=None, tag: str | None = None, model_cfg=None, with_tokenizer: bool = True) -> Loaded:
+    """Load a model for inference (eval mode, no grad) from ``path``.
+
+    ``ps``: a ``ParallelState`` to shard over (each rank reads only what it keeps, one tensor at a
+    time); ``dtype``: e.g. ``torch.bfloat16``; ``tag``: a checkpoint tag other than ``latest``;
+    ``model_cfg``: the model config of an old checkpoint without ``megagpt.json``."""
+    from megagpt.inference.weights import load_weights
+
+    cfg, full, meta = read_weights(path, tag=tag, model_cfg=model_cfg)
+    model = build_empty(cfg, ps)
+    load_weights(model, full, path)
+    model.eval().requires_grad_(False)
+    if dtype is not None or device is not None:
+        model.to(device=device, dtype=dtype)
+    tok = None
+    if with_tokenizer:
+        base = Path(path) if Path(path).is_dir() else Path(path).parent
+        candidates = [tokenizer] if tokenizer else [meta.get("tokenizer"), base / "tokenizer.model"]
+        found = [c for c in candidates if c and Path(c).is_file()]
+        if tokenizer and not found:
+            raise FileNotFoundError(f"{tokenizer}: no such tokenizer file (a sentencepiece .model).")
+        tok = Tokenizer(found[0]) if found else None
+    return Loaded(model, tok, str(path), dict(meta) if isinstance(meta, Mapping) else {})
