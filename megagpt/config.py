@@ -223,6 +223,9 @@ class TrainConfig:
     tensorboard_dir: str | None = "runs/run"
     resume: bool = True
     export_path: str | None = None  # consolidated fp32 weights (*.safetensors) written at the end
+    # start from these weights (an export, a Hugging Face GPT-2 directory, another run's
+    # checkpoint) when checkpoint_dir has nothing to resume: fine-tuning, continued pretraining
+    init_from: str | None = None
 
     def validate(self) -> "TrainConfig":
         _positive("train", train_iters=self.train_iters, log_interval=self.log_interval,

@@ -1,13 +1,17 @@
-"""Consolidate a training checkpoint into one fp32 state dict (for inference and export).
+"""Export weights: a training checkpoint, an export or a Hugging Face GPT-2 directory, written as
+a megagpt safetensors export and/or a Hugging Face directory.
 
-    python megagpt/export.py --config run.yaml --out model.pt [overrides ...]
-    deepspeed --num_gpus 8 megagpt/export.py --config run.yaml --out model.pt    # same layout as training
+    python megagpt/export.py --model checkpoints/run --out model.safetensors --tokenizer tok.model
+    python megagpt/export.py --model model.safetensors --hf-dir gpt2-mine/      # transformers-ready
+    python megagpt/export.py --from-hf gpt2-local/ --out gpt2.safetensors       # then train.init_from
+    deepspeed --num_gpus 8 megagpt/export.py --config run.yaml --out model.safetensors   # via the engine
 
-Run it with the run file (and world size) the checkpoint was written with: it builds the same
-engine, loads ``train.checkpoint_dir``'s latest complete checkpoint, gathers ZeRO partitions, TP
-shards and pipeline stages, and writes ``{'config', 'state_dict'}`` atomically. The result loads
-with ``megagpt.train.export.load_exported`` and converts to Hugging Face GPT-2 with
-``megagpt.model.convert.full_to_hf_gpt2``.
+``--model`` reads a checkpoint offline, whatever tp/pp/dp it was saved with (one process, no
+launcher); ``--config`` instead rebuilds the training engine (same world size as training) and
+gathers the live ZeRO partitions, TP shards and pipeline stages. A Hugging Face directory holds
+``config.json``, ``model.safetensors``, ``generation_config.json`` and the tokenizer converted so
+that ``AutoTokenizer`` encodes as sentencepiece does; only GPT-2-architecture models (pre-LN,
+dense attention) can be expressed as ``GPT2LMHeadModel``.
 """
 import argparse
 import os
@@ -22,13 +26,7 @@ if __package__ in (None, ""):
 from megagpt.config import ConfigError, load_run_config, validate_run  # noqa: E402
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Consolidate a megagpt checkpoint into fp32 weights.")
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("overrides", nargs="*")
-    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+def _from_engine(args) -> int:
     from megagpt.train import checkpoint
     from megagpt.train.engine import build_engine, init_distributed, launch_world_size
     from megagpt.train.export import export
@@ -44,9 +42,55 @@ def main(argv=None) -> int:
     init_distributed()
     built = build_engine(run, total_tokens=1)
     state = checkpoint.load(built.engine, run.train.checkpoint_dir, built.ps)
-    export(built, run.model, args.out)
+    export(built, run.model, args.out, tokenizer=args.tokenizer or run.data.tokenizer, step=state["step"])
     if built.ps.rank == 0:
         print(f"exported step {state['step']} of {run.train.checkpoint_dir} to {args.out}", flush=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Export megagpt weights (safetensors, Hugging Face GPT-2).")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="a checkpoint directory, an exported *.safetensors or an HF directory")
+    src.add_argument("--from-hf", help="a local Hugging Face GPT-2 directory (same as --model DIR)")
+    src.add_argument("--config", help="the run file: rebuild the training engine and gather from it")
+    ap.add_argument("--tag", help="checkpoint tag (default: 'latest')")
+    ap.add_argument("--tokenizer", help="sentencepiece .model to record / convert (default: the source's)")
+    ap.add_argument("--out", help="write a megagpt export (*.safetensors + .json)")
+    ap.add_argument("--hf-dir", help="write a Hugging Face GPT-2 directory")
+    ap.add_argument("overrides", nargs="*", help="run-file overrides (with --config)")
+    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if not (args.out or args.hf_dir):
+        ap.error("give --out and/or --hf-dir")
+    if args.config:
+        if args.hf_dir:
+            ap.error("--hf-dir reads a checkpoint offline: use --model CHECKPOINT_DIR instead of --config")
+        return _from_engine(args)
+
+    from pathlib import Path
+
+    from megagpt.inference import WeightsError, read_weights
+    from megagpt.inference.weights import save_export
+
+    source = args.model or args.from_hf
+    try:
+        cfg, full, meta = read_weights(source, tag=args.tag)
+        tokenizer = args.tokenizer or meta.get("tokenizer")
+        if tokenizer and not Path(tokenizer).is_file():
+            raise WeightsError(f"{tokenizer}: no such tokenizer file (a sentencepiece .model).")
+        full = {k: full[k] for k in full}  # read each tensor once for both outputs
+        if args.hf_dir:
+            from megagpt.inference.hf import write_hf_dir
+
+            write_hf_dir(full, cfg, args.hf_dir, tokenizer_model=tokenizer)
+            print(f"wrote Hugging Face GPT-2 directory {args.hf_dir}", flush=True)
+        if args.out:
+            save_export(full, cfg, args.out, tokenizer=tokenizer, step=meta.get("step"))
+            print(f"wrote {args.out} and {Path(args.out).with_suffix('.json').name}", flush=True)
+    except (ValueError, OSError) as e:  # WeightsError and ConfigError are ValueErrors
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

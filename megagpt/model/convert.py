@@ -16,6 +16,19 @@ from megagpt.parallel.layers import gather_tensor, shard_tensor
 WTE = "embed.wte.weight"
 
 
+def local_shard(name: str, t: torch.Tensor, p, cfg: ModelConfig, ps) -> torch.Tensor:
+    """This rank's part of whole tensor ``t`` for parameter ``p``: the token embedding padded to
+    the padded vocabulary, then sliced when ``p`` is tensor-parallel."""
+    if name == WTE:
+        if t.size(0) != cfg.vocab_size:
+            raise ValueError(f"{WTE} has {t.size(0)} rows, expected model.vocab_size={cfg.vocab_size}")
+        pad = cfg.padded_vocab_size(ps.tp_size) - t.size(0)
+        t = torch.cat([t, t.new_zeros(pad, t.size(1))])
+    if getattr(p, "tensor_model_parallel", False):
+        t = shard_tensor(t, p.partition_dim, p.partition_stride, ps.tp_rank, ps.tp_size)
+    return t
+
+
 def load_full_state_dict(model, full: dict[str, torch.Tensor]) -> None:
     """Copy whole tensors into a (possibly tensor-parallel) GPT: each rank takes its shard."""
     ps, cfg = model.ps, model.cfg
@@ -26,14 +39,7 @@ def load_full_state_dict(model, full: dict[str, torch.Tensor]) -> None:
         raise KeyError(f"state dict does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     with torch.no_grad():
         for name, p in params.items():
-            t = full[name]
-            if name == WTE:
-                if t.size(0) != cfg.vocab_size:
-                    raise ValueError(f"{WTE} has {t.size(0)} rows, expected model.vocab_size={cfg.vocab_size}")
-                pad = cfg.padded_vocab_size(ps.tp_size) - t.size(0)
-                t = torch.cat([t, t.new_zeros(pad, t.size(1))])
-            if getattr(p, "tensor_model_parallel", False):
-                t = shard_tensor(t, p.partition_dim, p.partition_stride, ps.tp_rank, ps.tp_size)
+            t = local_shard(name, full[name], p, cfg, ps)
             if t.shape != p.shape:
                 raise ValueError(f"{name}: shape {tuple(t.shape)} does not fit parameter {tuple(p.shape)}")
             p.copy_(t)

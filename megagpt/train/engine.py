@@ -69,6 +69,40 @@ def _param_groups(named_params):
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+_ARCH = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "ffn_dim", "ln_position",
+         "attention", "local_window", "layer_norm_epsilon")
+
+
+def load_initial_weights(named_params, run: RunConfig, ps: ParallelState, name_map=None) -> None:
+    """Copy ``train.init_from``'s weights into a freshly built (possibly ZeRO-3-partitioned or
+    pipelined) model, before ``deepspeed.initialize`` makes its fp32 master copies from it."""
+    from megagpt.config import ConfigError
+    from megagpt.inference import read_weights
+    from megagpt.model.convert import local_shard
+
+    cfg, full, _ = read_weights(run.train.init_from)
+    for key in _ARCH:
+        if key == "local_window" and cfg.attention != "alternating":
+            continue
+        if getattr(cfg, key) != getattr(run.model, key):
+            raise ConfigError(f"train.init_from={run.train.init_from} has {key}={getattr(cfg, key)!r} but "
+                              f"model.{key}={getattr(run.model, key)!r}; make the run's model match the weights.")
+    with torch.no_grad():
+        for name, p in named_params:
+            key = name_map(name) if name_map else name
+            if key is None:  # the pipeline head's unused copy of the position table
+                continue
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=0, enabled=hasattr(p, "ds_id")):
+                p.data.copy_(local_shard(key, full[key], p, run.model, ps))
+
+
+def _starts_fresh(run: RunConfig) -> bool:
+    from megagpt.train.checkpoint import latest_tag
+
+    tr = run.train
+    return not (tr.resume and tr.checkpoint_dir and latest_tag(tr.checkpoint_dir) is not None)
+
+
 @dataclass
 class Built:
     engine: object
@@ -101,6 +135,11 @@ def build_engine(run: RunConfig, total_tokens: int) -> Built:
                            dp_group=grid.get_data_parallel_group())
         model = build_pipeline(cfg, ps, topo, init_seed=tr.seed,
                                checkpoint_activations=tr.activation_checkpointing)
+        if tr.init_from and _starts_fresh(run):
+            from megagpt.train.pipeline import pipeline_param_name
+
+            load_initial_weights(model.named_parameters(), run, ps,
+                                 name_map=lambda n: pipeline_param_name(n, cfg.n_layer))
         ps.seed(tr.seed)
         engine, *_ = deepspeed.initialize(model=model, model_parameters=_param_groups(model.named_parameters()),
                                           config=ds, lr_scheduler=scheduler)
@@ -116,6 +155,8 @@ def build_engine(run: RunConfig, total_tokens: int) -> Built:
     if stage == 3:
         # the head reads the embedding's weight outside the embedding module
         deepspeed.zero.register_external_parameter(model.head, model.embed.wte.weight)
+    if tr.init_from and _starts_fresh(run):
+        load_initial_weights(model.named_parameters(), run, ps)
     ps.seed(tr.seed)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=_param_groups(model.named_parameters()),
                                       config=ds, mpu=ps, lr_scheduler=scheduler)

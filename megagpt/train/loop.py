@@ -269,7 +269,8 @@ class Trainer:
         if tr.export_path and self.step == tr.train_iters:
             from megagpt.train.export import export
 
-            export(self.built, self.run.model, tr.export_path)
+            export(self.built, self.run.model, tr.export_path, tokenizer=self.run.data.tokenizer,
+                   step=self.step)
             self.metrics.console(f"exported fp32 weights to {tr.export_path}")
         self.metrics.close()
         return losses

@@ -56,7 +56,7 @@ def test_mpirun(tmp_path, shard):
 
 
 def test_plain_python_tensorboard_and_export(tmp_path, shard):
-    export = tmp_path / "model.pt"
+    export = tmp_path / "model.safetensors"
     r = _run([sys.executable, str(ROOT / "megagpt" / "pretrain.py"), "--config", str(RUN),
               *_overrides(tmp_path, shard, f"train.export_path={export}")])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -73,20 +73,27 @@ def test_plain_python_tensorboard_and_export(tmp_path, shard):
     assert [e.step for e in acc.Scalars("valid/loss")] == [2, 4]
     assert acc.Scalars("train/tokens_seen")[-1].value == 4 * 4 * 32  # steps x batch x seq
 
-    # the exported weights are a whole single-device model that reproduces the training loss scale
+    # the exported weights are a whole single-device model (safetensors + JSON, no pickle)
+    from megagpt.inference.weights import read_export
     from megagpt.train.export import load_exported
 
+    assert export.with_suffix(".json").is_file()
     model = load_exported(export).eval()
     x = torch.randint(1, 96, (1, 16))
     assert model(x).shape == (1, 16, 96)
 
-    # the standalone command consolidates the saved checkpoint into the same weights
-    again = tmp_path / "again.pt"
+    # the engine path (same world size) and the offline reader give the same weights
+    again, offline = tmp_path / "again.safetensors", tmp_path / "offline.safetensors"
     r = _run([sys.executable, str(ROOT / "megagpt" / "export.py"), "--config", str(RUN), "--out", str(again),
               *_overrides(tmp_path, shard)])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    a, b = torch.load(export)["state_dict"], torch.load(again)["state_dict"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    r = _run([sys.executable, str(ROOT / "megagpt" / "export.py"), "--model", str(tmp_path / "ckpt"),
+              "--out", str(offline)])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    a = read_export(export)[1]
+    for other in (again, offline):
+        b = read_export(other)[1]
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _refusal(tmp_path, shard, *extra, world=None):

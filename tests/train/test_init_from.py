@@ -1,0 +1,49 @@
+"""``train.init_from``: a fresh run starts from given weights (an export or a Hugging Face GPT-2
+directory), in both layouts, sharded over TP and partitioned by ZeRO; a mismatched architecture
+is refused in one sentence."""
+import pytest
+import torch
+
+from common import RUN_YAML, layout_overrides
+from dist_harness import run_distributed
+from shards import write_pattern_shard
+from megagpt.config import ConfigError, load_run_config, validate_run
+from megagpt.inference.weights import save_export
+from megagpt.model import GPT, full_state_dict
+
+
+def _init_worker(rank, world_size, overrides, expected_path):
+    from megagpt.inference.weights import read_export
+    from megagpt.train.engine import build_engine
+    from megagpt.train.export import consolidated_state_dict
+
+    run = validate_run(load_run_config(RUN_YAML, overrides), world_size)
+    built = build_engine(run, total_tokens=10_000)
+    full = consolidated_state_dict(built, run.model)
+    if rank == 0:
+        expected = read_export(expected_path)[1]
+        assert set(full) == set(expected)
+        for name in expected:
+            torch.testing.assert_close(full[name], expected[name], rtol=0, atol=0, msg=name)
+    return rank
+
+
+@pytest.mark.parametrize("layout,tp,pp", [("zero3", 2, 1), ("3d", 2, 2)])
+def test_fresh_run_starts_from_init_weights(tmp_path, layout, tp, pp):
+    shard = write_pattern_shard(tmp_path / "pattern_text_document")
+    ov = layout_overrides(layout, tp, pp, 2, 1, tmp_path, "x") + [f"data.prefixes=[{shard}]"]
+    run = load_run_config(RUN_YAML, ov)
+    other = GPT(run.model, init_seed=99)  # not the run's seed: the weights must come from the file
+    path = save_export(full_state_dict(other), run.model, tmp_path / "init.safetensors")
+    run_distributed(_init_worker, 4, ov + [f"train.init_from={path}"], path, use_deepspeed=True)
+
+
+def test_mismatched_architecture_is_refused(tmp_path):
+    from megagpt.train.engine import load_initial_weights
+
+    run = load_run_config(RUN_YAML, ["data.prefixes=[x]"])
+    wider = load_run_config(RUN_YAML, ["data.prefixes=[x]", "model.n_embd=64"]).model
+    path = save_export(full_state_dict(GPT(wider)), wider, tmp_path / "wide.safetensors")
+    run.train.init_from = str(path)
+    with pytest.raises(ConfigError, match=r"has n_embd=64 but model.n_embd=32; make the run's model match"):
+        load_initial_weights([], run, None)
