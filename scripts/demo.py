@@ -199,7 +199,7 @@ def main() -> int:
     overrides = [f"data.mixture={spec}", f"model.vocab_size={vocab}", f"train.train_iters={args.steps}",
                  "deepspeed.optimizer.params.lr=0.002",  # a small model learns faster at a higher peak
                  f"train.checkpoint_dir={run_dir / 'checkpoints'}", f"train.tensorboard_dir={run_dir / 'tb'}",
-                 f"train.export_path={run_dir / 'model.pt'}"]
+                 f"train.export_path={run_dir / 'model.safetensors'}", f"data.tokenizer={out / 'tokenizer.model'}"]
     if gpus:
         launcher = ["deepspeed", "--num_gpus", gpus]
     else:  # CPU: the local hostfile, started without ssh
@@ -208,7 +208,7 @@ def main() -> int:
         if args.ranks != 2:
             launcher += ["--num_gpus", args.ranks]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(max(1, os.cpu_count() // ranks))))
-    if not (run_dir / "model.pt").is_file():
+    if not (run_dir / "model.safetensors").is_file():
         run([shutil.which("deepspeed") or "deepspeed", *launcher[1:], "megagpt/pretrain.py", "--config", run_yaml,
              *overrides], env=env)
     t_train = time.time()
@@ -216,9 +216,13 @@ def main() -> int:
     losses = read_losses(run_dir / "tb")
     if losses:
         log(f"loss: step {losses[0][0]} {losses[0][1]:.3f} -> step {losses[-1][0]} {losses[-1][1]:.3f}")
-    run([PY, "megagpt/generate.py", "--model", run_dir / "model.pt", "--tokenizer", out / "tokenizer.model",
-         "--prompt", "In the beginning", "--prompt", "The government said", "--prompt", "Anarchism is",
-         "--max-new-tokens", 40, "--temperature", 0.8, "--top-k", 50, "--top-p", 0.95])
+    prompts = ["In the beginning", "The government said", "Anarchism is"]
+    sampling = ["--max-new-tokens", 40, "--temperature", 0.8, "--top-k", 50, "--top-p", 0.95]
+    cmd = [PY, "megagpt/generate.py", "--model", run_dir / "model.safetensors", *sampling]
+    run(cmd + [a for p in prompts for a in ("--prompt", p)])
+    # the same model as a Hugging Face directory, sampled with transformers alone
+    run([PY, "megagpt/export.py", "--model", run_dir / "model.safetensors", "--hf-dir", run_dir / "hf"])
+    run([PY, "scripts/hf_sample.py", run_dir / "hf", prompts[0]])
     log(f"done in {time.time() - t0:.0f}s (data {t_data - t0:.0f}s, training {t_train - t_data:.0f}s); "
         f"tensorboard --logdir {run_dir / 'tb'}")
     return 0

@@ -102,6 +102,9 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.resid_pdrop)
 
     def forward(self, x, state: "DecodeState | None" = None):
+        if state is not None and self.pre_ln:  # inference: no dropout modules to call
+            x = x + self.attn(self.ln_1(x), state)
+            return x + self.mlp(self.ln_2(x))
         if self.pre_ln:
             x = x + self.drop(self.attn(self.ln_1(x), state))
             return x + self.drop(self.mlp(self.ln_2(x)))
