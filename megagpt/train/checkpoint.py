@@ -7,6 +7,7 @@ so an interrupted save is never taken for a whole one.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -29,14 +30,37 @@ def latest_tag(ckpt_dir: str | Path) -> str | None:
     return p.read_text().strip() if p.is_file() else None
 
 
-def save(engine, ckpt_dir: str | Path, step: int, client_state: dict, ps, keep_last: int) -> str:
+def _rng_state(ps) -> dict:
+    """Every RNG stream as tensors, ints and tuples only, so it loads with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"megagpt": ps.rng.state_dict(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": random.getstate()}
+
+
+def _set_rng_state(ps, rng: dict) -> None:
+    ps.rng.load_state_dict(rng["megagpt"])
+    n = rng["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save(engine, ckpt_dir: str | Path, step: int, client_state: dict, ps, keep_last: int,
+         meta: dict | None = None) -> str:
+    """``meta`` (model config, layout, step) goes to ``<tag>/megagpt.json``: what an offline reader
+    (``megagpt.inference.checkpoint_reader``) needs to rebuild the weights without the run file."""
     ckpt_dir = Path(ckpt_dir)
     tag = TAG.format(step)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     rank = dist.get_rank()
     (ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
-    torch.save({"megagpt": ps.rng.state_dict(), "numpy": np.random.get_state(),
-                "python": random.getstate()}, _rng_path(ckpt_dir, tag, rank))
+    torch.save(_rng_state(ps), _rng_path(ckpt_dir, tag, rank))
+    if rank == 0 and meta is not None:
+        tmp = ckpt_dir / tag / "megagpt.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1) + "\n")
+        os.replace(tmp, ckpt_dir / tag / "megagpt.json")
     dist.barrier()
     if rank == 0:
         tmp = ckpt_dir / "latest.tmp"
@@ -63,8 +87,5 @@ def load(engine, ckpt_dir: str | Path, ps) -> dict | None:
         raise RuntimeError(f"{ckpt_dir}/{tag}: DeepSpeed could not load this checkpoint.")
     rng_file = _rng_path(Path(ckpt_dir), tag, dist.get_rank())
     if rng_file.is_file():  # absent when resuming on a different world size
-        rng = torch.load(rng_file, weights_only=False)
-        ps.rng.load_state_dict(rng["megagpt"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        _set_rng_state(ps, torch.load(rng_file, weights_only=True))
     return client_state

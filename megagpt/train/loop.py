@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -212,9 +213,14 @@ class Trainer:
     def save(self):
         tr = self.run.train
         if tr.checkpoint_dir:
+            run = self.run
+            stage = (run.deepspeed.get("zero_optimization") or {}).get("stage", 0)
+            meta = {"model": asdict(run.model), "layout": run.parallel.layout, "tp": self.ps.tp_size,
+                    "pp": self.ps.pp_size, "dp": self.dp, "zero_stage": stage, "step": self.step,
+                    "tokens": self.tokens, "tokenizer": run.data.tokenizer}
             checkpoint.save(self.engine, tr.checkpoint_dir, self.step,
                             {"step": self.step, "consumed_samples": self.consumed, "tokens": self.tokens},
-                            self.ps, tr.keep_last)
+                            self.ps, tr.keep_last, meta=meta)
 
     # ----------------------------------------------------------------------------------------
     def train(self) -> list[float]:
