@@ -1,6 +1,9 @@
 """Generation throughput (new tokens/s), same weights, same run: megagpt with its key/value cache,
 Hugging Face ``GPT2LMHeadModel.generate`` with its cache, and megagpt recomputing the whole
-prefix at every step (no cache). Greedy, so the three must also produce the same tokens.
+prefix at every step (no cache). Greedy, so the three must also produce the same tokens. A
+decode step reads every weight once, so at batch 1 both cached generators are bound by memory
+bandwidth: the last column shows the weight bytes each streams per second, next to a measured
+memory copy.
 
     python benchmarks/generate_throughput.py [--prompt 64 --new 128 --batches 1 8 --n-layer 6 ...]
 """
@@ -37,16 +40,22 @@ def main():
     torch.manual_seed(0)
     n_pos = max(args.seq, args.prompt + args.new)
     hf_cfg = GPT2Config(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                        n_positions=n_pos, vocab_size=args.vocab)
+                        n_positions=n_pos, vocab_size=args.vocab, bos_token_id=0, eos_token_id=0)
     hf = GPT2LMHeadModel(hf_cfg).eval()
     ours = GPT(config_from_hf(hf_cfg)).eval()
     load_full_state_dict(ours, full_from_hf_gpt2(hf.state_dict()))
 
+    weight_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())  # lm_head is tied
+    big = torch.empty(64 * 2**20)  # 256 MB, far beyond the caches
+    copy = median(timed(lambda: big.clone(), warmup=1, iters=5))
+    stream = 2 * big.numel() * 4 / copy  # bytes read + written per second
+    print(f"weights {weight_bytes / 2**20:.0f} MiB read once per decode step; measured memory copy "
+          f"bandwidth {stream / 1e9:.1f} GB/s (read + write)")
     print(f"shape: {args.n_layer} layers, n_embd {args.n_embd}, {args.n_head} heads, vocab {args.vocab}; "
           f"prompt {args.prompt}, {args.new} new tokens, greedy, fp32, {args.threads} threads, "
           f"transformers {transformers.__version__}, torch {torch.__version__}")
     print(f"{'batch':>5} {'megagpt cache':>14} {'HF generate':>12} {'megagpt no cache':>17} "
-          f"{'vs HF':>6} {'vs no cache':>11} {'same tokens':>11}")
+          f"{'vs HF':>6} {'vs no cache':>11} {'same tokens':>11} {'weights GB/s ours/HF':>21}")
     for batch in args.batches:
         prompt = torch.randint(0, args.vocab, (batch, args.prompt), generator=torch.Generator().manual_seed(batch))
         rows = prompt.tolist()
@@ -77,7 +86,8 @@ def main():
         same = out["ours"] == out["hf"] and out["ours"] == out.get("nocache", out["ours"])
         nc = rate.get("nocache", float("nan"))
         print(f"{batch:5d} {rate['ours']:12.0f}/s {rate['hf']:10.0f}/s {nc:15.0f}/s "
-              f"{rate['ours'] / rate['hf']:5.2f}x {rate['ours'] / nc:10.2f}x {'yes' if same else 'NO':>11}",
+              f"{rate['ours'] / rate['hf']:5.2f}x {rate['ours'] / nc:10.2f}x {'yes' if same else 'NO':>11} "
+              f"{rate['ours'] / batch * weight_bytes / 1e9:11.1f} / {rate['hf'] / batch * weight_bytes / 1e9:.1f}",
               flush=True)
 
 
