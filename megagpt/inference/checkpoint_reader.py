@@ -1,29 +1,35 @@
-"""Read a training checkpoint offline, in one process, into megagpt's full state dict, whatever
-layout and tp/pp/dp it was saved with.
+"""Read a training checkpoint offline, in one process and without a process group, into megagpt's
+full state dict, whatever layout and tp/pp/dp it was saved with.
 
-What DeepSpeed writes under ``<dir>/<tag>/``:
+What DeepSpeed writes under ``<dir>/<tag>/`` (``TT`` is the model-parallel rank, ``pp_rank * tp +
+tp_rank``; ``D`` the data-parallel rank; optimizer files start with ``bf16_`` in a bf16 run):
 
-* layout ``zero3`` with ZeRO-3: ``zero_pp_rank_D_mp_rank_TT_{model,optim}_states.pt``. The model
-  files hold placeholders and each parameter's (TP-local) shape; the fp32 masters are in the
-  optimizer files, one flat buffer per parameter group and DP rank. Each parameter was split
-  into ``dp`` equal pieces (the last padded) and the pieces laid end to end, in the order of the
-  shapes, so piece r of a parameter sits at the same offset of every rank's buffer.
-* layout ``zero3`` with ZeRO 0-2: ``mp_rank_TT_model_states.pt`` with the (TP-local) weights.
-* layout ``3d``: ``layer_LL-model_TT-model_states.pt``, one per pipeline layer and TP rank, with
-  that layer's weights (the weights the model computes with: in a bf16 run they are bf16 and are
-  upcast here).
+* ZeRO-3 (layout ``zero3``): ``zero_pp_rank_D_mp_rank_TT_model_states.pt`` hold placeholders and
+  each parameter's TP-local shape (``param_shapes``); ``zero_pp_rank_D_mp_rank_TT_optim_states.pt``
+  hold the fp32 masters as flat buffers (``fp32_flat_groups``). Every parameter was split into
+  ``dp`` equal pieces, the last one padded, and each rank's pieces laid end to end in the order of
+  the shapes, so piece D of a parameter sits at the same offset in every rank's buffer.
+* ZeRO-1/2 (layout ``3d``, or ``zero3`` run with a stage 1/2 config): ``mp_rank_TT_model_states.pt``
+  with ``param_shapes`` (and, outside a pipeline, the weights themselves), and optimizer files with
+  ``single_partition_of_fp32_groups``: each parameter group flattened (parameters end to end, plus
+  any ``param_alignment_paddings``) and cut into ``dp`` equal consecutive partitions.
+* A pipeline (layout ``3d``) also writes ``layer_LL-model_TT-model_states.pt``: the weights of layer
+  LL on TP rank TT (0: the embedding, tied to the head; 1..n_layer: blocks; then the final LayerNorm).
 
-TP shards are then joined along each parameter's ``partition_dim`` / ``partition_stride``, learned
-from a model built at the saved tp on the meta device (no memory, no process group).
+The fp32 masters in the optimizer files are used whenever the checkpoint has them, so a bf16 run
+gives exactly the fp32 weights its optimizer held. Without them (ZeRO stage 0, or a checkpoint whose
+optimizer files were deleted) the weights the model computed with are used: exact for fp32 runs,
+upcast from bf16 for bf16 runs (``meta["weights"]`` says which). TP shards are then joined along
+each parameter's ``partition_dim`` / ``partition_stride``, learned from a model built at the saved
+tp on the meta device.
 
-The files are pickles written by ``torch.save``. They are read with ``weights_only=True``: only
-tensors, containers and the two small DeepSpeed classes listed below are accepted, so reading a
-checkpoint never runs code from it.
+The files are pickles written by ``torch.save``. They are read with ``weights_only=True`` (and
+memory-mapped, so optimizer moments are never read): tensors, containers and the four small
+DeepSpeed classes in ``_safe_globals`` only, so reading a checkpoint never runs code from it.
 """
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -37,8 +43,9 @@ from megagpt.parallel.layers import unshard_tensors
 def _safe_globals():
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [ZeroStageEnum, LossScaler, DynamicLossScaler]
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
 
 
 def _load(path: Path) -> dict:
@@ -46,7 +53,7 @@ def _load(path: Path) -> dict:
         raise WeightsError(f"{path}: missing (the checkpoint is incomplete).")
     try:
         with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(f"{path}: cannot be read as a checkpoint file ({first}).") from None
@@ -65,8 +72,8 @@ def _model_config(tag_dir: Path, model_cfg) -> tuple[ModelConfig, dict]:
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
         return model_cfg, meta
     if not meta_file.is_file():
-        raise WeightsError(f"{tag_dir}: no megagpt.json (checkpoints written before it existed); pass "
-                           f"the run's model config (load(..., model_cfg=...)).")
+        raise WeightsError(f"{tag_dir}: no megagpt.json (checkpoints written before megagpt saved it); "
+                           f"pass the run's model config (model_cfg=load_run_config(RUN_FILE).model).")
     try:
         meta = json.loads(meta_file.read_text())
         return model_config_from_dict(meta["model"]).validate(), meta
@@ -74,90 +81,160 @@ def _model_config(tag_dir: Path, model_cfg) -> tuple[ModelConfig, dict]:
         raise WeightsError(f"{meta_file}: not a valid megagpt checkpoint description ({e}).") from None
 
 
-def _partitions(cfg: ModelConfig, tp: int) -> dict[str, tuple[int, int]]:
-    """{name: (partition_dim, partition_stride)} of the TP-sharded parameters at ``tp``."""
+def _expected(cfg: ModelConfig, tp: int) -> dict[str, tuple[torch.Size, tuple[int, int] | None]]:
+    """{name: (TP-local shape, (partition_dim, partition_stride) or None)} of a GPT at ``tp``, in
+    ``full_state_dict`` order."""
     from megagpt.model.gpt import GPT
     from megagpt.parallel.state import ParallelState
 
     with torch.device("meta"):
         model = GPT(cfg, ParallelState(tp_size=tp))
-    return {n: (p.partition_dim, p.partition_stride) for n, p in model.named_parameters()
-            if getattr(p, "tensor_model_parallel", False)}
+    return {n: (p.shape, (p.partition_dim, p.partition_stride) if getattr(p, "tensor_model_parallel", False)
+                else None) for n, p in model.named_parameters()}
 
 
-def _zero3_rank(tag_dir: Path, t: int, dp: int) -> dict[str, torch.Tensor]:
-    """TP rank ``t``'s parameters (TP-local shapes) from the ZeRO-3 fp32 partitions of ``dp`` ranks."""
-    shapes = _load(tag_dir / f"zero_pp_rank_0_mp_rank_{t:02d}_model_states.pt")["param_shapes"]
-    flats = []
+def _optim_states(tag_dir: Path, m: int, dp: int, key: str) -> list[tuple[Path, dict]]:
+    """Model-parallel rank ``m``'s ZeRO optimizer states of DP ranks 0..dp-1, each with its file."""
+    bf16 = "bf16_" if any(tag_dir.glob(f"bf16_zero_pp_rank_*_mp_rank_{m:02d}_optim_states.pt")) else ""
+    out = []
     for d in range(dp):
-        f = tag_dir / f"zero_pp_rank_{d}_mp_rank_{t:02d}_optim_states.pt"
-        groups = _load(f)["optimizer_state_dict"]["fp32_flat_groups"]
-        flats.append(torch.cat([g.reshape(-1).float() for g in groups]))
-    out, offset = {}, 0
-    for group in shapes:
-        for name, shape in group.items():
-            numel = int(torch.Size(shape).numel())
-            piece = -(-numel // dp)  # ceil: every rank holds an equal piece, the last one padded
-            if offset + piece > flats[0].numel():
-                raise WeightsError(f"{tag_dir}: the optimizer files of mp_rank {t:02d} are shorter than the "
-                                   f"parameters they should hold (a truncated or mismatched file).")
-            whole = torch.cat([f[offset:offset + piece] for f in flats])[:numel]
-            out[name] = whole.view(shape).clone()
-            offset += piece
+        f = tag_dir / f"{bf16}zero_pp_rank_{d}_mp_rank_{m:02d}_optim_states.pt"
+        osd = _load(f).get("optimizer_state_dict") or {}
+        count = osd.get("partition_count")
+        count = max(count) if isinstance(count, (list, tuple)) else count
+        if key not in osd or count != dp:
+            raise WeightsError(f"{f}: not a ZeRO optimizer file of this checkpoint (no '{key}' partitioned "
+                               f"over dp={dp}).")
+        out.append((f, osd))
     return out
 
 
-def _layers_rank(tag_dir: Path, t: int, cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """TP rank ``t``'s parameters from the pipeline's per-layer files (layer 0: embedding, 1..n:
-    blocks, n+1: final LayerNorm; the tied head's weight is the embedding's)."""
+def _zero3_masters(tag_dir: Path, m: int, shapes: list[dict], dp: int) -> dict[str, torch.Tensor]:
+    """Model-parallel rank ``m``'s fp32 masters from the ZeRO-3 flat partitions of ``dp`` ranks."""
+    flats = [(f, torch.cat([g.reshape(-1) for g in osd["fp32_flat_groups"]]))
+             for f, osd in _optim_states(tag_dir, m, dp, "fp32_flat_groups")]
+    params = [(n, torch.Size(s)) for group in shapes for n, s in group.items()]
+    need = sum(-(-s.numel() // dp) for _, s in params)  # ceil: equal pieces, the last one padded
+    for f, flat in flats:
+        if flat.numel() != need:
+            raise WeightsError(f"{f}: holds {flat.numel()} fp32 values where its parameters need {need} "
+                               f"(a truncated or mismatched file).")
+    out, offset = {}, 0
+    for name, shape in params:
+        piece = -(-shape.numel() // dp)
+        out[name] = torch.cat([flat[offset:offset + piece] for _, flat in flats])[:shape.numel()].view(shape)
+        offset += piece
+    return out
+
+
+def _zero12_masters(tag_dir: Path, m: int, shapes: list[dict], dp: int) -> dict[str, torch.Tensor]:
+    """Model-parallel rank ``m``'s fp32 masters from the ZeRO-1/2 partitions of ``dp`` ranks."""
+    states = _optim_states(tag_dir, m, dp, "single_partition_of_fp32_groups")
+    pads = states[0][1].get("param_alignment_paddings")
     out = {}
-    for f in sorted(tag_dir.glob(f"layer_*-model_{t:02d}-model_states.pt")):
-        i = int(re.match(r"layer_(\d+)-", f.name).group(1))
-        prefix = "embed." if i == 0 else f"blocks.{i - 1}." if i <= cfg.n_layer else "ln_f."
-        for k, v in _load(f).items():
-            out[prefix + k] = v.float()
+    for g, group in enumerate(shapes):
+        flat = torch.cat([osd["single_partition_of_fp32_groups"][g].reshape(-1) for _, osd in states])
+        offset = 0
+        for j, (name, shape) in enumerate(group.items()):
+            n = torch.Size(shape).numel()
+            if offset + n > flat.numel():
+                raise WeightsError(f"{states[-1][0]}: the fp32 partitions of mp_rank {m:02d} are shorter "
+                                   f"than their parameters (a truncated or mismatched file).")
+            out[name] = flat[offset:offset + n].view(shape)
+            offset += n + (pads[g][j] if pads else 0)
+    return out
+
+
+def _layer_files(tag_dir: Path, t: int, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """TP rank ``t``'s weights from a pipeline's per-layer files, under PipelineModule names (layer
+    0: the embedding; 1..n_layer: blocks; n_layer+1: the final LayerNorm of a pre-LN model; the
+    tied head has no file of its own)."""
+    out, n = {}, cfg.n_layer + 1 + (cfg.ln_position == "pre")
+    for i in range(n):
+        prefix = "tied_modules.embed." if i == 0 else f"{i}."
+        weights = _load(tag_dir / f"layer_{i:02d}-model_{t:02d}-model_states.pt")
+        out.update({prefix + k: v for k, v in weights.items()})
+    if (tag_dir / f"layer_{n:02d}-model_{t:02d}-model_states.pt").is_file():
+        raise WeightsError(f"{tag_dir}: has more pipeline layers than the model config's {n}; pass the run's "
+                           f"model config.")
     return out
 
 
 def read_checkpoint(ckpt_dir: str | Path, tag: str | None = None, *,
                     model_cfg: ModelConfig | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
-    """(model config, full state dict, metadata) of checkpoint ``tag`` (default: ``latest``)."""
+    """(model config, full state dict, meta) of checkpoint ``tag`` (default: the one in ``latest``).
+
+    The state dict is what ``megagpt.model.full_state_dict`` gives: whole fp32 tensors under
+    megagpt's names, the token embedding at the real vocabulary size. ``meta``: tag, step, layout,
+    tp, pp, dp, zero_stage, weights ("fp32 master" or "module"), tokenizer. ``model_cfg`` is needed
+    only for checkpoints without ``megagpt.json``."""
     ckpt_dir = Path(ckpt_dir)
     tag = tag or latest(ckpt_dir)
     tag_dir = ckpt_dir / tag
     if not tag_dir.is_dir():
         raise WeightsError(f"{tag_dir}: no such checkpoint.")
-    cfg, meta = _model_config(tag_dir, model_cfg)
-    if list(tag_dir.glob("layer_*-model_*-model_states.pt")):
-        layout = "3d"
-        tp = len(list(tag_dir.glob("layer_00-model_*-model_states.pt")))
-        parts = [_layers_rank(tag_dir, t, cfg) for t in range(tp)]
-    elif list(tag_dir.glob("zero_pp_rank_0_mp_rank_*_model_states.pt")):
-        layout = "zero3"
-        first = _load(tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt")
-        tp, dp = first["mp_world_size"], first["dp_world_size"]
-        parts = [_zero3_rank(tag_dir, t, dp) for t in range(tp)]
-    elif list(tag_dir.glob("mp_rank_*_model_states.pt")):
-        layout = "zero3"
-        tp = len(list(tag_dir.glob("mp_rank_*_model_states.pt")))
-        parts = [{k: v.float() for k, v in _load(tag_dir / f"mp_rank_{t:02d}_model_states.pt")["module"].items()}
-                 for t in range(tp)]
-    else:
-        raise WeightsError(f"{tag_dir}: no DeepSpeed model files (mp_rank_*, zero_pp_rank_* or layer_*).")
+    cfg, saved = _model_config(tag_dir, model_cfg)
+    stage3 = (tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt").is_file()
+    model_file = "zero_pp_rank_0_mp_rank_{:02d}_model_states.pt" if stage3 else "mp_rank_{:02d}_model_states.pt"
+    if not stage3 and not (tag_dir / model_file.format(0)).is_file():
+        raise WeightsError(f"{tag_dir}: no DeepSpeed model files (mp_rank_00_model_states.pt or "
+                           f"zero_pp_rank_0_mp_rank_00_model_states.pt).")
+    main = _load(tag_dir / model_file.format(0))
+    pipeline = (tag_dir / "layer_00-model_00-model_states.pt").is_file()
+    mp, dp = main["mp_world_size"], main["dp_world_size"]
+    dims = main.get("checkpoint_parallel_dimensions") or {}
+    if "pp_degree" in dims:
+        pp = dims["pp_degree"]
+    else:  # written by an older DeepSpeed: one layer_00 file per TP rank
+        pp = mp // len(list(tag_dir.glob("layer_00-model_*-model_states.pt"))) if pipeline else 1
+    tp = mp // pp
+    if tp * pp != mp:
+        raise WeightsError(f"{tag_dir / model_file.format(0)}: mp_world_size={mp} is not a multiple of "
+                           f"pp_degree={pp} (a mismatched file).")
     if cfg.n_head % tp:
-        raise WeightsError(f"{tag_dir}: saved with tp={tp}, which does not divide model.n_head={cfg.n_head}.")
-    sharded = _partitions(cfg, tp)
-    full = {}
-    for name in parts[0]:
-        if any(name not in p for p in parts):
-            raise WeightsError(f"{tag_dir}: {name} is missing from some tensor-parallel ranks' files.")
-        if name in sharded:
-            dim, stride = sharded[name]
-            t = unshard_tensors([p[name] for p in parts], dim, stride)
+        raise WeightsError(f"{tag_dir}: saved with tp={tp}, which does not divide model.n_head={cfg.n_head}; "
+                           f"pass the run's model config.")
+    zero_stage = int((main.get("ds_config", {}).get("zero_optimization") or {}).get("stage", 0))
+    # fp32 masters when ZeRO kept them; optimizer files deleted by hand leave the module weights
+    masters = stage3 or (main.get("param_shapes") is not None
+                         and any(tag_dir.glob("*zero_pp_rank_*_mp_rank_*_optim_states.pt")))
+
+    if pipeline:
+        from megagpt.train.pipeline import pipeline_param_name
+    parts: list[dict[str, torch.Tensor]] = [{} for _ in range(tp)]
+    for m in range(mp):  # pipeline stage by stage, so the first stage's tied embedding wins
+        state = main if m == 0 else _load(tag_dir / model_file.format(m))
+        if masters:
+            merge = _zero3_masters if stage3 else _zero12_masters
+            local = merge(tag_dir, m, state["param_shapes"], dp)
+        elif pipeline:
+            local = _layer_files(tag_dir, m, cfg) if m < tp else {}
         else:
-            t = parts[0][name]
-        full[name] = t[: cfg.vocab_size] if name == WTE else t
-    info = {"tag": tag, "layout": layout, "tp": tp, "step": meta.get("step"),
-            "tokenizer": meta.get("tokenizer"), "pp": meta.get("pp"), "dp": meta.get("dp"),
-            "zero_stage": meta.get("zero_stage")}
-    return cfg, full, info
+            local = state["module"]
+        for name, t in local.items():
+            if pipeline:
+                name = pipeline_param_name(name, cfg.n_layer)
+            if name is not None:
+                parts[m % tp].setdefault(name, t)
+
+    expected = _expected(cfg, tp)
+    full = {}
+    for name, (shape, partition) in expected.items():
+        for t, part in enumerate(parts):
+            if name not in part:
+                raise WeightsError(f"{tag_dir}: no {name} for tp rank {t}; the model config does not match "
+                                   f"this checkpoint (pass the run's model config).")
+            if part[name].shape != shape:
+                raise WeightsError(f"{tag_dir}: {name} has shape {tuple(part[name].shape)} at tp rank {t} but the "
+                                   f"model config gives {tuple(shape)}; pass the run's model config.")
+        shards = [part[name].float() for part in parts]
+        whole = unshard_tensors(shards, *partition) if partition else shards[0]
+        full[name] = (whole[:cfg.vocab_size] if name == WTE else whole).clone()  # no view of a file
+    extra = sorted(set(parts[0]) - set(expected))
+    if extra:
+        raise WeightsError(f"{tag_dir}: parameters the model config does not have ({', '.join(extra[:3])}); "
+                           f"pass the run's model config.")
+    meta = {"tag": tag, "step": saved.get("step", main.get("step", main.get("global_steps"))),
+            "layout": "3d" if pipeline else "zero3", "tp": tp, "pp": pp, "dp": dp, "zero_stage": zero_stage,
+            "weights": "fp32 master" if masters else "module", "tokenizer": saved.get("tokenizer")}
+    return cfg, full, meta

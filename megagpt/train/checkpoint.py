@@ -1,9 +1,10 @@
 """Checkpoints through DeepSpeed, made safe to resume from.
 
 DeepSpeed writes model, optimizer and scheduler state under ``<dir>/<tag>/``; each rank adds its
-RNG streams. Only after every rank has finished (a barrier) does rank 0 move ``latest`` to the new
-tag (write to a temporary file, then rename), and only then are tags beyond the last K deleted,
-so an interrupted save is never taken for a whole one.
+RNG streams. Only after every rank has finished (a barrier) does rank 0 write ``megagpt.json`` (the
+model config and layout, for offline readers) and then move ``latest`` to the new tag (each written
+to a temporary file, then renamed), and only then are tags beyond the last K deleted, so an
+interrupted save is never taken for a whole one.
 """
 from __future__ import annotations
 
@@ -57,12 +58,12 @@ def save(engine, ckpt_dir: str | Path, step: int, client_state: dict, ps, keep_l
     rank = dist.get_rank()
     (ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
     torch.save(_rng_state(ps), _rng_path(ckpt_dir, tag, rank))
-    if rank == 0 and meta is not None:
-        tmp = ckpt_dir / tag / "megagpt.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1) + "\n")
-        os.replace(tmp, ckpt_dir / tag / "megagpt.json")
     dist.barrier()
     if rank == 0:
+        if meta is not None:  # after every rank's files, before `latest`: its presence means complete
+            tmp = ckpt_dir / tag / "megagpt.json.tmp"
+            tmp.write_text(json.dumps(meta, indent=1) + "\n")
+            os.replace(tmp, ckpt_dir / tag / "megagpt.json")
         tmp = ckpt_dir / "latest.tmp"
         tmp.write_text(tag)
         os.replace(tmp, ckpt_dir / "latest")

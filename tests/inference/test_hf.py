@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from tamper import Payload
 from megagpt.config import model_config
 from megagpt.inference import WeightsError, load
 from megagpt.inference.generation import SamplingParams, generate
@@ -98,14 +99,6 @@ def test_gpt1_and_banded_models_are_refused(tmp_path):
         with pytest.raises(ValueError, match=why):
             write_hf_dir(full_state_dict(GPT(cfg)), cfg, tmp_path / "x")
         assert not (tmp_path / "x").exists()
-
-
-class Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 def test_tampered_directories_are_refused(hf_dir, tmp_path):

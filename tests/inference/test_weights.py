@@ -11,22 +11,13 @@ import pytest
 import torch
 
 import megagpt
+from tamper import Payload
 from megagpt.config import model_config
 from megagpt.inference import WeightsError, load
 from megagpt.inference.weights import save_export
 from megagpt.model import GPT, full_state_dict
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Payload:
-    """Unpickling this runs ``os.system`` (touches a marker file): what a tampered file would do."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 def _export(tmp_path):

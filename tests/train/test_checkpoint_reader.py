@@ -1,6 +1,7 @@
-"""Training checkpoints read offline (one process, no launcher) equal what the live engine
-consolidates, for ZeRO-3 x TP and for pipeline x TP; RNG files load with ``weights_only=True``;
-missing or truncated files are named in one sentence."""
+"""Training checkpoints read offline (one process, no process group) equal what the live engine
+consolidates, for ZeRO-3 x TP x DP, pipeline x TP (ZeRO-1) and bf16 ZeRO-1 x TP x DP (the fp32
+masters, not the bf16 weights); without optimizer files the module weights are read; RNG files load
+with ``weights_only=True``; missing or truncated files are named in one sentence."""
 import json
 
 import pytest
@@ -10,8 +11,10 @@ from common import RUN_YAML, layout_overrides
 from dist_harness import run_distributed
 from shards import write_pattern_shard
 from megagpt.config import load_run_config, validate_run
-from megagpt.inference import WeightsError, load
 from megagpt.inference.checkpoint_reader import read_checkpoint
+from megagpt.inference.weights import WeightsError
+
+BF16_ZERO1 = ["deepspeed.bf16.enabled=true", "deepspeed.zero_optimization.stage=1"]
 
 
 def _train_and_consolidate(rank, world_size, overrides):
@@ -20,42 +23,71 @@ def _train_and_consolidate(rank, world_size, overrides):
 
     run = validate_run(load_run_config(RUN_YAML, overrides), world_size)
     trainer = Trainer(run)
-    trainer.train()
+    trainer.train()  # saves at the last step
     return consolidated_state_dict(trainer.built, run.model)
 
 
-@pytest.mark.parametrize("layout,tp,pp", [("zero3", 2, 1), ("3d", 2, 2)])
-def test_offline_reader_equals_engine_consolidation(tmp_path, layout, tp, pp):
+def _assert_equal(full, ref):
+    assert list(full) == list(ref)
+    for name, t in ref.items():
+        assert full[name].dtype == torch.float32
+        torch.testing.assert_close(full[name], t, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("layout,tp,pp,extra,stage", [
+    ("zero3", 2, 1, [], 3), ("3d", 2, 2, [], 1), ("zero3", 2, 1, BF16_ZERO1, 1)],
+    ids=["zero3-tp2-dp2", "3d-tp2-pp2", "bf16-zero1-tp2-dp2"])
+def test_offline_reader_equals_engine_consolidation(tmp_path, layout, tp, pp, extra, stage):
     shard = write_pattern_shard(tmp_path / "pattern_text_document")
     ov = layout_overrides(layout, tp, pp, 2, 1, tmp_path, "x") + [
-        f"data.prefixes=[{shard}]", "train.train_iters=2", "train.eval_interval=2"]
+        f"data.prefixes=[{shard}]", "train.train_iters=2", "train.eval_interval=2", *extra]
     engine_full = run_distributed(_train_and_consolidate, 4, ov, use_deepspeed=True)[0]
     ckpt = tmp_path / "x" / "ckpt"
+    tag = ckpt / "global_step2"
+
     cfg, full, meta = read_checkpoint(ckpt)
-    assert meta["layout"] == layout and meta["tp"] == tp and meta["step"] == 2
     assert cfg == load_run_config(RUN_YAML, ov).model
-    assert set(full) == set(engine_full)
-    for name, t in engine_full.items():
-        torch.testing.assert_close(full[name], t, rtol=0, atol=0, msg=name)
-    # the same weights through the one-line API, at tp=1
-    model = load(ckpt, with_tokenizer=False).model
-    assert torch.equal(model.embed.wte.weight[: cfg.vocab_size], engine_full["embed.wte.weight"])
-    # RNG files hold no pickled objects
-    for f in (ckpt / "global_step2").glob("rng_rank*.pt"):
+    assert meta == {"tag": "global_step2", "step": 2, "layout": layout, "tp": tp, "pp": pp, "dp": 4 // (tp * pp),
+                    "zero_stage": stage, "weights": "fp32 master", "tokenizer": None}
+    _assert_equal(full, engine_full)
+    assert json.loads((tag / "megagpt.json").read_text())["layout"] == layout
+    for f in tag.glob("rng_rank*.pt"):  # no pickled objects
         assert set(torch.load(f, weights_only=True)) == {"megagpt", "numpy", "python"}
 
-    # a truncated file and a missing file are named
-    tag = ckpt / "global_step2"
-    victim = sorted(list(tag.glob("zero_pp_rank_1_mp_rank_01_optim_states.pt")) + list(tag.glob("layer_01-model_01-*")))[0]
-    data = victim.read_bytes()
-    victim.write_bytes(data[: len(data) // 2])
+    # without megagpt.json: a one-sentence error, or the model config passed in
+    meta_file = tag / "megagpt.json"
+    saved = meta_file.read_text()
+    meta_file.unlink()
+    with pytest.raises(WeightsError, match=r"global_step2: no megagpt\.json .*pass the run's model config"):
+        read_checkpoint(ckpt)
+    _assert_equal(read_checkpoint(ckpt, "global_step2", model_cfg=cfg)[1], engine_full)
+    meta_file.write_text(saved)
+
+    # a truncated, then a missing optimizer file is named
+    optim = sorted(tag.glob("*optim_states.pt"))
+    victim = optim[-1]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     with pytest.raises(WeightsError, match=f"{victim.name}: cannot be read as a checkpoint file"):
         read_checkpoint(ckpt)
     victim.unlink()
-    with pytest.raises(WeightsError, match=f"{victim.name}: missing|some tensor-parallel ranks"):
+    with pytest.raises(WeightsError, match=f"{victim.name}: missing"):
         read_checkpoint(ckpt)
-    meta_file = tag / "megagpt.json"
-    assert json.loads(meta_file.read_text())["layout"] == layout
-    meta_file.unlink()
-    with pytest.raises(WeightsError, match="no megagpt.json"):
-        read_checkpoint(ckpt)
+
+    # without any optimizer file: ZeRO-3 has no weights left; ZeRO-1 has the module's (bf16 in bf16)
+    for f in optim:
+        f.unlink(missing_ok=True)
+    if stage == 3:
+        with pytest.raises(WeightsError, match="optim_states.pt: missing"):
+            read_checkpoint(ckpt)
+        return
+    _, module_full, module_meta = read_checkpoint(ckpt)
+    assert module_meta["weights"] == "module"
+    bf16 = bool(extra)
+    _assert_equal(module_full, {k: t.bfloat16().float() if bf16 else t for k, t in engine_full.items()})
+    if bf16:  # the masters are not the bf16 weights
+        assert any(not torch.equal(t, module_full[k]) for k, t in engine_full.items())
+    if layout == "3d":
+        victim = tag / "layer_02-model_01-model_states.pt"
+        victim.unlink()
+        with pytest.raises(WeightsError, match=f"{victim.name}: missing"):
+            read_checkpoint(ckpt)
