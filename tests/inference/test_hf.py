@@ -127,3 +127,30 @@ def test_tampered_directories_are_refused(hf_dir, tmp_path):
     (bad / "config.json").write_text(json.dumps(raw))
     with pytest.raises(WeightsError, match=r"the tensors do not match the model config: embed.wte.weight"):
         load(bad)
+
+
+def test_export_cli_both_ways(hf_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    path, model, _, _ = hf_dir
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root))
+
+    def export(*args):
+        r = subprocess.run([sys.executable, str(root / "megagpt" / "export.py"), *map(str, args)], cwd=root,
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+
+    export("--from-hf", path, "--out", tmp_path / "m.safetensors")
+    loaded, tok = load(tmp_path / "m.safetensors")
+    assert tok is not None and tok.eod_id == 2  # the directory's tokenizer.model is recorded
+    ref = full_state_dict(model)
+    assert all(torch.equal(full_state_dict(loaded)[k], ref[k]) for k in ref)
+    export("--model", tmp_path / "m.safetensors", "--hf-dir", tmp_path / "again")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "again").eval()
+    x = torch.randint(0, 1500, (2, 30))
+    with torch.no_grad():
+        assert (hf(x).logits - model.gathered_logits(x)).abs().max().item() < 1e-4

@@ -27,6 +27,15 @@ def _train_and_consolidate(rank, world_size, overrides):
     return consolidated_state_dict(trainer.built, run.model)
 
 
+def _generate_worker(rank, world_size, ckpt):
+    from megagpt.inference import SamplingParams, generate, load
+    from megagpt.parallel.state import ParallelState
+
+    model = load(ckpt, ps=ParallelState.build(tp_size=world_size), with_tokenizer=False).model
+    out = generate(model, [[5, 6, 7, 8], [9]], SamplingParams(max_new_tokens=12, temperature=0))
+    return [c.tokens for c in out]
+
+
 def _assert_equal(full, ref):
     assert list(full) == list(ref)
     for name, t in ref.items():
@@ -50,6 +59,9 @@ def test_offline_reader_equals_engine_consolidation(tmp_path, layout, tp, pp, ex
     assert meta == {"tag": "global_step2", "step": 2, "layout": layout, "tp": tp, "pp": pp, "dp": 4 // (tp * pp),
                     "zero_stage": stage, "weights": "fp32 master", "tokenizer": None}
     _assert_equal(full, engine_full)
+    # generation straight from the checkpoint: tp=2 (each rank its shard) equals tp=1
+    ref = run_distributed(_generate_worker, 1, ckpt)[0]
+    assert run_distributed(_generate_worker, 2, ckpt) == [ref, ref]
     assert json.loads((tag / "megagpt.json").read_text())["layout"] == layout
     for f in tag.glob("rng_rank*.pt"):  # no pickled objects
         assert set(torch.load(f, weights_only=True)) == {"megagpt", "numpy", "python"}

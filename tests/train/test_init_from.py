@@ -28,14 +28,22 @@ def _init_worker(rank, world_size, overrides, expected_path):
     return rank
 
 
-@pytest.mark.parametrize("layout,tp,pp", [("zero3", 2, 1), ("3d", 2, 2)])
-def test_fresh_run_starts_from_init_weights(tmp_path, layout, tp, pp):
+@pytest.mark.parametrize("layout,tp,pp,source", [("zero3", 2, 1, "export"), ("3d", 2, 2, "export"),
+                                                 ("zero3", 2, 1, "hf")])
+def test_fresh_run_starts_from_init_weights(tmp_path, layout, tp, pp, source):
     shard = write_pattern_shard(tmp_path / "pattern_text_document")
     ov = layout_overrides(layout, tp, pp, 2, 1, tmp_path, "x") + [f"data.prefixes=[{shard}]"]
+    if source == "hf":
+        ov.append("model.attention=dense")  # GPT2LMHeadModel has no banded layers
     run = load_run_config(RUN_YAML, ov)
     other = GPT(run.model, init_seed=99)  # not the run's seed: the weights must come from the file
     path = save_export(full_state_dict(other), run.model, tmp_path / "init.safetensors")
-    run_distributed(_init_worker, 4, ov + [f"train.init_from={path}"], path, use_deepspeed=True)
+    init = path
+    if source == "hf":
+        from megagpt.inference.hf import write_hf_dir
+
+        init = write_hf_dir(full_state_dict(other), run.model, tmp_path / "hf")
+    run_distributed(_init_worker, 4, ov + [f"train.init_from={init}"], path, use_deepspeed=True)
 
 
 def test_mismatched_architecture_is_refused(tmp_path):
