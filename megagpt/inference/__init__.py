@@ -18,11 +18,12 @@ from typing import Mapping
 import torch
 
 from megagpt.inference.generation import Completion, SamplingParams, generate
+from megagpt.inference.scoring import Score, loglikelihood
 from megagpt.inference.tokenizer import Tokenizer
 from megagpt.inference.weights import WeightsError
 
-__all__ = ["load", "Loaded", "read_weights", "generate", "SamplingParams", "Completion", "Tokenizer",
-           "WeightsError"]
+__all__ = ["load", "Loaded", "read_weights", "generate", "SamplingParams", "Completion", "loglikelihood",
+           "Score", "Tokenizer", "WeightsError"]
 
 
 @dataclass
