@@ -222,6 +222,8 @@ class TrainConfig:
     checkpoint_dir: str | None = "checkpoints/run"
     tensorboard_dir: str | None = "runs/run"
     resume: bool = True
+    verify_checkpoint: str = "full"  # before resuming: 'full' (sizes and hashes), 'size', 'none'
+    resume_fallback: bool = True  # a broken newest checkpoint: resume from the newest whole one
     export_path: str | None = None  # consolidated fp32 weights (*.safetensors) written at the end
     # start from these weights (an export, a Hugging Face GPT-2 directory, another run's
     # checkpoint) when checkpoint_dir has nothing to resume: fine-tuning, continued pretraining
@@ -233,6 +235,11 @@ class TrainConfig:
                   keep_last=self.keep_last)
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}.")
+        if self.verify_checkpoint not in ("full", "size", "none"):
+            raise ConfigError(f"train.verify_checkpoint must be 'full', 'size' or 'none', got "
+                              f"{self.verify_checkpoint!r}.")
+        if not isinstance(self.resume_fallback, bool):
+            raise ConfigError(f"train.resume_fallback must be true or false, got {self.resume_fallback!r}.")
         if self.export_path is not None and not str(self.export_path).endswith(".safetensors"):
             raise ConfigError(f"train.export_path={self.export_path!r} must name a .safetensors file "
                               f"(the weights; their config goes to a .json beside it).")

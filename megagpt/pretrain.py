@@ -45,9 +45,17 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     init_distributed()
+    import torch.distributed as dist
+
+    from megagpt.train.checkpoint import CheckpointError
     from megagpt.train.loop import Trainer
 
-    trainer = Trainer(run)
+    try:
+        trainer = Trainer(run)
+    except CheckpointError as e:  # every rank got the same verdict; rank 0 says it once
+        if dist.get_rank() == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
     losses = trainer.train()
     if trainer.is_logger and losses:
         print(f"done: {len(losses)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}", flush=True)

@@ -2,9 +2,14 @@
 
 DeepSpeed writes model, optimizer and scheduler state under ``<dir>/<tag>/``; each rank adds its
 RNG streams. Only after every rank has finished (a barrier) does rank 0 write ``megagpt.json`` (the
-model config and layout, for offline readers) and then move ``latest`` to the new tag (each written
-to a temporary file, then renamed), and only then are tags beyond the last K deleted, so an
-interrupted save is never taken for a whole one.
+model config and layout, for offline readers) and ``manifest.json`` (every file's size and xxh3
+hash), then move ``latest`` to the new tag (each written to a temporary file, then renamed), and
+only then are tags beyond the last K deleted, so an interrupted save is never taken for a whole one.
+
+On resume rank 0 verifies ``latest`` against its manifest (sizes always, hashes with
+``train.verify_checkpoint: full``) and, if a file is missing, truncated or corrupted, says so in
+one line and falls back to the newest older tag that verifies (``train.resume_fallback``); every
+rank loads the tag rank 0 chose.
 """
 from __future__ import annotations
 
@@ -48,29 +53,123 @@ def _set_rng_state(ps, rng: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+MANIFEST = "manifest.json"
+VERIFY_LEVELS = ("full", "size", "none")
+
+
+class CheckpointError(ValueError):
+    """No checkpoint to resume from that the user asked for: the message names the tag and file."""
+
+
+def file_hash(path: Path, chunk: int = 8 << 20) -> str:
+    """xxh3-64 of a file, streamed (several GB/s: small next to writing the file)."""
+    import xxhash
+
+    h = xxhash.xxh3_64()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(tag_dir: Path, meta: dict | None) -> None:
+    """Every file of the tag with its size and hash, plus the layout and step (rank 0, after every
+    rank has written, before ``latest`` moves: a tag without a manifest never finished)."""
+    import megagpt
+
+    files = {}
+    for f in sorted(tag_dir.rglob("*")):
+        if f.is_file() and f.name not in (MANIFEST, MANIFEST + ".tmp"):
+            files[str(f.relative_to(tag_dir))] = {"size": f.stat().st_size, "xxh3_64": file_hash(f)}
+    manifest = dict(meta or {}, megagpt_version=megagpt.__version__, files=files)
+    tmp = tag_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(tmp, tag_dir / MANIFEST)
+
+
+def verify(tag_dir: str | Path, level: str = "full") -> str | None:
+    """None when the tag is whole, else why not (one sentence naming the file)."""
+    tag_dir = Path(tag_dir)
+    if level == "none":
+        return None if tag_dir.is_dir() else f"{tag_dir}: missing."
+    m = tag_dir / MANIFEST
+    if not m.is_file():
+        return f"{tag_dir}: no {MANIFEST} (the save did not finish)."
+    try:
+        files = json.loads(m.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"{m}: not a valid manifest."
+    for rel, info in files.items():
+        f = tag_dir / rel
+        if not f.is_file():
+            return f"{f}: missing."
+        size = f.stat().st_size
+        if size != info["size"]:
+            return f"{f}: {size} bytes, the manifest says {info['size']} (truncated or overwritten)."
+        if level == "full" and file_hash(f) != info["xxh3_64"]:
+            return f"{f}: contents differ from the manifest's hash (corrupted)."
+    return None
+
+
+def tags(ckpt_dir: str | Path) -> list[str]:
+    """Checkpoint tags, newest step first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    steps = sorted((int(m.group(1)) for d in ckpt_dir.iterdir()
+                    if (m := re.fullmatch(r"global_step(\d+)", d.name)) and d.is_dir()), reverse=True)
+    return [TAG.format(s) for s in steps]
+
+
+def choose_tag(ckpt_dir: str | Path, level: str = "full", fallback: bool = True) -> tuple[str | None, list[str]]:
+    """The tag to resume from (the newest at or before ``latest`` that verifies) and a line for
+    each newer one passed over. Raises ``CheckpointError`` when ``latest`` is broken and
+    ``fallback`` is off, or when no tag verifies."""
+    latest = latest_tag(ckpt_dir)
+    if latest is None:
+        return None, []
+    newest = int(latest.removeprefix("global_step"))
+    skipped = []
+    for tag in tags(ckpt_dir):
+        if int(tag.removeprefix("global_step")) > newest:
+            continue  # newer than `latest`: a save that never completed
+        why = verify(Path(ckpt_dir) / tag, level)
+        if why is None:
+            return tag, skipped
+        if not fallback:
+            raise CheckpointError(f"checkpoint {tag} is broken: {why} Set train.resume_fallback=true to "
+                                  f"resume from the newest whole checkpoint instead.")
+        skipped.append(f"checkpoint {tag} is broken: {why}")
+    raise CheckpointError(f"{ckpt_dir}: no whole checkpoint to resume from ({'; '.join(skipped)}). Move the "
+                          f"directory away to start fresh, or set train.verify_checkpoint=none to force.")
+
+
 def save(engine, ckpt_dir: str | Path, step: int, client_state: dict, ps, keep_last: int,
          meta: dict | None = None) -> str:
     """``meta`` (model config, layout, step) goes to ``<tag>/megagpt.json``: what an offline reader
     (``megagpt.inference.checkpoint_reader``) needs to rebuild the weights without the run file."""
     ckpt_dir = Path(ckpt_dir)
     tag = TAG.format(step)
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     rank = dist.get_rank()
+    if rank == 0 and (ckpt_dir / tag).is_dir() and (latest_tag(ckpt_dir) != tag or verify(ckpt_dir / tag, "size")):
+        shutil.rmtree(ckpt_dir / tag)  # an unfinished or broken save of this step, passed over on resume
+    dist.barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     (ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
     torch.save(_rng_state(ps), _rng_path(ckpt_dir, tag, rank))
     dist.barrier()
     if rank == 0:
-        if meta is not None:  # after every rank's files, before `latest`: its presence means complete
+        if meta is not None:  # after every rank's files, before `latest`
             tmp = ckpt_dir / tag / "megagpt.json.tmp"
             tmp.write_text(json.dumps(meta, indent=1) + "\n")
             os.replace(tmp, ckpt_dir / tag / "megagpt.json")
+        write_manifest(ckpt_dir / tag, meta)
         tmp = ckpt_dir / "latest.tmp"
         tmp.write_text(tag)
         os.replace(tmp, ckpt_dir / "latest")
-        steps = sorted(int(m.group(1)) for d in ckpt_dir.iterdir()
-                       if (m := re.fullmatch(r"global_step(\d+)", d.name)) and d.is_dir())
-        # only tags at or before this one: a newer folder is a save that never completed, and it
-        # is never counted against keep_last (the new `latest` is always kept)
+        # only tags at or before this one: a newer folder is a save that never completed (or a
+        # broken one passed over), never counted against keep_last; the new `latest` is whole
+        steps = sorted(int(t.removeprefix("global_step")) for t in tags(ckpt_dir))
         steps = [s for s in steps if s <= step]
         for old in steps[:-keep_last]:
             shutil.rmtree(ckpt_dir / TAG.format(old), ignore_errors=True)
@@ -78,14 +177,30 @@ def save(engine, ckpt_dir: str | Path, step: int, client_state: dict, ps, keep_l
     return tag
 
 
-def load(engine, ckpt_dir: str | Path, ps) -> dict | None:
-    """Restore the newest complete checkpoint; returns its client state (None if there is none)."""
-    tag = latest_tag(ckpt_dir)
+def load(engine, ckpt_dir: str | Path, ps, *, verify_level: str = "full", fallback: bool = True,
+         log=None) -> dict | None:
+    """Restore the newest whole checkpoint; returns its client state (None if there is none).
+
+    Rank 0 verifies (sizes, and hashes with ``verify_level='full'``) and every rank loads the tag
+    it chose. ``log(line)`` receives a line per broken checkpoint passed over."""
+    choice = [None, [], None]
+    if dist.get_rank() == 0:
+        try:
+            choice[0], choice[1] = choose_tag(ckpt_dir, verify_level, fallback)
+        except CheckpointError as e:
+            choice[2] = str(e)
+    dist.broadcast_object_list(choice, src=0)
+    tag, skipped, error = choice
+    if error:
+        raise CheckpointError(error)
     if tag is None:
         return None
+    for line in skipped:
+        if log is not None:
+            log(f"{line} Resuming from {tag} instead.")
     path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     if path is None:
-        raise RuntimeError(f"{ckpt_dir}/{tag}: DeepSpeed could not load this checkpoint.")
+        raise CheckpointError(f"{ckpt_dir}/{tag}: DeepSpeed could not load this checkpoint.")
     rng_file = _rng_path(Path(ckpt_dir), tag, dist.get_rank())
     if rng_file.is_file():  # absent when resuming on a different world size
         _set_rng_state(ps, torch.load(rng_file, weights_only=True))

@@ -92,7 +92,8 @@ class Trainer:
         self.peak, self.peak_source = device_peak_flops(self.dtype)
         self.step, self.consumed, self.tokens = 0, 0, 0
         if tr.resume and tr.checkpoint_dir:
-            state = checkpoint.load(self.engine, tr.checkpoint_dir, self.ps)
+            state = checkpoint.load(self.engine, tr.checkpoint_dir, self.ps, verify_level=tr.verify_checkpoint,
+                                    fallback=tr.resume_fallback, log=self._fallback_note)
             if state is not None:
                 self.step, self.consumed, self.tokens = state["step"], state["consumed_samples"], state["tokens"]
                 self.metrics.console(f"resumed from {tr.checkpoint_dir} at step {self.step} "
@@ -103,6 +104,12 @@ class Trainer:
         self.sources = list(getattr(self.train_ds, "names", []))
         self._reset_source_window()
         self._src_tokens = source_counts(self.train_ds, 0, self.consumed, len(self.sources)) * self.seq
+
+    def _fallback_note(self, line: str) -> None:
+        """A broken checkpoint passed over: on the console and in TensorBoard's text tab."""
+        self.metrics.console(f"warning: {line}")
+        if self.metrics.tb is not None:
+            self.metrics.tb.add_text("checkpoint/fallback", line)
 
     # ----------------------------------------------------------------------------------------
     def _batch_size(self) -> int:

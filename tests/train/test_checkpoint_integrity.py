@@ -1,0 +1,78 @@
+"""A broken newest checkpoint (a file truncated, deleted or with one byte flipped) is named in one
+line and the run resumes from the newest whole one, with the same later losses as an uninterrupted
+run; with train.resume_fallback=false it is an error; `megagpt/checkpoint.py list|verify` say the
+same with their exit status."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common import layout_overrides, train_worker
+from dist_harness import run_distributed
+from shards import write_pattern_shard
+from megagpt.train.checkpoint import choose_tag, latest_tag, verify
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _truncate(f):
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _flip(f):
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+
+
+def _cli(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(ROOT / "megagpt" / "checkpoint.py"), *map(str, args)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_broken_newest_checkpoint_falls_back_to_the_last_whole_one(tmp_path):
+    shard = write_pattern_shard(tmp_path / "pattern_text_document")
+
+    def overrides(tag, *extra):
+        return layout_overrides("zero3", 1, 1, 2, 1, tmp_path, tag) + [
+            f"data.prefixes=[{shard}]", "train.train_iters=8", "train.save_interval=4",
+            "train.eval_interval=4", *extra]
+
+    full = run_distributed(train_worker, 2, overrides("full"), use_deepspeed=True)[0]
+    ckpt = tmp_path / "full" / "ckpt"
+    assert latest_tag(ckpt) == "global_step8" and verify(ckpt / "global_step8") is None
+    r = _cli("list", ckpt)
+    assert r.returncode == 0 and "global_step8 (latest): step 8" in r.stdout and "whole" in r.stdout
+
+    for fault, damage in [("truncate", _truncate), ("delete", Path.unlink), ("flip", _flip)]:
+        run_ckpt = tmp_path / fault / "ckpt"
+        shutil.copytree(ckpt, run_ckpt)
+        victim = sorted((run_ckpt / "global_step8").glob("*optim_states.pt"))[-1]
+        damage(victim)
+        assert choose_tag(run_ckpt)[0] == "global_step4"
+        r = _cli("verify", run_ckpt, "global_step8")
+        assert r.returncode == 1 and victim.name in r.stdout, r.stdout
+        rest = run_distributed(train_worker, 2, overrides(fault), use_deepspeed=True)[0]
+        assert rest == full[4:], (fault, rest, full)
+        assert latest_tag(run_ckpt) == "global_step8" and verify(run_ckpt / "global_step8") is None
+        events = b"".join(p.read_bytes() for p in (tmp_path / fault / "tb").glob("events*"))
+        assert b"checkpoint/fallback" in events and victim.name.encode() in events
+
+    # fallback off: one sentence, on every rank, naming the tag and the file
+    run_ckpt = tmp_path / "strict" / "ckpt"
+    shutil.copytree(ckpt, run_ckpt)
+    _truncate(sorted((run_ckpt / "global_step8").glob("*optim_states.pt"))[0])
+    with pytest.raises(Exception, match="checkpoint global_step8 is broken: .*optim_states.pt: .* bytes, "
+                                        "the manifest says"):
+        run_distributed(train_worker, 2, overrides("strict", "train.resume_fallback=false"), use_deepspeed=True)
+
+    # nothing whole left: the CLI says so with a non-zero status
+    _truncate(sorted((run_ckpt / "global_step4").glob("*model_states.pt"))[0])
+    r = _cli("list", run_ckpt)
+    assert r.returncode == 1 and r.stdout.count("BROKEN") == 2
+    r = _cli("verify", run_ckpt)
+    assert r.returncode == 1 and "no whole checkpoint to resume from" in r.stderr
