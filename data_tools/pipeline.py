@@ -30,6 +30,7 @@ from data_tools.filters import (C4Config, C4Filter, FineWebConfig, FineWebFilter
                                 LanguageConfig, LanguageFilter, UrlConfig, UrlFilter)
 from data_tools.readers import read_file
 from data_tools.tokenizer import TokenizerConfig
+from megagpt.config import check_value
 
 ALL_FILTERS = ("url", "language", "gopher_quality", "gopher_repetition", "c4", "fineweb")
 REF_BASE = 1 << 20            # file numbers of reference sources start here (never removed)
@@ -73,6 +74,7 @@ def from_dict(cls, d: dict):
         if dataclasses.is_dataclass(default) and isinstance(v, dict):
             kw[k] = from_dict(type(default), v)
         else:
+            check_value(f"{cls.__name__}.{k}", v, names[k].type, error=ValueError)
             kw[k] = tuple(v) if isinstance(v, list) else v
     return cls(**kw)
 

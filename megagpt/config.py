@@ -18,16 +18,61 @@ class ConfigError(ValueError):
     """A configuration value a user has to fix; the message names the key."""
 
 
+_KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+          "list": "a list", "dict": "a mapping"}
+
+
+def check_value(where: str, value, annotation: str, *, error=None) -> None:
+    """Check ``value`` against a dataclass field's annotation (``int``, ``float | None``, ...):
+    booleans are not integers, numbers are finite and not negative (no size, count, rate or seed
+    here can be), strings are not numbers. Raises ``error`` (default ConfigError) naming ``where``."""
+    error = error or ConfigError
+    kinds = [t.strip() for t in str(annotation).split("|")]
+    if value is None:
+        if "None" in kinds:
+            return
+        raise error(f"{where} must be set, got null.")
+    kinds = [k.split("[")[0] for k in kinds if k != "None"]
+    known = [k for k in kinds if k in _KINDS or k in ("tuple", "Any")]
+    if not known or "Any" in known:
+        return
+    ok = False
+    for k in known:
+        if k == "bool":
+            ok |= isinstance(value, bool)
+        elif k == "int":
+            ok |= isinstance(value, int) and not isinstance(value, bool)
+        elif k == "float":
+            ok |= isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif k == "str":
+            ok |= isinstance(value, str)
+        elif k in ("list", "tuple"):
+            ok |= isinstance(value, (list, tuple)) or ("str" not in known and isinstance(value, str))
+        elif k == "dict":
+            ok |= isinstance(value, Mapping)
+    want = " or ".join(_KINDS.get(k, "a list") for k in known)
+    if not ok:
+        raise error(f"{where} must be {want}, got {value!r}.")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise error(f"{where} must be a finite number, got {value!r}.")
+        if value < 0:
+            raise error(f"{where} must not be negative, got {value!r}.")
+
+
 def _from_dict(cls, data: Mapping[str, Any], where: str):
-    """Build dataclass ``cls`` from ``data``, rejecting keys it does not declare."""
+    """Build dataclass ``cls`` from ``data``, rejecting keys it does not declare and values of the
+    wrong type (see ``check_value``)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(data).__name__}.")
-    allowed = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - allowed)
+    allowed = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(allowed))
     if unknown:
         raise ConfigError(
             f"{where}: unknown key '{unknown[0]}'; allowed keys are {', '.join(sorted(allowed))}."
         )
+    for key, value in data.items():
+        check_value(f"{where}.{key}", value, allowed[key].type)
     return cls(**data)
 
 
@@ -273,15 +318,21 @@ def load_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file ({e.strerror}).") from None
-    try:
-        if path.suffix == ".json":
+    if path.suffix == ".json":
+        try:
             data = json.loads(text)
-        else:
-            import yaml
+        except ValueError as e:
+            raise ConfigError(f"{path}:{getattr(e, 'lineno', '?')}: not valid JSON ({getattr(e, 'msg', e)}).") from None
+    else:
+        import yaml
 
+        try:
             data = yaml.safe_load(text)
-    except Exception as e:  # parse errors from either library
-        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+        except yaml.YAMLError as e:  # first line: the file and line, then what the parser saw
+            mark = getattr(e, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else "?"
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"{path}:{line}: not valid YAML ({what}).") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level.")
     return data
@@ -346,16 +397,21 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         else:
             raise ConfigError(f"override '{text}': the key must start with one of "
                               f"{', '.join(sections)} or deepspeed.")
-    train = _from_dict(TrainConfig, raw.get("train") or {}, "train")
+    try:
+        train = _from_dict(TrainConfig, raw.get("train") or {}, "train")
+        sections_built = (model_config_from_dict(raw.get("model") or {}),
+                          _from_dict(ParallelConfig, raw.get("parallel") or {}, "parallel"),
+                          _from_dict(DataConfig, raw.get("data") or {}, "data"))
+    except ConfigError as e:  # name the file (overrides are applied to it)
+        raise ConfigError(f"{path}: {e}") from None
     ds_path = Path(train.deepspeed_config)
     if not ds_path.is_absolute() and not ds_path.exists():
         ds_path = Path(path).parent / ds_path  # relative to the run file
     ds = load_file(ds_path)
     for key, value in ds_overrides:
         _set_dotted(ds, key, value, f"override deepspeed.{key}")
-    return RunConfig(model=model_config_from_dict(raw.get("model") or {}),
-                     parallel=_from_dict(ParallelConfig, raw.get("parallel") or {}, "parallel"),
-                     data=_from_dict(DataConfig, raw.get("data") or {}, "data"),
+    model, parallel, data = sections_built
+    return RunConfig(model=model, parallel=parallel, data=data,
                      train=train, deepspeed=ds)
 
 

@@ -43,7 +43,7 @@ def test_flops_follow_6n_plus_attention():
 
 @pytest.mark.parametrize("overrides,needle", [
     (dict(n_embd=100, n_head=3), "model.n_embd=100 must be divisible by model.n_head=3"),
-    (dict(n_layer=-2), "model.n_layer must be a positive integer, got -2"),
+    (dict(n_layer=-2), "model.n_layer must not be negative, got -2"),
     (dict(vocab_size=0), "model.vocab_size must be a positive integer"),
     (dict(attention="sparse"), "model.attention must be 'dense' or 'alternating'"),
     (dict(ln_position="middle"), "model.ln_position must be 'pre'"),
@@ -80,7 +80,7 @@ def test_parallel_config_errors():
 def test_load_file_reports_the_file(tmp_path):
     bad = tmp_path / "run.yaml"
     bad.write_text("model: [1, 2\n")
-    with pytest.raises(ConfigError, match=f"{bad}: not valid YAML"):
+    with pytest.raises(ConfigError, match=f"{bad}:2: not valid YAML"):
         load_file(bad)
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_file(tmp_path / "missing.yaml")

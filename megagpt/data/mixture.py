@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from megagpt.config import ConfigError, load_file
+from megagpt.config import ConfigError, check_value, load_file
 from megagpt.data.gpt_dataset import GPTDataset, range_tokens, split_documents
 from megagpt.data.indexed import IndexedDataset, ShardError, paths
 
@@ -52,8 +52,7 @@ _SOURCE_KEYS = {"prefixes", "weight", "epochs"}
 
 
 def _number(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where} must be a number, got {value!r}.")
+    check_value(where, value, "float")
     return float(value)
 
 
@@ -95,16 +94,20 @@ def load_spec(path: str | Path) -> MixtureSpec:
         raise ConfigError(f"{path}: give every source a weight, or every source a number of epochs.")
     total = raw["total_tokens"]
     seq = raw["seq_length"]
-    if not isinstance(total, int) or total <= 0 or not isinstance(seq, int) or seq <= 0:
-        raise ConfigError(f"{path}: total_tokens and seq_length must be positive integers.")
+    seed = raw.get("seed", 1234)
+    max_epochs = raw.get("max_epochs", 4.0)
+    for key, value, kind in (("total_tokens", total, "int"), ("seq_length", seq, "int"), ("seed", seed, "int"),
+                             ("max_epochs", max_epochs, "float")):
+        check_value(f"{path}: {key}", value, kind)
+    if total <= 0 or seq <= 0 or max_epochs <= 0:
+        raise ConfigError(f"{path}: total_tokens, seq_length and max_epochs must be > 0.")
     valid_fraction = raw.get("valid_fraction", 0.01)
-    if isinstance(valid_fraction, bool) or not isinstance(valid_fraction, (int, float)) \
-            or not 0.0 <= valid_fraction < 1.0:
+    check_value(f"{path}: valid_fraction", valid_fraction, "float")
+    if not 0.0 <= valid_fraction < 1.0:
         raise ConfigError(f"{path}: valid_fraction must be a number in [0, 1), got {valid_fraction!r}.")
     cache = raw.get("cache_dir")
     return MixtureSpec(path=path, sources=sources, total_tokens=total, seq_length=seq,
-                       seed=int(raw.get("seed", 1234)), valid_fraction=float(valid_fraction),
-                       max_epochs=float(raw.get("max_epochs", 4.0)),
+                       seed=seed, valid_fraction=float(valid_fraction), max_epochs=float(max_epochs),
                        cache_dir=Path(cache) if cache else path.parent / ".mixture_cache", raw=raw)
 
 

@@ -46,7 +46,8 @@ def check_gpt2_architecture(cfg: ModelConfig) -> None:
 def _gpt2_config(cfg: ModelConfig, eod_id: int | None):
     from transformers import GPT2Config
 
-    ids = {} if eod_id is None else dict(bos_token_id=eod_id, eos_token_id=eod_id, pad_token_id=eod_id)
+    # no tokenizer, no known special ids: not GPT2Config's default 50256, which may not even exist
+    ids = dict(bos_token_id=eod_id, eos_token_id=eod_id, pad_token_id=eod_id)
     return GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd,
                       n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.n_inner,
                       activation_function="gelu_new", resid_pdrop=cfg.resid_pdrop, embd_pdrop=cfg.embd_pdrop,
@@ -89,6 +90,16 @@ def write_hf_dir(full: dict[str, torch.Tensor], cfg: ModelConfig, out_dir: str |
     from safetensors.torch import save_file
 
     check_gpt2_architecture(cfg)
+    try:
+        state = full_to_hf_gpt2(full)
+    except KeyError as e:
+        raise ValueError(f"{e.args[0]}: GPT2LMHeadModel has no such tensor; export the language model "
+                         f"alone (task heads stay in megagpt's own format).") from None
+    state.pop("lm_head.weight")  # tied to transformer.wte.weight
+    _check_shapes(state, gpt2_shapes(cfg.n_layer, cfg.n_embd, cfg.n_positions, cfg.vocab_size, cfg.n_inner),
+                  "write_hf_dir", f"the model config (n_embd={cfg.n_embd}, vocab_size={cfg.vocab_size})")
+    if tokenizer_model is not None and not Path(tokenizer_model).is_file():
+        raise FileNotFoundError(f"{tokenizer_model}: no such tokenizer file (a sentencepiece .model).")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"{out_dir}: exists and is not empty; choose a new directory.")
@@ -104,8 +115,6 @@ def write_hf_dir(full: dict[str, torch.Tensor], cfg: ModelConfig, out_dir: str |
                                  f"model.vocab_size={cfg.vocab_size}.")
         hf_cfg = _gpt2_config(cfg, eod_id)
         hf_cfg.save_pretrained(str(tmp))
-        state = full_to_hf_gpt2(full)
-        state.pop("lm_head.weight")  # tied to transformer.wte.weight
         save_file({k: v.detach().float().contiguous().cpu() for k, v in state.items()},
                   str(tmp / "model.safetensors"), metadata={"format": "pt"})
         gen = {"do_sample": True, "top_k": 50, "top_p": 0.95, "temperature": 0.8, "max_new_tokens": 64}
@@ -121,8 +130,46 @@ def write_hf_dir(full: dict[str, torch.Tensor], cfg: ModelConfig, out_dir: str |
     return out_dir
 
 
+def gpt2_shapes(n_layer: int, n_embd: int, n_positions: int, vocab_size: int,
+                n_inner: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a ``GPT2LMHeadModel`` state dict (tied head left out) and its shape."""
+    E, F = n_embd, n_inner or 4 * n_embd
+    shapes = {"transformer.wte.weight": (vocab_size, E), "transformer.wpe.weight": (n_positions, E),
+              "transformer.ln_f.weight": (E,), "transformer.ln_f.bias": (E,)}
+    for i in range(n_layer):
+        h = f"transformer.h.{i}."
+        shapes |= {h + "ln_1.weight": (E,), h + "ln_1.bias": (E,), h + "ln_2.weight": (E,), h + "ln_2.bias": (E,),
+                   h + "attn.c_attn.weight": (E, 3 * E), h + "attn.c_attn.bias": (3 * E,),
+                   h + "attn.c_proj.weight": (E, E), h + "attn.c_proj.bias": (E,),
+                   h + "mlp.c_fc.weight": (E, F), h + "mlp.c_fc.bias": (F,),
+                   h + "mlp.c_proj.weight": (F, E), h + "mlp.c_proj.bias": (E,)}
+    return shapes
+
+
+def _check_shapes(state, expected: dict[str, tuple[int, ...]], where: str, why: str) -> None:
+    """Raise (one sentence naming ``where`` and the tensor) unless ``state`` has exactly the
+    tensors of ``expected``; causal-mask buffers of old checkpoints and the tied head are extra."""
+    for key, shape in expected.items():
+        if key not in state:
+            raise WeightsError(f"{where}: tensor {key} is missing ({why} needs it).")
+        got = tuple(state[key].shape)
+        if got != shape:
+            raise WeightsError(f"{where}: tensor {key} has shape {got} but {why} needs {shape}.")
+    for key in state:
+        if key not in expected and key != "lm_head.weight" and not key.endswith((".attn.bias", ".attn.masked_bias")):
+            raise WeightsError(f"{where}: unexpected tensor {key} (not part of GPT2LMHeadModel).")
+
+
+# GPT2Config switches that change the math; megagpt's GPT computes only GPT-2's defaults.
+_UNSUPPORTED = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+                "add_cross_attention": False}
+
+
 def read_hf_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Path | None]:
-    """(megagpt config, full state dict, ``tokenizer.model`` if present) of a local GPT-2 directory."""
+    """(megagpt config, full state dict, ``tokenizer.model`` if present) of a local GPT-2 directory.
+
+    Every tensor is checked against ``config.json`` before conversion; any problem is one
+    ``WeightsError`` naming the file."""
     from megagpt.model.convert import config_from_hf
 
     path = Path(path)
@@ -133,31 +180,69 @@ def read_hf_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor],
         raise WeightsError(f"{cfg_file}: missing; a Hugging Face model directory has a config.json.") from None
     except ValueError as e:
         raise WeightsError(f"{cfg_file}: not valid JSON ({e}).") from None
-    if raw.get("model_type") != "gpt2":
-        raise WeightsError(f"{cfg_file}: model_type is {raw.get('model_type')!r}; megagpt reads GPT-2 "
-                           f"models (model_type 'gpt2') only.")
+    if not isinstance(raw, dict) or raw.get("model_type") != "gpt2":
+        kind = raw.get("model_type") if isinstance(raw, dict) else None
+        raise WeightsError(f"{cfg_file}: model_type is {kind!r}; megagpt reads GPT-2 models "
+                           f"(model_type 'gpt2') only.")
+    for key, default in _UNSUPPORTED.items():
+        if raw.get(key, default) != default:
+            raise WeightsError(f"{cfg_file}: {key}={raw[key]!r} changes GPT-2's attention, which megagpt's "
+                               f"GPT does not implement; only {key}={default!r} can be read.")
     from transformers import GPT2Config
 
     try:
-        cfg = config_from_hf(GPT2Config.from_dict(raw)).validate()
+        hf_cfg = GPT2Config.from_dict(raw)
+        cfg = config_from_hf(hf_cfg).validate()
     except (ValueError, TypeError) as e:
         raise WeightsError(f"{cfg_file}: {e}") from None
-    if (path / "model.safetensors").is_file():
-        tensors = SafetensorsDict(path / "model.safetensors")
-        state = {k: tensors[k] for k in tensors}
-    elif (path / "pytorch_model.bin").is_file():
-        try:
-            state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise WeightsError(f"{path / 'pytorch_model.bin'}: not loadable without unpickling code "
-                               f"({str(e).splitlines()[0] if str(e) else type(e).__name__}).") from None
-    else:
-        raise WeightsError(f"{path}: no model.safetensors (or pytorch_model.bin) beside config.json.")
+    state, where = _read_hf_tensors(path)
+    # GPT2Model checkpoints have no 'transformer.' prefix
     state = {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v
-             for k, v in state.items()}  # GPT2Model checkpoints have no 'transformer.' prefix
-    try:
-        full = full_from_hf_gpt2(state)
-    except KeyError as e:
-        raise WeightsError(f"{path}: {e.args[0]}") from None
+             for k, v in state.items()}
+    _check_shapes(state, gpt2_shapes(cfg.n_layer, cfg.n_embd, cfg.n_positions, cfg.vocab_size, cfg.n_inner),
+                  where, f"config.json (n_layer={cfg.n_layer}, n_embd={cfg.n_embd}, "
+                         f"n_positions={cfg.n_positions}, vocab_size={cfg.vocab_size})")
+    if "lm_head.weight" in state:
+        if not torch.equal(state["lm_head.weight"], state["transformer.wte.weight"]):
+            raise WeightsError(f"{where}: lm_head.weight differs from transformer.wte.weight; megagpt ties "
+                               f"the output head to the token embedding and cannot hold a separate one.")
+    elif raw.get("tie_word_embeddings", True) is False:
+        raise WeightsError(f"{cfg_file}: tie_word_embeddings is false but {where.name} has no lm_head.weight.")
+    full = {}
+    for key in list(state):  # one tensor at a time: never two copies of the whole model
+        full |= full_from_hf_gpt2({key: state.pop(key)})
     tok = path / "tokenizer.model"
     return cfg, full, tok if tok.is_file() else None
+
+
+def _read_hf_tensors(path: Path):
+    """(name -> tensor mapping, the file it came from) of ``model.safetensors`` (whole or sharded
+    by an index) or ``pytorch_model.bin`` (tensors only, nothing else is unpickled)."""
+    if (path / "model.safetensors").is_file():
+        return SafetensorsDict(path / "model.safetensors"), path / "model.safetensors"
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise WeightsError(f"{index}: not a valid safetensors index ({type(e).__name__}: {e}).") from None
+        missing = [n for n in names if not (path / n).is_file()]
+        if missing:
+            raise WeightsError(f"{index}: names shard {missing[0]}, which is not in {path}.")
+        shards = {name: SafetensorsDict(path / name) for name in names}
+        state = {}
+        for name, shard in shards.items():
+            state |= {k: shard[k] for k in shard}
+        return state, index
+    bin_file = path / "pytorch_model.bin"
+    if bin_file.is_file():
+        try:
+            state = torch.load(bin_file, map_location="cpu", weights_only=True)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise WeightsError(f"{bin_file}: not loadable without unpickling code ({msg}).") from None
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
+            raise WeightsError(f"{bin_file}: expected a state dict (tensor names to tensors).")
+        return state, bin_file
+    raise WeightsError(f"{path}: no model.safetensors (or pytorch_model.bin) beside config.json.")
