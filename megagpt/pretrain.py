@@ -47,12 +47,14 @@ def main(argv=None) -> int:
     init_distributed()
     import torch.distributed as dist
 
+    from megagpt.data.indexed import ShardError
     from megagpt.train.checkpoint import CheckpointError
     from megagpt.train.loop import Trainer
 
     try:
         trainer = Trainer(run)
-    except CheckpointError as e:  # every rank got the same verdict; rank 0 says it once
+    except (ConfigError, ShardError, CheckpointError) as e:  # errors the user can fix, seen by every
+        # rank alike (shards, mixture, checkpoint): rank 0 says it once, the others exit quietly
         if dist.get_rank() == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

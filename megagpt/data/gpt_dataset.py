@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from megagpt.data.indexed import IndexedDataset
+from megagpt.data.indexed import IndexedDataset, ShardError
 
 
 @dataclass
@@ -58,7 +58,7 @@ class GPTDataset:
                                          or [np.zeros(0, np.int64)])
         tokens_per_epoch = int(sizes.sum())
         if tokens_per_epoch <= seq_length:
-            raise ValueError(f"{name}: {tokens_per_epoch} tokens is too few for one sample of "
+            raise ShardError(f"{name}: {tokens_per_epoch} tokens is too few for one sample of "
                              f"{seq_length + 1} tokens.")
         needed = num_samples * seq_length + 1
         self.epochs = -(-needed // tokens_per_epoch)

@@ -8,14 +8,20 @@ to a ``tokenizers`` BPE with the model's own normalizer settings (transformers' 
 it encodes and decodes exactly as sentencepiece does; the original ``tokenizer.model`` is kept
 beside it for megagpt. The special tokens keep their ids (``<|endoftext|>`` is EOS and, as in
 GPT-2, also padding; the GPT-1 / DialoGPT control symbols are additional special tokens), and
-``split_special_tokens`` is on: sentencepiece never turns a literal ``<|endoftext|>`` typed in text
-into the EOD id, and neither does the converted tokenizer.
+``split_special_tokens`` is on: sentencepiece never turns a literal ``<|endoftext|>`` (or
+``<|turn|>``...) typed in text into its id, and neither does the converted tokenizer, so a document
+cannot inject one. To get the ids from strings on purpose, call the tokenizer with
+``split_special_tokens=False`` (or append the ids). Decoding keeps special tokens as their strings
+unless ``skip_special_tokens=True``, which gives what sentencepiece's ``decode`` gives.
 
 Only GPT-2's architecture fits ``GPT2LMHeadModel``: pre-LN blocks and dense attention. GPT-1
 (post-LN) and GPT-3 banded models are refused.
 
-``read_hf_dir`` reads a local GPT-2 directory back (``model.safetensors``, or a
-``pytorch_model.bin`` that holds tensors only: it is loaded with ``weights_only=True``).
+``read_hf_dir`` reads a local GPT-2 directory back: ``model.safetensors`` (or shards listed in
+``model.safetensors.index.json``), or a ``pytorch_model.bin`` that holds tensors only (it is loaded
+with ``weights_only=True``, so nothing else is unpickled). Every tensor is checked against
+``config.json`` first, and an untied output head or a ``GPT2Config`` switch that changes the
+attention math is refused: megagpt's GPT could not reproduce the model.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ EOD = "<|endoftext|>"
 
 
 def check_gpt2_architecture(cfg: ModelConfig) -> None:
+    """Raise unless ``cfg`` can be expressed as a ``GPT2LMHeadModel``."""
     if cfg.ln_position != "pre":
         raise ValueError("a GPT-1 model (model.ln_position='post') cannot be written as GPT2LMHeadModel, "
                          "whose blocks are pre-LN with a final LayerNorm.")
@@ -93,11 +100,11 @@ def write_hf_dir(full: dict[str, torch.Tensor], cfg: ModelConfig, out_dir: str |
     try:
         state = full_to_hf_gpt2(full)
     except KeyError as e:
-        raise ValueError(f"{e.args[0]}: GPT2LMHeadModel has no such tensor; export the language model "
-                         f"alone (task heads stay in megagpt's own format).") from None
+        raise ValueError(f"{e.args[0]}; GPT2LMHeadModel holds the language model only, so export task "
+                         f"heads in megagpt's own format.") from None
     state.pop("lm_head.weight")  # tied to transformer.wte.weight
     _check_shapes(state, gpt2_shapes(cfg.n_layer, cfg.n_embd, cfg.n_positions, cfg.vocab_size, cfg.n_inner),
-                  "write_hf_dir", f"the model config (n_embd={cfg.n_embd}, vocab_size={cfg.vocab_size})")
+                  "the weights to write (GPT-2 names and layout)", f"the model config (n_embd={cfg.n_embd}, vocab_size={cfg.vocab_size})")
     if tokenizer_model is not None and not Path(tokenizer_model).is_file():
         raise FileNotFoundError(f"{tokenizer_model}: no such tokenizer file (a sentencepiece .model).")
     out_dir = Path(out_dir)

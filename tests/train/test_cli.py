@@ -122,3 +122,25 @@ def test_refusals_before_launch(tmp_path, shard):
     assert "model.n_head=4 must be divisible by parallel.tp_size=3" in msg or "world size 1" in msg
     msg = _refusal(tmp_path, shard, "model.n_layers=3")
     assert "unknown key 'n_layers'" in msg
+
+
+def _launch_errors(tmp_path, shard, *extra):
+    exe = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
+    port = str(29700 + os.getpid() % 1000)
+    r = _run([exe, "--hostfile", str(ROOT / "hostfiles" / "localhost"), "--no_ssh_check",
+              "--master_addr", "127.0.0.1", "--master_port", port,
+              str(ROOT / "megagpt" / "pretrain.py"), "--config", str(RUN), *_overrides(tmp_path, shard, *extra)])
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "Traceback" not in out, out[-3000:]
+    return [line for line in out.splitlines() if "error:" in line]
+
+
+def test_startup_errors_under_the_launcher_are_one_line(tmp_path, shard):
+    bin_path = Path(str(shard) + ".bin")
+    data = bin_path.read_bytes()
+    bin_path.write_bytes(data[: len(data) // 2])
+    lines = _launch_errors(tmp_path, shard)
+    assert len(lines) == 1 and f"{bin_path}: " in lines[0] and "bytes" in lines[0], lines
+    lines = _launch_errors(tmp_path, shard, f"data.prefixes=[{tmp_path / 'nowhere'}]")
+    assert len(lines) == 1 and "nowhere" in lines[0] and "not found" in lines[0], lines
