@@ -269,6 +269,7 @@ class TrainConfig:
     resume: bool = True
     verify_checkpoint: str = "full"  # before resuming: 'full' (sizes and hashes), 'size', 'none'
     resume_fallback: bool = True  # a broken newest checkpoint: resume from the newest whole one
+    save_failure: str = "stop"  # a save that fails (disk full): 'stop' with one line, or 'warn' and go on
     export_path: str | None = None  # consolidated fp32 weights (*.safetensors) written at the end
     # start from these weights (an export, a Hugging Face GPT-2 directory, another run's
     # checkpoint) when checkpoint_dir has nothing to resume: fine-tuning, continued pretraining
@@ -283,6 +284,8 @@ class TrainConfig:
         if self.verify_checkpoint not in ("full", "size", "none"):
             raise ConfigError(f"train.verify_checkpoint must be 'full', 'size' or 'none', got "
                               f"{self.verify_checkpoint!r}.")
+        if self.save_failure not in ("stop", "warn"):
+            raise ConfigError(f"train.save_failure must be 'stop' or 'warn', got {self.save_failure!r}.")
         if not isinstance(self.resume_fallback, bool):
             raise ConfigError(f"train.resume_fallback must be true or false, got {self.resume_fallback!r}.")
         if self.export_path is not None and not str(self.export_path).endswith(".safetensors"):

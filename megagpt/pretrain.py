@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     import torch.distributed as dist
 
     from megagpt.data.indexed import ShardError
-    from megagpt.train.checkpoint import CheckpointError
+    from megagpt.train.checkpoint import CheckpointError, SaveError
     from megagpt.train.loop import Trainer
 
     try:
@@ -58,7 +58,12 @@ def main(argv=None) -> int:
         if dist.get_rank() == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
-    losses = trainer.train()
+    try:
+        losses = trainer.train()
+    except SaveError as e:  # disk full or similar: the run stops, 'latest' is still whole
+        if dist.get_rank() == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
     if trainer.is_logger and losses:
         print(f"done: {len(losses)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}", flush=True)
     return 0

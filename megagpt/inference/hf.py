@@ -103,8 +103,9 @@ def write_hf_dir(full: dict[str, torch.Tensor], cfg: ModelConfig, out_dir: str |
         raise ValueError(f"{e.args[0]}; GPT2LMHeadModel holds the language model only, so export task "
                          f"heads in megagpt's own format.") from None
     state.pop("lm_head.weight")  # tied to transformer.wte.weight
-    _check_shapes(state, gpt2_shapes(cfg.n_layer, cfg.n_embd, cfg.n_positions, cfg.vocab_size, cfg.n_inner),
-                  "the weights to write (GPT-2 names and layout)", f"the model config (n_embd={cfg.n_embd}, vocab_size={cfg.vocab_size})")
+    shapes = gpt2_shapes(cfg.n_layer, cfg.n_embd, cfg.n_positions, cfg.vocab_size, cfg.n_inner)
+    _check_shapes(state, shapes, "the weights to write (GPT-2 names and layout)",
+                  f"the model config (n_embd={cfg.n_embd}, vocab_size={cfg.vocab_size})")
     if tokenizer_model is not None and not Path(tokenizer_model).is_file():
         raise FileNotFoundError(f"{tokenizer_model}: no such tokenizer file (a sentencepiece .model).")
     out_dir = Path(out_dir)
@@ -145,7 +146,8 @@ def gpt2_shapes(n_layer: int, n_embd: int, n_positions: int, vocab_size: int,
               "transformer.ln_f.weight": (E,), "transformer.ln_f.bias": (E,)}
     for i in range(n_layer):
         h = f"transformer.h.{i}."
-        shapes |= {h + "ln_1.weight": (E,), h + "ln_1.bias": (E,), h + "ln_2.weight": (E,), h + "ln_2.bias": (E,),
+        shapes |= {h + "ln_1.weight": (E,), h + "ln_1.bias": (E,),
+                   h + "ln_2.weight": (E,), h + "ln_2.bias": (E,),
                    h + "attn.c_attn.weight": (E, 3 * E), h + "attn.c_attn.bias": (3 * E,),
                    h + "attn.c_proj.weight": (E, E), h + "attn.c_proj.bias": (E,),
                    h + "mlp.c_fc.weight": (E, F), h + "mlp.c_fc.bias": (F,),
@@ -163,7 +165,8 @@ def _check_shapes(state, expected: dict[str, tuple[int, ...]], where: str, why: 
         if got != shape:
             raise WeightsError(f"{where}: tensor {key} has shape {got} but {why} needs {shape}.")
     for key in state:
-        if key not in expected and key != "lm_head.weight" and not key.endswith((".attn.bias", ".attn.masked_bias")):
+        extra = key == "lm_head.weight" or key.endswith((".attn.bias", ".attn.masked_bias"))
+        if key not in expected and not extra:
             raise WeightsError(f"{where}: unexpected tensor {key} (not part of GPT2LMHeadModel).")
 
 
@@ -214,7 +217,8 @@ def read_hf_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor],
             raise WeightsError(f"{where}: lm_head.weight differs from transformer.wte.weight; megagpt ties "
                                f"the output head to the token embedding and cannot hold a separate one.")
     elif raw.get("tie_word_embeddings", True) is False:
-        raise WeightsError(f"{cfg_file}: tie_word_embeddings is false but {where.name} has no lm_head.weight.")
+        raise WeightsError(f"{cfg_file}: tie_word_embeddings is false but {where.name} has no "
+                           f"lm_head.weight.")
     full = {}
     for key in list(state):  # one tensor at a time: never two copies of the whole model
         full |= full_from_hf_gpt2({key: state.pop(key)})
@@ -232,7 +236,8 @@ def _read_hf_tensors(path: Path):
         try:
             names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise WeightsError(f"{index}: not a valid safetensors index ({type(e).__name__}: {e}).") from None
+            raise WeightsError(f"{index}: not a valid safetensors index "
+                               f"({type(e).__name__}: {e}).") from None
         missing = [n for n in names if not (path / n).is_file()]
         if missing:
             raise WeightsError(f"{index}: names shard {missing[0]}, which is not in {path}.")

@@ -57,6 +57,10 @@ MANIFEST = "manifest.json"
 VERIFY_LEVELS = ("full", "size", "none")
 
 
+class SaveError(RuntimeError):
+    """A save that could not be completed (disk full, quota): nothing of it is kept."""
+
+
 class CheckpointError(ValueError):
     """No checkpoint to resume from that the user asked for: the message names the tag and file."""
 
@@ -144,6 +148,14 @@ def choose_tag(ckpt_dir: str | Path, level: str = "full", fallback: bool = True)
                           f"directory away to start fresh, or set train.verify_checkpoint=none to force.")
 
 
+def _raised_by_torch_save(e: BaseException) -> bool:
+    """A RuntimeError from inside ``torch.save`` (its zip writer's way of saying a write failed)."""
+    import traceback
+
+    return any(f.filename.endswith(os.path.join("torch", "serialization.py"))
+               for f in traceback.extract_tb(e.__traceback__))
+
+
 def save(engine, ckpt_dir: str | Path, step: int, client_state: dict, ps, keep_last: int,
          meta: dict | None = None) -> str:
     """``meta`` (model config, layout, step) goes to ``<tag>/megagpt.json``: what an offline reader
@@ -154,19 +166,48 @@ def save(engine, ckpt_dir: str | Path, step: int, client_state: dict, ps, keep_l
     if rank == 0 and (ckpt_dir / tag).is_dir() and (latest_tag(ckpt_dir) != tag or verify(ckpt_dir / tag, "size")):
         shutil.rmtree(ckpt_dir / tag)  # an unfinished or broken save of this step, passed over on resume
     dist.barrier()
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
-    (ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
-    torch.save(_rng_state(ps), _rng_path(ckpt_dir, tag, rank))
-    dist.barrier()
+    failed, ds_done = None, False
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+        ds_done = True
+        (ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
+        torch.save(_rng_state(ps), _rng_path(ckpt_dir, tag, rank))
+    except (OSError, RuntimeError) as e:  # disk full, quota, a vanished mount: this rank's files
+        # are not whole (torch.save reports a failed write as a RuntimeError from its zip writer)
+        if isinstance(e, RuntimeError) and not _raised_by_torch_save(e):
+            raise
+        failed = (f"{e.filename or ckpt_dir / tag}: {e.strerror or e}" if isinstance(e, OSError)
+                  else f"{ckpt_dir / tag}: {str(e).strip().splitlines()[0]}")
+        if not ds_done:  # the collectives DeepSpeed runs after its writes, which this rank skipped:
+            # ZeRO-3 gathers its persistent parameters back, then a closing barrier
+            if engine._optimizer_has_ckpt_event_epilogue():
+                engine.optimizer.checkpoint_event_epilogue()
+            dist.barrier()
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, failed)
+    failed = next((e for e in errors if e), None)
+    if rank == 0 and failed is None:
+        try:
+            if meta is not None:  # after every rank's files, before `latest`
+                tmp = ckpt_dir / tag / "megagpt.json.tmp"
+                tmp.write_text(json.dumps(meta, indent=1) + "\n")
+                os.replace(tmp, ckpt_dir / tag / "megagpt.json")
+            write_manifest(ckpt_dir / tag, meta)
+            tmp = ckpt_dir / "latest.tmp"
+            tmp.write_text(tag)
+            os.replace(tmp, ckpt_dir / "latest")
+        except OSError as e:
+            failed = f"{e.filename or ckpt_dir / tag}: {e.strerror or e}"
+    verdict = [failed]
+    dist.broadcast_object_list(verdict, src=0)
+    if verdict[0] is not None:
+        if rank == 0 and latest_tag(ckpt_dir) != tag:  # free the space; `latest` still names the
+            shutil.rmtree(ckpt_dir / tag, ignore_errors=True)  # previous whole checkpoint
+            (ckpt_dir / "latest.tmp").unlink(missing_ok=True)
+        dist.barrier()
+        raise SaveError(f"saving checkpoint {tag} failed ({verdict[0]}); it was removed and 'latest' still "
+                        f"names {latest_tag(ckpt_dir)}.")
     if rank == 0:
-        if meta is not None:  # after every rank's files, before `latest`
-            tmp = ckpt_dir / tag / "megagpt.json.tmp"
-            tmp.write_text(json.dumps(meta, indent=1) + "\n")
-            os.replace(tmp, ckpt_dir / tag / "megagpt.json")
-        write_manifest(ckpt_dir / tag, meta)
-        tmp = ckpt_dir / "latest.tmp"
-        tmp.write_text(tag)
-        os.replace(tmp, ckpt_dir / "latest")
         # only tags at or before this one: a newer folder is a save that never completed (or a
         # broken one passed over), never counted against keep_last; the new `latest` is whole
         steps = sorted(int(t.removeprefix("global_step")) for t in tags(ckpt_dir))

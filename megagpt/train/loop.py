@@ -225,9 +225,16 @@ class Trainer:
             meta = {"model": asdict(run.model), "layout": run.parallel.layout, "tp": self.ps.tp_size,
                     "pp": self.ps.pp_size, "dp": self.dp, "zero_stage": stage, "step": self.step,
                     "tokens": self.tokens, "tokenizer": run.data.tokenizer}
-            checkpoint.save(self.engine, tr.checkpoint_dir, self.step,
-                            {"step": self.step, "consumed_samples": self.consumed, "tokens": self.tokens},
-                            self.ps, tr.keep_last, meta=meta)
+            try:
+                checkpoint.save(self.engine, tr.checkpoint_dir, self.step,
+                                {"step": self.step, "consumed_samples": self.consumed, "tokens": self.tokens},
+                                self.ps, tr.keep_last, meta=meta)
+            except checkpoint.SaveError as e:
+                if tr.save_failure != "warn":
+                    raise
+                self.metrics.console(f"warning: {e} Training goes on (train.save_failure=warn).")
+                if self.metrics.tb is not None:
+                    self.metrics.tb.add_text("checkpoint/save_failure", str(e), self.step)
 
     # ----------------------------------------------------------------------------------------
     def train(self) -> list[float]:

@@ -25,8 +25,8 @@ from megagpt.model import GPT, full_state_dict
 EXTRA = ["Emoji 😀 and 🚀 rocket!", "  two  spaces\nnewline\ttab 12345 ", "罕见字 龘 𠀀 ok",
          "a literal <|endoftext|> stays text", "<|ft_start|> <|turn|><pad><unk>", " leading space",
          "trailing space ", "3.14159 + 2,718", "", " ", "   ", "\n", "\n\nx", "\r\n windows",
-         "👨‍👩‍👧 🇫🇷", "한국어 텍스트", "日本語のテキスト", "é vs e\u0301", "\x00nul", "\ufeffbom", "\u200b zero width",
-         "ｆｕｌｌｗｉｄｔｈ １２３", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "▁ lower one eighth block ▁▁", "x" * 300]
+         "👨‍👩‍👧 🇫🇷", "한국어 텍스트", "日本語のテキスト", "é vs e\u0301", "\x00nul", "\ufeffbom",
+         "\u200b zero width", "ｆｕｌｌｗｉｄｔｈ １２３", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "▁ lower one eighth block ▁▁", "x" * 300]
 
 
 def _sentences():

@@ -76,3 +76,45 @@ def test_broken_newest_checkpoint_falls_back_to_the_last_whole_one(tmp_path):
     assert r.returncode == 1 and r.stdout.count("BROKEN") == 2
     r = _cli("verify", run_ckpt)
     assert r.returncode == 1 and "no whole checkpoint to resume from" in r.stderr
+
+
+def _launch(tmp_path, ckpt, *extra):
+    exe = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
+    shard = tmp_path / "pattern_text_document"
+    ov = [f"data.prefixes=[{shard}]", f"train.checkpoint_dir={ckpt}", f"train.tensorboard_dir={tmp_path / 'tb'}",
+          "train.eval_interval=2", "train.save_interval=2",
+          f"train.deepspeed_config={ROOT / 'ds_configs' / 'zero3.json'}", *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([exe, "--hostfile", str(ROOT / "hostfiles" / "localhost"), "--no_ssh_check",
+                           "--master_addr", "127.0.0.1", "--master_port", str(29800 + os.getpid() % 1000),
+                           str(ROOT / "megagpt" / "pretrain.py"), "--config", str(ROOT / "tests/train/run_tiny.yaml"),
+                           *ov], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_disk_full_during_a_save(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip()})")
+    try:
+        write_pattern_shard(tmp_path / "pattern_text_document")
+        ckpt = disk / "ckpt"
+        r = _launch(tmp_path, ckpt, "train.train_iters=2")
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        size = sum(f.stat().st_size for f in (ckpt / "global_step2").rglob("*") if f.is_file())
+        free = shutil.disk_usage(disk).free
+        (disk / "filler").write_bytes(b"\0" * (free - size // 2))  # room for half a checkpoint
+        r = _launch(tmp_path, ckpt, "train.train_iters=4")
+        out = r.stdout + r.stderr
+        errors = [line for line in out.splitlines() if "error:" in line]
+        assert r.returncode != 0 and "Traceback" not in out, out[-3000:]
+        assert len(errors) == 1 and "saving checkpoint global_step4 failed" in errors[0], errors
+        assert latest_tag(ckpt) == "global_step2" and not (ckpt / "global_step4").exists()
+        assert verify(ckpt / "global_step2") is None
+        r = _launch(tmp_path, ckpt, "train.train_iters=4", "train.save_failure=warn")
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert "warning: saving checkpoint global_step4 failed" in r.stdout and "done: 2 steps" in r.stdout
+        assert latest_tag(ckpt) == "global_step2" and verify(ckpt / "global_step2") is None
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
