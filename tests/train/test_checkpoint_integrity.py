@@ -118,3 +118,42 @@ def test_disk_full_during_a_save(tmp_path):
         assert latest_tag(ckpt) == "global_step2" and verify(ckpt / "global_step2") is None
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_kill_9_during_saves_always_resumes_from_a_whole_checkpoint(tmp_path):
+    """A model whose save takes most of each step (save every step), killed with SIGKILL at spread
+    moments; each rerun must resume from a checkpoint that verifies and take a step."""
+    import signal
+    import time
+
+    shard = write_pattern_shard(tmp_path / "pattern_text_document")
+    ckpt = tmp_path / "ckpt"
+    ov = [f"data.prefixes=[{shard}]", f"train.checkpoint_dir={ckpt}", f"train.tensorboard_dir={tmp_path / 'tb'}",
+          f"train.deepspeed_config={ROOT / 'ds_configs' / 'zero3.json'}", "train.train_iters=500",
+          "train.save_interval=1", "train.keep_last=2", "train.eval_interval=1000", "train.log_interval=1",
+          "model.n_embd=256", "model.n_head=4", "model.vocab_size=4096"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "megagpt" / "pretrain.py"), "--config", str(ROOT / "tests/train/run_tiny.yaml")]
+    mid_save = 0
+    for trial, delay in enumerate([1.1, 1.6, 2.1, 2.6, 3.1]):
+        log = tmp_path / f"run{trial}.log"
+        with open(log, "w") as f:
+            p = subprocess.Popen(cmd + ov, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+            while "step " not in log.read_text() and p.poll() is None:  # training has started
+                time.sleep(0.05)
+            time.sleep(delay)
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        latest = latest_tag(ckpt)
+        newer = [d for d in ckpt.glob("global_step*") if latest and
+                 int(d.name[11:]) > int(latest[11:])]
+        mid_save += bool(newer)  # killed while a save was being written
+        tag, _ = choose_tag(ckpt)
+        assert tag is not None and verify(ckpt / tag) is None
+        step = int(tag[11:])
+        r = subprocess.run(cmd + ov + [f"train.exit_after_iters={step + 1}"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert f"resumed from {ckpt} at step {step} " in r.stdout, r.stdout[-2000:]
+    print(f"{mid_save} of 5 kills landed during a save")
