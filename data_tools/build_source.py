@@ -57,12 +57,9 @@ def parse_args(argv=None):
 def make_config(a) -> pl.PipelineConfig:
     d = {}
     if a.config:
-        text = Path(a.config).read_text()
-        if a.config.endswith((".yaml", ".yml")):
-            import yaml
-            d = yaml.safe_load(text) or {}
-        else:
-            d = json.loads(text)
+        from megagpt.config import load_file  # names the file and line of a syntax error
+
+        d = load_file(a.config)
     d["source"] = a.source
     if a.format:
         d["format"] = a.format
@@ -76,7 +73,10 @@ def make_config(a) -> pl.PipelineConfig:
         d.setdefault("decontam", {})["eval_files"] = a.decontam
     if a.vocab_size:
         d.setdefault("tokenizer", {})["vocab_size"] = a.vocab_size
-    return pl.from_dict(pl.PipelineConfig, d)
+    try:
+        return pl.from_dict(pl.PipelineConfig, d)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{a.config or 'command line'}: {e}") from None
 
 
 def _comm():

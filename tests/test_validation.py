@@ -84,3 +84,19 @@ def test_data_tools_config_values_are_checked():
         from_dict(PipelineConfig, {"dedup": {"threshold": float("nan")}})
     with pytest.raises(ValueError, match=r"must be an integer, got 'many'"):
         from_dict(PipelineConfig, {"tokenizer": {"vocab_size": "many"}})
+
+
+def test_build_source_config_file_errors_name_the_file(tmp_path):
+    from types import SimpleNamespace
+
+    from data_tools.build_source import make_config
+
+    cfg = tmp_path / "cc.yaml"
+    cfg.write_text("dedup:\n  threshold: .nan\n")
+    args = SimpleNamespace(config=str(cfg), source="cc", format=None, filters=None, classifier=None,
+                           strict=False, decontam=None, vocab_size=None)
+    with pytest.raises(ValueError, match=rf"^{cfg}: DedupConfig.threshold must be a finite number, got nan"):
+        make_config(args)
+    cfg.write_text("dedup: {threshold: 0.8\n")
+    with pytest.raises(ValueError, match=rf"^{cfg}:\d+: not valid YAML"):
+        make_config(args)
