@@ -24,6 +24,7 @@ def _worker(rank, world_size, port, fn, args, outdir, use_deepspeed):
     try:
         result = fn(rank, world_size, *args)
         torch.save(result, Path(outdir) / f"{rank}.pt")
+        dist.barrier()  # no rank tears its group down while a peer is still in a collective
     finally:
         dist.destroy_process_group()
 
