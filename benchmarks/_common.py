@@ -1,9 +1,13 @@
 """Shared bits for the benchmarks: timing, median, and the model shape arguments."""
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for megagpt
 
 
 def timed(fn, *, warmup: int, iters: int) -> list[float]:
@@ -32,3 +36,20 @@ def add_shape_args(ap, *, steps_flag: str, steps_default: int) -> None:
     ap.add_argument("--vocab", type=int, default=50257)
     ap.add_argument(steps_flag, type=int, default=steps_default)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+
+
+def same_weights_models(args, n_positions: int, **hf_config):
+    """A Hugging Face ``GPT2LMHeadModel`` of the shape in ``args`` (random init) and a megagpt GPT
+    holding the same weights: the pair every side-by-side benchmark compares."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from megagpt.model import GPT, load_full_state_dict
+    from megagpt.model.convert import config_from_hf, full_from_hf_gpt2
+
+    torch.manual_seed(0)
+    hf_cfg = GPT2Config(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+                        n_positions=n_positions, vocab_size=args.vocab, **hf_config)
+    hf = GPT2LMHeadModel(hf_cfg)
+    ours = GPT(config_from_hf(hf_cfg))
+    load_full_state_dict(ours, full_from_hf_gpt2(hf.state_dict()))
+    return hf, ours

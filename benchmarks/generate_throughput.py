@@ -10,18 +10,11 @@ memory copy.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
+from _common import add_shape_args, median, same_weights_models, timed
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from _common import add_shape_args, median, timed  # noqa: E402
-from megagpt.inference.generation import SamplingParams, generate  # noqa: E402
-from megagpt.model import GPT, load_full_state_dict  # noqa: E402
-from megagpt.model.convert import config_from_hf, full_from_hf_gpt2  # noqa: E402
+from megagpt.inference.generation import SamplingParams, generate
 
 
 def main():
@@ -35,15 +28,9 @@ def main():
     torch.set_num_threads(args.threads)
 
     import transformers
-    from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(0)
-    n_pos = max(args.seq, args.prompt + args.new)
-    hf_cfg = GPT2Config(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                        n_positions=n_pos, vocab_size=args.vocab, bos_token_id=0, eos_token_id=0)
-    hf = GPT2LMHeadModel(hf_cfg).eval()
-    ours = GPT(config_from_hf(hf_cfg)).eval()
-    load_full_state_dict(ours, full_from_hf_gpt2(hf.state_dict()))
+    hf, ours = same_weights_models(args, max(args.seq, args.prompt + args.new), bos_token_id=0, eos_token_id=0)
+    hf.eval(), ours.eval()
 
     weight_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())  # lm_head is tied
     big = torch.empty(64 * 2**20)  # 256 MB, far beyond the caches

@@ -6,18 +6,12 @@ same shape, in the same run, on CPU.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
+from _common import add_shape_args, median, same_weights_models, timed
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from _common import add_shape_args, median, timed  # noqa: E402
-from megagpt.model import GPT, load_full_state_dict, model_flops_per_token  # noqa: E402
-from megagpt.model.convert import config_from_hf, full_from_hf_gpt2  # noqa: E402
-from megagpt.train.metrics import measured_cpu_peak  # noqa: E402
+from megagpt.model import model_flops_per_token
+from megagpt.train.metrics import measured_cpu_peak
 
 
 def main():
@@ -27,15 +21,9 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    hf_cfg = GPT2Config(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                        n_positions=args.seq, vocab_size=args.vocab)
-    hf = GPT2LMHeadModel(hf_cfg).train()
-    cfg = config_from_hf(hf_cfg)
-    ours = GPT(cfg).train()
-    load_full_state_dict(ours, full_from_hf_gpt2(hf.state_dict()))
+    hf, ours = same_weights_models(args, args.seq)
+    hf.train(), ours.train()
+    cfg = ours.cfg
 
     idx = torch.randint(0, args.vocab, (args.batch, args.seq))
     tgt = torch.randint(0, args.vocab, (args.batch, args.seq))
