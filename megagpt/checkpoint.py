@@ -45,13 +45,13 @@ def main(argv=None) -> int:
         print(f"error: {ckpt}: no such directory.", file=sys.stderr)
         return 2
     if args.command == "list":
-        latest, whole = latest_tag(ckpt), 0
-        for tag in tags(ckpt):
+        latest, whole, found = latest_tag(ckpt), 0, tags(ckpt)
+        for tag in found:
             why = verify(ckpt / tag, args.level)
             whole += why is None
             mark = " (latest)" if tag == latest else ""
             print(f"{tag}{mark}: {_describe(ckpt / tag)}: {'whole' if why is None else 'BROKEN: ' + why}")
-        if not tags(ckpt):
+        if not found:
             print(f"{ckpt}: no checkpoints")
         return 0 if whole else 1
     if args.tag:

@@ -418,6 +418,11 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
                      train=train, deepspeed=ds)
 
 
+def zero_stage(ds_config: Mapping[str, Any]) -> int:
+    """The ZeRO stage a DeepSpeed config asks for (0 when it has no ``zero_optimization``)."""
+    return int((ds_config.get("zero_optimization") or {}).get("stage", 0))
+
+
 def validate_run(run: RunConfig, world_size: int) -> RunConfig:
     """Every check that can fail before a process group exists, with one sentence each."""
     par = run.parallel.validate(world_size)
@@ -427,7 +432,7 @@ def validate_run(run: RunConfig, world_size: int) -> RunConfig:
     if run.seq_length > run.model.n_positions:
         raise ConfigError(f"data.seq_length={run.seq_length} exceeds model.n_positions={run.model.n_positions}.")
     ds, name = run.deepspeed, run.train.deepspeed_config
-    stage = (ds.get("zero_optimization") or {}).get("stage", 0)
+    stage = zero_stage(ds)
     if par.pp_size > 1 and stage > 1:
         raise ConfigError(
             f"pipeline stages (parallel.pp_size={par.pp_size}) cannot run with ZeRO stage {stage} "

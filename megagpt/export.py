@@ -28,7 +28,7 @@ from megagpt.config import ConfigError, load_run_config, validate_run  # noqa: E
 
 def _from_engine(args) -> int:
     from megagpt.train import checkpoint
-    from megagpt.train.engine import build_engine, init_distributed, launch_world_size
+    from megagpt.train.engine import build_engine, close_distributed, init_distributed, launch_world_size
     from megagpt.train.export import export
 
     try:
@@ -45,6 +45,7 @@ def _from_engine(args) -> int:
     export(built, run.model, args.out, tokenizer=args.tokenizer or run.data.tokenizer, step=state["step"])
     if built.ps.rank == 0:
         print(f"exported step {state['step']} of {run.train.checkpoint_dir} to {args.out}", flush=True)
+    close_distributed()
     return 0
 
 
@@ -70,15 +71,16 @@ def main(argv=None) -> int:
 
     from pathlib import Path
 
-    from megagpt.inference import WeightsError, read_weights
+    from megagpt.inference import read_weights
+    from megagpt.inference.tokenizer import tokenizer_file
     from megagpt.inference.weights import save_export
 
     source = args.model or args.from_hf
     try:
         cfg, full, meta = read_weights(source, tag=args.tag)
         tokenizer = args.tokenizer or meta.get("tokenizer")
-        if tokenizer and not Path(tokenizer).is_file():
-            raise WeightsError(f"{tokenizer}: no such tokenizer file (a sentencepiece .model).")
+        if tokenizer:
+            tokenizer_file(tokenizer)
         full = {k: full[k] for k in full}  # read each tensor once for both outputs
         if args.hf_dir:
             from megagpt.inference.hf import write_hf_dir

@@ -144,7 +144,10 @@ def main(argv=None) -> int:
     if ps is not None:
         import torch.distributed as dist
 
+        from megagpt.train.engine import close_distributed
+
         dist.barrier()
+        close_distributed()
     return 0
 
 

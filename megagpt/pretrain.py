@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel(logging.WARNING)
-    from megagpt.train.engine import init_distributed, launch_world_size
+    from megagpt.train.engine import close_distributed, init_distributed, launch_world_size
 
     try:
         run = validate_run(load_run_config(args.config, args.overrides), launch_world_size())
@@ -53,20 +53,18 @@ def main(argv=None) -> int:
 
     try:
         trainer = Trainer(run)
-    except (ConfigError, ShardError, CheckpointError) as e:  # errors the user can fix, seen by every
-        # rank alike (shards, mixture, checkpoint): rank 0 says it once, the others exit quietly
-        if dist.get_rank() == 0:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
-    try:
         losses = trainer.train()
-    except SaveError as e:  # disk full or similar: the run stops, 'latest' is still whole
+        if trainer.is_logger and losses:
+            print(f"done: {len(losses)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}", flush=True)
+        return 0
+    except (ConfigError, ShardError, CheckpointError, SaveError) as e:
+        # errors the user can fix (shards, mixture, checkpoint, a save on a full disk), seen by
+        # every rank alike: rank 0 says it once, the others exit quietly
         if dist.get_rank() == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
-    if trainer.is_logger and losses:
-        print(f"done: {len(losses)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}", flush=True)
-    return 0
+    finally:
+        close_distributed()
 
 
 if __name__ == "__main__":

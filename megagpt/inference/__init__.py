@@ -115,9 +115,6 @@ def load(path: str | Path, *, tokenizer: str | Path | None = None, ps=None, dtyp
     tok = None
     if with_tokenizer:
         base = Path(path) if Path(path).is_dir() else Path(path).parent
-        candidates = [tokenizer] if tokenizer else [meta.get("tokenizer"), base / "tokenizer.model"]
-        found = [c for c in candidates if c and Path(c).is_file()]
-        if tokenizer and not found:
-            raise FileNotFoundError(f"{tokenizer}: no such tokenizer file (a sentencepiece .model).")
-        tok = Tokenizer(found[0]) if found else None
+        found = [c for c in (meta.get("tokenizer"), base / "tokenizer.model") if c and Path(c).is_file()]
+        tok = Tokenizer(tokenizer) if tokenizer else Tokenizer(found[0]) if found else None
     return Loaded(model, tok, str(path), dict(meta) if isinstance(meta, Mapping) else {})

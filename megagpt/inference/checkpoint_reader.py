@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from megagpt.config import ConfigError, ModelConfig, model_config_from_dict
+from megagpt.config import ConfigError, ModelConfig, model_config_from_dict, zero_stage
 from megagpt.inference.weights import WeightsError
 from megagpt.model.convert import WTE
 from megagpt.parallel.layers import unshard_tensors
@@ -60,10 +60,12 @@ def _load(path: Path) -> dict:
 
 
 def latest(ckpt_dir: Path) -> str:
-    p = ckpt_dir / "latest"
-    if not p.is_file():
+    from megagpt.train.checkpoint import latest_tag
+
+    tag = latest_tag(ckpt_dir)
+    if tag is None:
         raise WeightsError(f"{ckpt_dir}: no 'latest' file (no complete checkpoint); name a tag.")
-    return p.read_text().strip()
+    return tag
 
 
 def _model_config(tag_dir: Path, model_cfg) -> tuple[ModelConfig, dict]:
@@ -194,7 +196,7 @@ def read_checkpoint(ckpt_dir: str | Path, tag: str | None = None, *,
     if cfg.n_head % tp:
         raise WeightsError(f"{tag_dir}: saved with tp={tp}, which does not divide model.n_head={cfg.n_head}; "
                            f"pass the run's model config.")
-    zero_stage = int((main.get("ds_config", {}).get("zero_optimization") or {}).get("stage", 0))
+    stage = zero_stage(main.get("ds_config") or {})
     # fp32 masters when ZeRO kept them; optimizer files deleted by hand leave the module weights
     masters = stage3 or (main.get("param_shapes") is not None
                          and any(tag_dir.glob("*zero_pp_rank_*_mp_rank_*_optim_states.pt")))
@@ -235,6 +237,6 @@ def read_checkpoint(ckpt_dir: str | Path, tag: str | None = None, *,
         raise WeightsError(f"{tag_dir}: parameters the model config does not have ({', '.join(extra[:3])}); "
                            f"pass the run's model config.")
     meta = {"tag": tag, "step": saved.get("step", main.get("step", main.get("global_steps"))),
-            "layout": "3d" if pipeline else "zero3", "tp": tp, "pp": pp, "dp": dp, "zero_stage": zero_stage,
+            "layout": "3d" if pipeline else "zero3", "tp": tp, "pp": pp, "dp": dp, "zero_stage": stage,
             "weights": "fp32 master" if masters else "module", "tokenizer": saved.get("tokenizer")}
     return cfg, full, meta

@@ -162,7 +162,7 @@ def generate(model, prompts: Sequence[Sequence[int]], params: SamplingParams | N
     reason = ["length"] * B
     text: list[str | None] = [None] * B
     scores: list[list] = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool)
+    done = [False] * B
     for step in range(p.max_new_tokens):
         if seen is not None:
             logits = penalize_repetition(logits, seen, p.repetition_penalty)
@@ -183,7 +183,7 @@ def generate(model, prompts: Sequence[Sequence[int]], params: SamplingParams | N
                 hits = [t.find(s) for s in p.stop if s in t]
                 if hits:
                     done[i], reason[i], text[i] = True, "stop", t[:min(hits)]
-        if bool(done.all()) or step == p.max_new_tokens - 1:
+        if all(done) or step == p.max_new_tokens - 1:
             break
         if seen is not None:
             seen[torch.arange(B, device=device), nxt] = True

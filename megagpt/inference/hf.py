@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from megagpt.config import ModelConfig
+from megagpt.inference.tokenizer import tokenizer_file
 from megagpt.inference.weights import SafetensorsDict, WeightsError
 from megagpt.model.convert import full_from_hf_gpt2, full_to_hf_gpt2
 
@@ -106,8 +107,8 @@ def write_hf_dir(full: dict[str, torch.Tensor], cfg: ModelConfig, out_dir: str |
     shapes = gpt2_shapes(cfg.n_layer, cfg.n_embd, cfg.n_positions, cfg.vocab_size, cfg.n_inner)
     _check_shapes(state, shapes, "the weights to write (GPT-2 names and layout)",
                   f"the model config (n_embd={cfg.n_embd}, vocab_size={cfg.vocab_size})")
-    if tokenizer_model is not None and not Path(tokenizer_model).is_file():
-        raise FileNotFoundError(f"{tokenizer_model}: no such tokenizer file (a sentencepiece .model).")
+    if tokenizer_model is not None:
+        tokenizer_file(tokenizer_model)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"{out_dir}: exists and is not empty; choose a new directory.")

@@ -6,15 +6,21 @@ from pathlib import Path
 EOD = "<|endoftext|>"
 
 
+def tokenizer_file(path: str | Path) -> Path:
+    """``path`` as a Path, or a FileNotFoundError naming it: the one check every entry point uses."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such tokenizer file (a sentencepiece .model).")
+    return path
+
+
 class Tokenizer:
     """``encode(text) -> ids`` and ``decode(ids) -> text`` (control tokens left out of the text)."""
 
     def __init__(self, path: str | Path):
         import sentencepiece as spm
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such tokenizer file (a sentencepiece .model).")
+        self.path = tokenizer_file(path)
         try:
             self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
         except (RuntimeError, OSError) as e:

@@ -31,6 +31,17 @@ def _rng_path(ckpt_dir: Path, tag: str, rank: int) -> Path:
     return ckpt_dir / tag / f"rng_rank{rank}.pt"
 
 
+def step_of(tag: str) -> int:
+    return int(tag.removeprefix("global_step"))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """``text`` under a temporary name, then renamed: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def latest_tag(ckpt_dir: str | Path) -> str | None:
     p = Path(ckpt_dir) / "latest"
     return p.read_text().strip() if p.is_file() else None
@@ -86,9 +97,7 @@ def write_manifest(tag_dir: Path, meta: dict | None) -> None:
         if f.is_file() and f.name not in (MANIFEST, MANIFEST + ".tmp"):
             files[str(f.relative_to(tag_dir))] = {"size": f.stat().st_size, "xxh3_64": file_hash(f)}
     manifest = dict(meta or {}, megagpt_version=megagpt.__version__, files=files)
-    tmp = tag_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, tag_dir / MANIFEST)
+    _write_atomic(tag_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
 
 
 def verify(tag_dir: str | Path, level: str = "full") -> str | None:
@@ -132,10 +141,10 @@ def choose_tag(ckpt_dir: str | Path, level: str = "full", fallback: bool = True)
     latest = latest_tag(ckpt_dir)
     if latest is None:
         return None, []
-    newest = int(latest.removeprefix("global_step"))
+    newest = step_of(latest)
     skipped = []
     for tag in tags(ckpt_dir):
-        if int(tag.removeprefix("global_step")) > newest:
+        if step_of(tag) > newest:
             continue  # newer than `latest`: a save that never completed
         why = verify(Path(ckpt_dir) / tag, level)
         if why is None:
@@ -189,13 +198,9 @@ def save(engine, ckpt_dir: str | Path, step: int, client_state: dict, ps, keep_l
     if rank == 0 and failed is None:
         try:
             if meta is not None:  # after every rank's files, before `latest`
-                tmp = ckpt_dir / tag / "megagpt.json.tmp"
-                tmp.write_text(json.dumps(meta, indent=1) + "\n")
-                os.replace(tmp, ckpt_dir / tag / "megagpt.json")
+                _write_atomic(ckpt_dir / tag / "megagpt.json", json.dumps(meta, indent=1) + "\n")
             write_manifest(ckpt_dir / tag, meta)
-            tmp = ckpt_dir / "latest.tmp"
-            tmp.write_text(tag)
-            os.replace(tmp, ckpt_dir / "latest")
+            _write_atomic(ckpt_dir / "latest", tag)
         except OSError as e:
             failed = f"{e.filename or ckpt_dir / tag}: {e.strerror or e}"
     verdict = [failed]
@@ -210,7 +215,7 @@ def save(engine, ckpt_dir: str | Path, step: int, client_state: dict, ps, keep_l
     if rank == 0:
         # only tags at or before this one: a newer folder is a save that never completed (or a
         # broken one passed over), never counted against keep_last; the new `latest` is whole
-        steps = sorted(int(t.removeprefix("global_step")) for t in tags(ckpt_dir))
+        steps = sorted(step_of(t) for t in tags(ckpt_dir))
         steps = [s for s in steps if s <= step]
         for old in steps[:-keep_last]:
             shutil.rmtree(ckpt_dir / TAG.format(old), ignore_errors=True)

@@ -14,7 +14,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from megagpt.config import RunConfig
+from megagpt.config import RunConfig, zero_stage
 from megagpt.model.gpt import GPT
 from megagpt.parallel.state import ParallelState
 from megagpt.train.schedule import WarmupCosineLR
@@ -56,6 +56,13 @@ def init_distributed() -> None:
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, verbose=False)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def close_distributed() -> None:
+    """Tear the process group down before the interpreter exits, so no communication thread is
+    still alive while Python unloads (an abort, "terminate called without an active exception")."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _param_groups(named_params):
@@ -114,6 +121,7 @@ def build_engine(run: RunConfig, total_tokens: int) -> Built:
     cfg, par, tr = run.model, run.parallel, run.train
     ds = run.deepspeed
     world = dist.get_world_size()
+    init_weights = bool(tr.init_from) and _starts_fresh(run)  # a resume brings its own weights
     warmup = tr.lr_warmup_tokens if tr.lr_warmup_tokens is not None else total_tokens // 100
     decay = tr.lr_decay_tokens if tr.lr_decay_tokens is not None else total_tokens
 
@@ -135,7 +143,7 @@ def build_engine(run: RunConfig, total_tokens: int) -> Built:
                            dp_group=grid.get_data_parallel_group())
         model = build_pipeline(cfg, ps, topo, init_seed=tr.seed,
                                checkpoint_activations=tr.activation_checkpointing)
-        if tr.init_from and _starts_fresh(run):
+        if init_weights:
             from megagpt.train.pipeline import pipeline_param_name
 
             load_initial_weights(model.named_parameters(), run, ps,
@@ -146,7 +154,7 @@ def build_engine(run: RunConfig, total_tokens: int) -> Built:
         return Built(engine, ps, pipeline=True)
 
     ps = ParallelState.build(tp_size=par.tp_size)
-    stage = (ds.get("zero_optimization") or {}).get("stage", 0)
+    stage = zero_stage(ds)
     # zero.Init ignores mpu for its group: without data_parallel_group it would partition (and
     # broadcast rank 0's TP shard) over the whole world
     with deepspeed.zero.Init(config_dict_or_path=ds, mpu=ps, data_parallel_group=ps.dp_group,
@@ -155,7 +163,7 @@ def build_engine(run: RunConfig, total_tokens: int) -> Built:
     if stage == 3:
         # the head reads the embedding's weight outside the embedding module
         deepspeed.zero.register_external_parameter(model.head, model.embed.wte.weight)
-    if tr.init_from and _starts_fresh(run):
+    if init_weights:
         load_initial_weights(model.named_parameters(), run, ps)
     ps.seed(tr.seed)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=_param_groups(model.named_parameters()),

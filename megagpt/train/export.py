@@ -63,9 +63,3 @@ def export(built, cfg, path: str | Path, *, tokenizer: str | None = None, step: 
         save_export(full, cfg, path, tokenizer=tokenizer, step=step)
     dist.barrier()
 
-
-def load_exported(path: str | Path):
-    """A single-device ``GPT`` from an exported file (never unpickles)."""
-    from megagpt.inference import load
-
-    return load(path, with_tokenizer=False).model

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megagpt.config import ConfigError, RunConfig
+from megagpt.config import ConfigError, RunConfig, zero_stage
 from megagpt.data.gpt_dataset import (GPTDataset, micro_batches, range_tokens, source_counts,
                                       split_documents)
 from megagpt.data.indexed import IndexedDataset
@@ -221,9 +221,9 @@ class Trainer:
         tr = self.run.train
         if tr.checkpoint_dir:
             run = self.run
-            stage = (run.deepspeed.get("zero_optimization") or {}).get("stage", 0)
             meta = {"model": asdict(run.model), "layout": run.parallel.layout, "tp": self.ps.tp_size,
-                    "pp": self.ps.pp_size, "dp": self.dp, "zero_stage": stage, "step": self.step,
+                    "pp": self.ps.pp_size, "dp": self.dp, "zero_stage": zero_stage(run.deepspeed),
+                    "step": self.step,
                     "tokens": self.tokens, "tokenizer": run.data.tokenizer}
             try:
                 checkpoint.save(self.engine, tr.checkpoint_dir, self.step,

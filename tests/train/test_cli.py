@@ -74,11 +74,11 @@ def test_plain_python_tensorboard_and_export(tmp_path, shard):
     assert acc.Scalars("train/tokens_seen")[-1].value == 4 * 4 * 32  # steps x batch x seq
 
     # the exported weights are a whole single-device model (safetensors + JSON, no pickle)
+    import megagpt
     from megagpt.inference.weights import read_export
-    from megagpt.train.export import load_exported
 
     assert export.with_suffix(".json").is_file()
-    model = load_exported(export).eval()
+    model = megagpt.load(export).model
     x = torch.randint(1, 96, (1, 16))
     assert model(x).shape == (1, 16, 96)
 
