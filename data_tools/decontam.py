@@ -27,12 +27,12 @@ class DecontamConfig:
     max_pieces: int = 10               # more pieces than this: the document is dropped
 
 
-def _tokens(text: str) -> list[str]:
+def words(text: str) -> list[str]:
     # the dedup tokenisation (punctuation -> space, lowercase, split), whose word hashes are cached
     return text.translate(_PUNCT).lower().split()
 
 
-def _ngram_hashes(words: list[str], n: int) -> np.ndarray:
+def ngram_hashes(words: list[str], n: int) -> np.ndarray:
     if len(words) < n:
         return np.zeros(0, dtype=np.uint64)
     wh = word_hashes(words)
@@ -61,7 +61,7 @@ class Decontaminate:
 
     def __init__(self, cfg: DecontamConfig, texts: Iterable[str] | None = None):
         self.cfg = cfg
-        grams = [_ngram_hashes(_tokens(t), cfg.ngram)
+        grams = [ngram_hashes(words(t), cfg.ngram)
                  for t in (texts if texts is not None else eval_texts(cfg.eval_files))]
         self.grams = np.unique(np.concatenate(grams)) if grams else np.zeros(0, np.uint64)
 
@@ -74,13 +74,13 @@ class Decontaminate:
         """(new text or None to drop, outcome)."""
         if not len(self.grams):
             return text, "clean"
-        h = _ngram_hashes(_tokens(text), self.cfg.ngram)
+        h = ngram_hashes(words(text), self.cfg.ngram)
         hit = self._hits(h)
         if not len(hit):  # the common case: no word spans needed
             return text, "clean"
         # translate() maps each punctuation character to one space, so spans index ``text``
         spans = [(m.start(), m.end()) for m in _SPAN.finditer(text.translate(_PUNCT))]
-        h = _ngram_hashes([text[a:b].lower() for a, b in spans], self.cfg.ngram)
+        h = ngram_hashes([text[a:b].lower() for a, b in spans], self.cfg.ngram)
         hit = self._hits(h)
         n, mg = self.cfg.ngram, self.cfg.margin
         cuts = []  # merged character ranges to remove

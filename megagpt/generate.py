@@ -25,6 +25,7 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
+from megagpt.inference.distributed import dp_share, finish, gather_dp, setup_parallel  # noqa: E402
 from megagpt.inference.generation import SamplingParams, filter_logits, generate  # noqa: E402,F401
 
 
@@ -73,26 +74,6 @@ def read_prompts(args) -> list[str]:
     return prompts
 
 
-def setup_parallel(tp: int | None):
-    """(ParallelState, device): a world of one under plain python, groups under a launcher."""
-    from megagpt.train.engine import launch_world_size
-
-    world = launch_world_size()
-    if world == 1 and (tp or 1) == 1:
-        return None, torch.device("cpu")
-    import torch.distributed as dist
-
-    from megagpt.parallel.state import ParallelState
-    from megagpt.train.engine import init_distributed
-
-    if world % (tp or world):
-        raise ValueError(f"--tp {tp} does not divide the world size {world}.")
-    init_distributed()
-    ps = ParallelState.build(tp_size=tp or dist.get_world_size())
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    return ps, device
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from megagpt.inference import WeightsError, load
@@ -117,20 +98,14 @@ def main(argv=None) -> int:
         print(f"error: {tok.path} has {tok.vocab_size} tokens but the model only {model.cfg.vocab_size}.",
               file=sys.stderr)
         return 2
-    dp_rank, dp_size = (ps.dp_rank, ps.dp_size) if ps is not None else (0, 1)
-    mine = list(range(dp_rank, len(prompts), dp_size))  # this data-parallel group's prompts
+    mine = dp_share(len(prompts), ps)  # this data-parallel group's prompts
     results = {}
     for b in range(0, len(mine), args.batch_size):
         chunk = mine[b:b + args.batch_size]
         ids = [tok.encode(prompts[i]) or [tok.eod_id] for i in chunk]
         for c in generate(model, ids, params, eod_id=tok.eod_id, decode=tok.decode, use_cache=not args.no_cache):
             results.setdefault(chunk[c.prompt_index], []).append((c.text, c.finish_reason))
-    if ps is not None and dp_size > 1:
-        import torch.distributed as dist
-
-        parts = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, results)
-        results = {k: v for part in parts for k, v in part.items()}
+    results = gather_dp(results, ps)
     if ps is None or ps.rank == 0:
         out = open(args.output, "w", encoding="utf-8") if args.output else None
         for i, prompt in enumerate(prompts):
@@ -141,13 +116,7 @@ def main(argv=None) -> int:
                                          ensure_ascii=False) + "\n")
         if out:
             out.close()
-    if ps is not None:
-        import torch.distributed as dist
-
-        from megagpt.train.engine import close_distributed
-
-        dist.barrier()
-        close_distributed()
+    finish(ps)
     return 0
 
 
