@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -274,6 +274,10 @@ class TrainConfig:
     # start from these weights (an export, a Hugging Face GPT-2 directory, another run's
     # checkpoint) when checkpoint_dir has nothing to resume: fine-tuning, continued pretraining
     init_from: str | None = None
+    # zero/few-shot task files (megagpt/eval) scored every eval_interval on the consolidated weights
+    eval_tasks: list = field(default_factory=list)
+    eval_task_shots: list = field(default_factory=lambda: [0])  # k values; "max": as many as fit
+    eval_task_limit: int = 0  # test items per task (0: all of them)
 
     def validate(self) -> "TrainConfig":
         _positive("train", train_iters=self.train_iters, log_interval=self.log_interval,
@@ -291,6 +295,12 @@ class TrainConfig:
         if self.export_path is not None and not str(self.export_path).endswith(".safetensors"):
             raise ConfigError(f"train.export_path={self.export_path!r} must name a .safetensors file "
                               f"(the weights; their config goes to a .json beside it).")
+        if any(not isinstance(t, str) for t in self.eval_tasks):
+            raise ConfigError(f"train.eval_tasks must be a list of task file paths, got {self.eval_tasks!r}.")
+        if not self.eval_task_shots or any(k != "max" and (not isinstance(k, int) or isinstance(k, bool) or k < 0)
+                                           for k in self.eval_task_shots):
+            raise ConfigError(f"train.eval_task_shots must be a list of k values (integers >= 0 or 'max'), got "
+                              f"{self.eval_task_shots!r}.")
         if self.save_interval < 0 or self.rampup_start_batch < 0 or self.rampup_tokens < 0:
             raise ConfigError("train.save_interval, train.rampup_start_batch and train.rampup_tokens "
                               "must be >= 0.")
@@ -414,6 +424,16 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     for key, value in ds_overrides:
         _set_dotted(ds, key, value, f"override deepspeed.{key}")
     model, parallel, data = sections_built
+    if train.eval_tasks:
+        from megagpt.eval.tasks import TaskError, load_task
+
+        if not data.tokenizer:
+            raise ConfigError(f"{path}: train.eval_tasks needs data.tokenizer (the sentencepiece model of the shards).")
+        for i, task in enumerate(train.eval_tasks):
+            try:
+                load_task(task)
+            except TaskError as e:
+                raise ConfigError(f"train.eval_tasks[{i}]: {e}") from None
     return RunConfig(model=model, parallel=parallel, data=data,
                      train=train, deepspeed=ds)
 

@@ -217,6 +217,35 @@ class Trainer:
         self.engine.train()
         return self._dp_mean(total / n)
 
+    def evaluate_tasks(self) -> dict[str, float]:
+        """``train.eval_tasks`` on the current weights: gathered like an export (every rank takes
+        part), scored on global rank 0, logged as ``eval/<task>/<metric>``; the others wait."""
+        from megagpt.eval.runner import Evaluator, run_suite, tensorboard_scalars
+        from megagpt.eval.tasks import load_task
+        from megagpt.inference import build_empty
+        from megagpt.inference.tokenizer import Tokenizer
+        from megagpt.inference.weights import load_weights
+        from megagpt.train.export import consolidated_state_dict
+
+        tr = self.run.train
+        full = consolidated_state_dict(self.built, self.run.model)
+        out: dict[str, float] = {}
+        if full is not None:
+            t0 = time.perf_counter()
+            model = build_empty(self.run.model)
+            load_weights(model, full, "the running model")
+            model.to(self.engine.device).eval().requires_grad_(False)
+            ev = Evaluator(model, Tokenizer(self.run.data.tokenizer))
+            rows = run_suite(ev, [load_task(p) for p in tr.eval_tasks], tr.eval_task_shots, seed=tr.seed,
+                             limit=tr.eval_task_limit or None)
+            out = tensorboard_scalars(rows)
+            self.metrics.scalars(self.step, out)
+            self.metrics.console(f"step {self.step:>6} | tasks ({time.perf_counter() - t0:.1f}s) | " + " | ".join(
+                f"{k[5:]} {v:.4f}" for k, v in out.items()))
+            del model, full
+        dist.barrier()
+        return out
+
     def save(self):
         tr = self.run.train
         if tr.checkpoint_dir:
@@ -281,6 +310,8 @@ class Trainer:
                     self.metrics.scalars(self.step, v)
                     self.metrics.console(f"step {self.step:>6} | " + " | ".join(
                         f"{k[6:]} {val:.4f}" for k, val in v.items()))
+                if tr.eval_tasks:
+                    self.evaluate_tasks()
             if tr.save_interval and self.step % tr.save_interval == 0:
                 self.save()
                 saved_at = self.step

@@ -1,0 +1,60 @@
+"""A tiny dense GPT exported with a sentencepiece tokenizer trained on the project's own prose,
+and small task files in megagpt's format."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from megagpt.config import model_config
+from megagpt.eval.tasks import write_task
+from megagpt.inference.weights import save_export
+from megagpt.model import GPT, full_state_dict
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SENTENCES = [
+    "The model reads the shards one sample at a time.", "Every rank holds a slice of each weight matrix.",
+    "A checkpoint is written to a temporary directory first.", "The tokenizer was trained on the same text.",
+    "Gradients are reduced over the data parallel group.", "The learning rate warms up and then decays.",
+    "Validation loss is measured every hundred steps.", "The pipeline sends activations to the next stage.",
+]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path(tmp_path_factory):
+    from data_tools.tokenizer import TokenizerConfig, train
+
+    tmp = tmp_path_factory.mktemp("tok")
+    texts = [p.read_text(encoding="utf-8") for p in sorted(ROOT.glob("megagpt/**/*.py"))] + \
+            [(ROOT / "README.md").read_text(encoding="utf-8")]
+    return train(texts, tmp / "tok.model", TokenizerConfig(vocab_size=400, sample_bytes=2_000_000))
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, tokenizer_path):
+    tmp = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    cfg = model_config("tiny", vocab_size=400, n_positions=128, attention="dense",
+                       embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
+    return save_export(full_state_dict(GPT(cfg)), cfg, tmp / "model.safetensors", tokenizer=str(tokenizer_path))
+
+
+@pytest.fixture(scope="session")
+def task_files(tmp_path_factory):
+    """One task of each type (contexts from the sentences above) and a text corpus."""
+    tmp = tmp_path_factory.mktemp("tasks")
+    mc, cloze, gen = [], [], []
+    for i, s in enumerate(SENTENCES):
+        words = s[:-1].split()
+        others = [SENTENCES[(i + j) % len(SENTENCES)].split()[-1][:-1] for j in (1, 2, 3)]
+        choices = others[:i % 4] + [words[-1]] + others[i % 4:]
+        split = "train" if i >= 6 else "test"
+        mc.append({"split": split, "context": " ".join(words[:-1]), "choices": choices, "label": i % 4})
+        cloze.append({"context": " ".join(words[:-1]), "target": words[-1]})
+        gen.append({"split": split, "context": f"Q: {' '.join(words[:3])}\nA:", "answers": [words[3]]})
+    corpus = tmp / "corpus.jsonl"
+    corpus.write_text("".join('{"text": "%s"}\n' % " ".join(SENTENCES[i:i + 4]) for i in range(0, 8, 2)))
+    return {"mc": write_task(tmp / "mc.jsonl", {"name": "mc", "type": "multiple_choice"}, mc),
+            "cloze": write_task(tmp / "cloze.jsonl", {"name": "cloze", "type": "cloze"}, cloze),
+            "gen": write_task(tmp / "gen.jsonl", {"name": "gen", "type": "generation", "max_tokens": 4}, gen),
+            "corpus": corpus}
