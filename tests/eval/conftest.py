@@ -9,15 +9,10 @@ from megagpt.config import model_config
 from megagpt.eval.tasks import write_task
 from megagpt.inference.weights import save_export
 from megagpt.model import GPT, full_state_dict
+from eval_data import SENTENCES
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SENTENCES = [
-    "The model reads the shards one sample at a time.", "Every rank holds a slice of each weight matrix.",
-    "A checkpoint is written to a temporary directory first.", "The tokenizer was trained on the same text.",
-    "Gradients are reduced over the data parallel group.", "The learning rate warms up and then decays.",
-    "Validation loss is measured every hundred steps.", "The pipeline sends activations to the next stage.",
-]
 
 
 @pytest.fixture(scope="session")

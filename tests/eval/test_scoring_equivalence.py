@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from conftest import SENTENCES
+from eval_data import SENTENCES
 from megagpt.eval.contamination import TrainingNgrams, ngram_size
 from megagpt.eval.runner import Evaluator, run_suite
 from megagpt.eval.tasks import load_task, write_task
