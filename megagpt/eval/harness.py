@@ -20,6 +20,7 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+import lm_eval.models  # noqa: E402,F401  (the built-in table first: it loads only into an empty registry)
 import torch  # noqa: E402
 from lm_eval import utils  # noqa: E402
 from lm_eval.api.model import TemplateLM  # noqa: E402
