@@ -123,11 +123,12 @@ def _wordnet_tar(path: Path, want: list[str]) -> dict[str, bytes]:
         return {w: tar.extractfile(found[w]).read() for w in want}
 
 
-def wordnet_task(path: Path, out: Path, n_test: int = 400, n_train: int = 200) -> dict[str, int]:
+def wordnet_glosses(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """part of speech -> (word, the gloss of its most frequent sense), for common words (tagged in
+    SemCor) whose first gloss is 3..20 words long and does not contain the word itself."""
     files = _wordnet_files(path)
-    names = {"noun": "noun", "verb": "verb", "adj": "adjective"}
     by_pos: dict[str, list[tuple[str, str]]] = {}
-    for pos in names:
+    for pos in ("noun", "verb", "adj"):
         data = files[f"data.{pos}"]
         for line in files[f"index.{pos}"].decode("utf-8").splitlines():
             if line.startswith(" "):
@@ -142,6 +143,12 @@ def wordnet_task(path: Path, out: Path, n_test: int = 400, n_train: int = 200) -
             gloss = rec.split(" | ", 1)[1].split(";")[0].strip()
             if 3 <= len(gloss.split()) <= 20 and lemma not in gloss.lower() and '"' not in gloss:
                 by_pos.setdefault(pos, []).append((lemma, gloss))
+    return by_pos
+
+
+def wordnet_task(path: Path, out: Path, n_test: int = 400, n_train: int = 200) -> dict[str, int]:
+    names = {"noun": "noun", "verb": "verb", "adj": "adjective"}
+    by_pos = wordnet_glosses(path)
     rng = random.Random(0)
     pool = [(pos, lemma, gloss) for pos, pairs in by_pos.items() for lemma, gloss in pairs]
     chosen = rng.sample(pool, n_test + n_train)

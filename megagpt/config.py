@@ -307,6 +307,32 @@ class TrainConfig:
         return self
 
 
+@dataclass
+class FinetuneConfig:
+    """GPT-1's second stage (``megagpt/finetune.py``): a task file, L = L_task + lm_coef * L_lm, and
+    the paper's recipe (lr 6.25e-5 and batch 32 live in ds_configs/finetune.json)."""
+
+    task_file: str | None = None  # JSONL, megagpt/finetuning/__init__.py gives the schema
+    lm_coef: float = 0.5  # lambda of the auxiliary language-modelling loss; 0 turns it off
+    epochs: int = 3
+    clf_pdrop: float = 0.1  # dropout before the linear head W_y
+    warmup_fraction: float = 0.002  # of all steps, then linear decay to 0
+    max_length: int | None = None  # tokens per input sequence (default: model.n_positions)
+    best_dir: str | None = None  # where the best model by validation metric goes (default: <checkpoint_dir>/best)
+
+    def validate(self) -> "FinetuneConfig":
+        if not self.task_file:
+            raise ConfigError("finetune.task_file must name the task's JSONL file.")
+        _positive("finetune", epochs=self.epochs)
+        if not 0.0 <= self.clf_pdrop < 1.0:
+            raise ConfigError(f"finetune.clf_pdrop must be in [0, 1), got {self.clf_pdrop!r}.")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ConfigError(f"finetune.warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}.")
+        if self.max_length is not None:
+            _positive("finetune", max_length=self.max_length)
+        return self
+
+
 def model_config(preset: str | None = None, **overrides) -> ModelConfig:
     """A ModelConfig from a preset name plus field overrides (or from fields alone)."""
     base: dict[str, Any] = {}
@@ -366,6 +392,8 @@ class RunConfig:
     data: DataConfig
     train: TrainConfig
     deepspeed: dict  # the loaded ds_configs/*.json, with any ``deepspeed.*`` overrides applied
+    finetune: FinetuneConfig | None = None  # only in fine-tuning run files
+    model_keys: tuple = ()  # the model keys the run file (or an override) set explicitly
 
     @property
     def seq_length(self) -> int:
@@ -396,7 +424,7 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read a run YAML, apply dotted overrides (``model.n_layer=4``, ``deepspeed.bf16.enabled=true``),
     load the DeepSpeed JSON it names, and build the typed sections."""
     raw = load_file(path)
-    sections = ("model", "parallel", "data", "train")
+    sections = ("model", "parallel", "data", "train", "finetune")
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise ConfigError(f"{path}: unknown section '{unknown[0]}'; allowed sections are {', '.join(sections)}.")
@@ -415,6 +443,7 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         sections_built = (model_config_from_dict(raw.get("model") or {}),
                           _from_dict(ParallelConfig, raw.get("parallel") or {}, "parallel"),
                           _from_dict(DataConfig, raw.get("data") or {}, "data"))
+        finetune = _from_dict(FinetuneConfig, raw["finetune"] or {}, "finetune") if "finetune" in raw else None
     except ConfigError as e:  # name the file (overrides are applied to it)
         raise ConfigError(f"{path}: {e}") from None
     ds_path = Path(train.deepspeed_config)
@@ -434,8 +463,8 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
                 load_task(task)
             except TaskError as e:
                 raise ConfigError(f"train.eval_tasks[{i}]: {e}") from None
-    return RunConfig(model=model, parallel=parallel, data=data,
-                     train=train, deepspeed=ds)
+    return RunConfig(model=model, parallel=parallel, data=data, train=train, deepspeed=ds, finetune=finetune,
+                     model_keys=tuple(raw.get("model") or {}))
 
 
 def zero_stage(ds_config: Mapping[str, Any]) -> int:
@@ -447,7 +476,10 @@ def validate_run(run: RunConfig, world_size: int) -> RunConfig:
     """Every check that can fail before a process group exists, with one sentence each."""
     par = run.parallel.validate(world_size)
     run.model.validate(par.tp_size)
-    run.data.validate()
+    if run.finetune is None:
+        run.data.validate()
+    else:  # fine-tuning reads its task file, not shards
+        run.finetune.validate()
     run.train.validate()
     if run.seq_length > run.model.n_positions:
         raise ConfigError(f"data.seq_length={run.seq_length} exceeds model.n_positions={run.model.n_positions}.")

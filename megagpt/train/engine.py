@@ -153,18 +153,28 @@ def build_engine(run: RunConfig, total_tokens: int) -> Built:
                                           config=ds, lr_scheduler=scheduler)
         return Built(engine, ps, pipeline=True)
 
-    ps = ParallelState.build(tp_size=par.tp_size)
+    return build_zero3(run, lambda ps: GPT(cfg, ps, checkpoint_activations=tr.activation_checkpointing,
+                                           init_seed=tr.seed), scheduler, init_weights)
+
+
+def build_zero3(run: RunConfig, make_model, scheduler, init_weights: bool, gpt_of=lambda m: m) -> Built:
+    """The zero3 layout's engine around ``make_model(ps)`` (built inside ``zero.Init`` when the
+    DeepSpeed config asks for stage 3); ``gpt_of(model)`` is its GPT, which ``train.init_from``
+    fills (fine-tuning wraps the GPT with a head)."""
+    ds, tr = run.deepspeed, run.train
+    ps = ParallelState.build(tp_size=run.parallel.tp_size)
     stage = zero_stage(ds)
     # zero.Init ignores mpu for its group: without data_parallel_group it would partition (and
     # broadcast rank 0's TP shard) over the whole world
     with deepspeed.zero.Init(config_dict_or_path=ds, mpu=ps, data_parallel_group=ps.dp_group,
                              enabled=stage == 3):
-        model = GPT(cfg, ps, checkpoint_activations=tr.activation_checkpointing, init_seed=tr.seed)
+        model = make_model(ps)
+    gpt = gpt_of(model)
     if stage == 3:
         # the head reads the embedding's weight outside the embedding module
-        deepspeed.zero.register_external_parameter(model.head, model.embed.wte.weight)
+        deepspeed.zero.register_external_parameter(gpt.head, gpt.embed.wte.weight)
     if init_weights:
-        load_initial_weights(model.named_parameters(), run, ps)
+        load_initial_weights(gpt.named_parameters(), run, ps)
     ps.seed(tr.seed)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=_param_groups(model.named_parameters()),
                                       config=ds, mpu=ps, lr_scheduler=scheduler)

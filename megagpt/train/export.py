@@ -25,10 +25,13 @@ def _full_fp32(p) -> torch.Tensor:
     return t.float().cpu()
 
 
-def consolidated_state_dict(built, cfg) -> dict[str, torch.Tensor] | None:
-    """Collective over all ranks; the full state dict on global rank 0, None elsewhere."""
+def consolidated_state_dict(built, cfg, named=None) -> dict[str, torch.Tensor] | None:
+    """Collective over all ranks; the full state dict on global rank 0, None elsewhere. ``named``:
+    the GPT's (name, parameter) pairs when the engine's module wraps it (fine-tuning)."""
     module, ps = built.engine.module, built.ps
-    if built.pipeline:
+    if named is not None:
+        named = list(named)
+    elif built.pipeline:
         from megagpt.train.pipeline import pipeline_param_name
 
         named = [(pipeline_param_name(n, cfg.n_layer), p) for n, p in module.named_parameters()]
@@ -52,6 +55,11 @@ def consolidated_state_dict(built, cfg) -> dict[str, torch.Tensor] | None:
             for k, v in part.items():
                 local.setdefault(k, v)
     return local if dist.get_rank() == 0 else None
+
+
+def replicated_fp32(params) -> list[torch.Tensor]:
+    """Whole fp32 copies of parameters every TP rank holds in full (collective over DP)."""
+    return [_full_fp32(p) for p in params]
 
 
 def export(built, cfg, path: str | Path, *, tokenizer: str | None = None, step: int | None = None) -> None:

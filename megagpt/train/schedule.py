@@ -61,6 +61,19 @@ class WarmupCosineLR:
         self._apply()
 
 
+class WarmupLinearLR(WarmupCosineLR):
+    """GPT-1's fine-tuning schedule: linear warmup from 0, then linear decay to 0 at
+    ``decay_tokens`` (any unit the loop counts in: fine-tuning counts samples)."""
+
+    def __init__(self, optimizer, *, warmup_tokens: int, decay_tokens: int):
+        super().__init__(optimizer, warmup_tokens=warmup_tokens, decay_tokens=decay_tokens, min_ratio=0.0)
+
+    def factor(self, tokens: int) -> float:
+        if tokens < self.warmup_tokens:
+            return tokens / self.warmup_tokens
+        return max(0.0, (self.decay_tokens - tokens) / (self.decay_tokens - self.warmup_tokens))
+
+
 def rampup_batch_size(tokens_seen: int, *, full: int, start: int, rampup_tokens: int,
                       multiple: int) -> int:
     """GPT-3's batch ramp: linear from ``start`` to ``full`` samples over ``rampup_tokens``,

@@ -1,0 +1,71 @@
+"""The pretrained transformer plus GPT-1's linear head W_y, and L = L_task + lm_coef * L_lm.
+
+W_y is replicated over the tensor-parallel ranks, not split: it reads the final hidden state,
+which every TP rank already holds whole, and it is tiny (n_embd x classes), so splitting it would
+add a gather for nothing. Every TP rank computes the same task loss and the same gradient for W_y
+and for the hidden states it reads; the classifier's dropout draws from the default RNG stream,
+which is the same on TP peers, so the copies never diverge.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from megagpt.model.gpt import GPT
+
+
+class FinetuneGPT(nn.Module):
+    def __init__(self, gpt: GPT, task_type: str, n_outputs: int, *, clf_pdrop: float = 0.1,
+                 regression: bool = False, init_seed: int | None = None):
+        super().__init__()
+        self.gpt, self.task_type, self.regression = gpt, task_type, regression
+        self.dropout = nn.Dropout(clf_pdrop)
+        if init_seed is not None:
+            torch.manual_seed(init_seed + 10_000)  # away from the seeds GPT's pieces use
+        self.classifier = nn.Linear(gpt.cfg.n_embd, n_outputs)  # W_y
+        with torch.no_grad():
+            self.classifier.weight.normal_(0.0, 0.02)
+            self.classifier.bias.zero_()
+
+    @property
+    def cfg(self):
+        return self.gpt.cfg
+
+    def scores(self, hidden: torch.Tensor, extract: torch.Tensor, choice_mask: torch.Tensor) -> torch.Tensor:
+        """Per-example outputs from the hidden states (N*S, T, H) at the extract positions (N, S):
+        class logits (N, C), answer scores (N, S) for multiple choice, or one number (N,)."""
+        N, S = extract.shape
+        h = hidden[torch.arange(N * S, device=hidden.device), extract.reshape(-1)].view(N, S, -1)
+        if self.task_type == "similarity":  # both orders, added before W_y: order-invariant
+            h = (h * choice_mask.unsqueeze(-1)).sum(1, keepdim=True)
+        out = self.classifier(self.dropout(h))  # (N, S', C)
+        if self.task_type == "multiple_choice":
+            return out.squeeze(-1).masked_fill(~choice_mask, float("-inf"))  # one shared W_y: a score per answer
+        out = out[:, 0]
+        return out.squeeze(-1) if self.regression else out
+
+    def task_loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.regression:
+            return F.mse_loss(scores.float(), labels.float())
+        return F.cross_entropy(scores.float(), labels)
+
+    def lm_loss(self, hidden: torch.Tensor, lm_targets: torch.Tensor) -> torch.Tensor:
+        """Next-token loss over the task inputs' tokens: the mean per example (over all its
+        sequences' tokens), then the mean over examples, so data-parallel averaging is exact."""
+        N = lm_targets.size(0)
+        per_token = self.gpt.head.loss(self.gpt.head(hidden), lm_targets.reshape(N * lm_targets.size(1), -1))
+        per_token = per_token.view(N, -1)
+        counts = (lm_targets.view(N, -1) != -100).sum(1).clamp(min=1)
+        return (per_token.sum(1) / counts).mean()
+
+    def forward(self, idx, extract, choice_mask, lm_targets, labels, lm_coef: float = 0.5):
+        """(total loss, task loss, LM loss (0 when lm_coef is 0: not computed), scores)."""
+        N, S, T = idx.shape
+        hidden = self.gpt.hidden_states(idx.view(N * S, T))
+        scores = self.scores(hidden, extract, choice_mask)
+        task = self.task_loss(scores, labels)
+        if lm_coef:
+            lm = self.lm_loss(hidden, lm_targets)
+            return task + lm_coef * lm, task.detach(), lm.detach(), scores.detach()
+        return task, task.detach(), torch.zeros((), device=task.device), scores.detach()

@@ -1,0 +1,328 @@
+"""The fine-tuning loop: DeepSpeed engine (zero3 layout, any tp x dp, ZeRO stage 0-3), epochs of
+seeded shuffles, validation metrics, the best model by validation metric, exact resume."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megagpt.config import ConfigError, RunConfig, zero_stage
+from megagpt.finetuning.data import Encoder, FinetuneTask, collate, epoch_order, load_finetune_task
+from megagpt.finetuning.model import FinetuneGPT
+from megagpt.train import checkpoint
+from megagpt.train.metrics import MetricsWriter
+
+
+def model_config_for(run: RunConfig):
+    """The pretrained weights' architecture, with the run file's explicit model keys (dropout)
+    on top: a fine-tuning run file need not repeat the model."""
+    from megagpt.inference import read_weights
+
+    if not run.train.init_from:
+        raise ConfigError("fine-tuning needs train.init_from: the pretrained weights (an export, a Hugging Face "
+                          "GPT-2 directory or a pretraining checkpoint).")
+    cfg, _, meta = read_weights(run.train.init_from)
+    return replace(cfg, **{k: getattr(run.model, k) for k in run.model_keys if k != "preset"}), meta
+
+
+# --- metrics --------------------------------------------------------------------------------------
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x), dtype=float)
+    for v in np.unique(x):  # ties share their mean rank
+        m = x == v
+        r[m] = r[m].mean()
+    return r
+
+
+def classification_metrics(pred: list[int], gold: list[int], n_classes: int) -> dict[str, float]:
+    p, g = np.asarray(pred), np.asarray(gold)
+    out = {"accuracy": float((p == g).mean())}
+    if n_classes == 2:  # F1 of class 1 (the second label)
+        tp, fp, fn = int(((p == 1) & (g == 1)).sum()), int(((p == 1) & (g == 0)).sum()), int(((p == 0) & (g == 1)).sum())
+        out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    return out
+
+
+def regression_metrics(pred: list[float], gold: list[float]) -> dict[str, float]:
+    p, g = np.asarray(pred, float), np.asarray(gold, float)
+    if len(p) < 2 or p.std() == 0 or g.std() == 0:
+        return {"pearson": float("nan"), "spearman": float("nan")}
+    return {"pearson": float(np.corrcoef(p, g)[0, 1]), "spearman": float(np.corrcoef(_ranks(p), _ranks(g))[0, 1])}
+
+
+def predictions(task: FinetuneTask, scores: torch.Tensor) -> list:
+    if task.regression:
+        return [float(x) for x in scores]
+    return [int(i) for i in scores.argmax(-1)]
+
+
+def task_metrics(task: FinetuneTask, pred: list, gold: list) -> dict[str, float]:
+    if task.regression:
+        return regression_metrics(pred, gold)
+    n = max(len(e.choices) for e in task.examples) if task.type == "multiple_choice" else len(task.labels)
+    return classification_metrics(pred, gold, n)
+
+
+def main_metric(task: FinetuneTask) -> str:
+    return "pearson" if task.regression else "accuracy"
+
+
+# --- the trainer ----------------------------------------------------------------------------------
+class FinetuneTrainer:
+    def __init__(self, run: RunConfig, *, model_cfg=None, weights_meta=None):
+        from megagpt.inference.tokenizer import Tokenizer
+        from megagpt.train.engine import build_zero3
+        from megagpt.train.schedule import WarmupLinearLR
+
+        self.run, ft, tr, ds = run, run.finetune, run.train, run.deepspeed
+        if run.parallel.layout != "zero3":
+            raise ConfigError(f"parallel.layout={run.parallel.layout!r}: fine-tuning runs the zero3 layout (any "
+                              f"tp x dp, ZeRO stage 0-3); a checkpoint pretrained in '3d' loads into it.")
+        self.task = load_finetune_task(ft.task_file)
+        tok_path = run.data.tokenizer or (weights_meta or {}).get("tokenizer")
+        if not tok_path:
+            raise ConfigError("data.tokenizer: no tokenizer recorded with the pretrained weights; set data.tokenizer.")
+        self.tok = Tokenizer(tok_path)
+        cfg = run.model
+        self.max_length = min(ft.max_length or cfg.n_positions, cfg.n_positions)
+        enc = Encoder(self.task, self.tok, self.max_length)
+        self.encoded = {s: [enc.encode(e) for e in self.task.split(s)] for s in ("train", "valid", "test")}
+        self.truncated = {s: sum(e.truncated for e in v) for s, v in self.encoded.items()}
+        world = dist.get_world_size()
+        self.dp = run.parallel.dp_size(world)
+        self.micro = ds["train_micro_batch_size_per_gpu"]
+        self.gas = ds.get("gradient_accumulation_steps", 1)
+        self.batch = self.micro * self.gas * self.dp
+        n_train = len(self.encoded["train"])
+        self.steps_per_epoch = n_train // self.batch
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"{ft.task_file}: {n_train} training examples are fewer than one batch of {self.batch} "
+                              f"(micro {self.micro} x accumulation {self.gas} x dp {self.dp}).")
+        self.total_steps = ft.epochs * self.steps_per_epoch
+        total = self.total_steps * self.batch
+        warmup = int(ft.warmup_fraction * total)
+
+        def scheduler(optimizer):
+            return WarmupLinearLR(optimizer, warmup_tokens=warmup, decay_tokens=max(total, warmup + 1))
+
+        init = not (tr.resume and tr.checkpoint_dir and checkpoint.latest_tag(tr.checkpoint_dir) is not None)
+
+        def make(ps):
+            from megagpt.model.gpt import GPT
+
+            gpt = GPT(cfg, ps, checkpoint_activations=tr.activation_checkpointing, init_seed=tr.seed)
+            return FinetuneGPT(gpt, self.task.type, self.task.n_outputs, clf_pdrop=ft.clf_pdrop,
+                               regression=self.task.regression, init_seed=tr.seed)
+
+        self.built = build_zero3(run, make, scheduler, init, gpt_of=lambda m: m.gpt)
+        self.engine, self.ps = self.built.engine, self.built.ps
+        self.metrics = MetricsWriter(tr.tensorboard_dir, dist.get_rank() == 0)
+        self.step, self.best = 0, None
+        self.best_dir = Path(ft.best_dir or (Path(tr.checkpoint_dir or ".") / "best"))
+        if not init:
+            state = checkpoint.load(self.engine, tr.checkpoint_dir, self.ps, verify_level=tr.verify_checkpoint,
+                                    fallback=tr.resume_fallback, log=lambda line: self.metrics.console(f"warning: {line}"))
+            if state is not None:
+                self.step, self.best = state["step"], state.get("best")
+                self.metrics.console(f"resumed from {tr.checkpoint_dir} at step {self.step}")
+
+    # ----------------------------------------------------------------------------------------
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.engine.device) for k, v in batch.items()}
+
+    def _dp_mean(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.to(self.engine.device)
+        if self.dp > 1:
+            dist.all_reduce(t, group=self.ps.dp_group)
+            t = t / self.dp
+        return t.cpu()
+
+    def train_step(self) -> tuple[float, float, float, int]:
+        """One optimizer step; (loss, task loss, LM loss) averaged over the global batch, tokens."""
+        epoch, k = divmod(self.step, self.steps_per_epoch)
+        order = epoch_order(len(self.encoded["train"]), self.run.train.seed, epoch)
+        ids = order[k * self.batch:(k + 1) * self.batch]
+        self.engine.lr_scheduler.pending_tokens = self.batch
+        sums, tokens = torch.zeros(3), 0
+        for m in range(self.gas):
+            start = (m * self.dp + self.ps.dp_rank) * self.micro  # the same partition as one process
+            mine = [self.encoded["train"][i] for i in ids[start:start + self.micro]]
+            batch = self._to_device(collate(mine, self.tok.eod_id, self.task.regression))
+            tokens += int((batch["lm_targets"] != -100).sum())
+            self.engine.set_gradient_accumulation_boundary(m == self.gas - 1)
+            loss, task, lm, _ = self.engine(**batch, lm_coef=self.run.finetune.lm_coef)
+            self.engine.backward(loss)
+            self.engine.step()
+            sums += torch.stack([loss.detach().float().cpu(), task.float().cpu(), lm.float().cpu()])
+        mean = self._dp_mean(sums / self.gas)
+        self.step += 1
+        return float(mean[0]), float(mean[1]), float(mean[2]), tokens * self.dp
+
+    @torch.no_grad()
+    def score_split(self, split: str) -> tuple[list, float]:
+        """(predictions in the split's order, mean task loss), every rank. The DP groups share the
+        examples and run the same number of forward passes (ZeRO-3 gathers are collective)."""
+        data = self.encoded[split]
+        n = len(data)
+        per = math.ceil(n / self.dp)
+        mine = list(range(self.ps.dp_rank * per, min(n, (self.ps.dp_rank + 1) * per)))
+        self.engine.eval()
+        preds, loss_sum, count = {}, 0.0, 0
+        for b in range(0, per, self.micro):
+            idx = mine[b:b + self.micro]
+            rows = [data[i] for i in idx] or [data[0]]  # a rank out of examples still joins the gathers
+            batch = self._to_device(collate(rows, self.tok.eod_id, self.task.regression))
+            _, task, _, scores = self.engine(**batch, lm_coef=0.0)
+            if idx:
+                preds.update(zip(idx, predictions(self.task, scores.float().cpu()[:len(idx)])))
+                if all(r.target is not None for r in rows):
+                    loss_sum += float(task) * len(idx)
+                    count += len(idx)
+        self.engine.train()
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, (preds, loss_sum, count))
+        merged, ls, c = {}, 0.0, 0
+        for p, s, k in parts:
+            merged.update(p)
+        seen = set()
+        for r, (p, s, k) in enumerate(parts):  # each DP group's loss once (its TP ranks agree)
+            key = tuple(sorted(p))
+            if key not in seen:
+                seen.add(key)
+                ls, c = ls + s, c + k
+        return [merged[i] for i in range(n)], (ls / c if c else float("nan"))
+
+    def evaluate(self) -> dict[str, float]:
+        if not self.encoded["valid"]:
+            return {}
+        pred, loss = self.score_split("valid")
+        gold = [e.target for e in self.encoded["valid"]]
+        out = {f"finetune/{k}": v for k, v in task_metrics(self.task, pred, gold).items()}
+        out["finetune/valid_loss_task"] = loss
+        return out
+
+    def save_best(self, value: float, metrics: dict) -> None:
+        """The fine-tuned model (an export megagpt.load reads, plus W_y and the task) in best_dir."""
+        from megagpt.inference.weights import save_export
+        from megagpt.train.export import consolidated_state_dict, replicated_fp32
+
+        module = self.engine.module
+        full = consolidated_state_dict(self.built, self.run.model, named=module.gpt.named_parameters())
+        head = replicated_fp32([module.classifier.weight, module.classifier.bias])
+        if dist.get_rank() == 0:
+            from safetensors.torch import save_file
+
+            tmp = self.best_dir.with_name(self.best_dir.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_export(full, self.run.model, tmp / "model.safetensors", tokenizer=str(self.tok.path), step=self.step)
+            save_file({"weight": head[0].contiguous(), "bias": head[1].contiguous()}, str(tmp / "classifier.safetensors"))
+            info = {"task": self.task.name, "type": self.task.type, "labels": self.task.labels,
+                    "regression": self.task.regression, "max_length": self.max_length, "step": self.step,
+                    "metric": main_metric(self.task), "value": value, "valid": metrics,
+                    "lm_coef": self.run.finetune.lm_coef}
+            (tmp / "finetune.json").write_text(json.dumps(info, indent=1) + "\n")
+            shutil.rmtree(self.best_dir, ignore_errors=True)
+            tmp.rename(self.best_dir)
+        dist.barrier()
+
+    def save(self) -> None:
+        tr = self.run.train
+        if tr.checkpoint_dir:
+            checkpoint.save(self.engine, tr.checkpoint_dir, self.step, {"step": self.step, "best": self.best},
+                            self.ps, tr.keep_last)
+
+    def train(self) -> list[float]:
+        tr = self.run.train
+        key = f"finetune/{main_metric(self.task)}"
+        self.metrics.console(
+            f"fine-tuning {self.task.name} ({self.task.type}, {len(self.encoded['train'])} train / "
+            f"{len(self.encoded['valid'])} valid examples, {self.truncated['train']} train inputs cut to "
+            f"{self.max_length} tokens): tp={self.ps.tp_size} dp={self.dp}, batch {self.batch}, "
+            f"{self.run.finetune.epochs} epochs = {self.total_steps} steps, lm_coef {self.run.finetune.lm_coef}, "
+            f"zero stage {zero_stage(self.run.deepspeed)}; majority baseline {self.task.majority():.4f}")
+        losses, saved_at = [], self.step
+        t0, tok_window = time.perf_counter(), 0
+        stop = min(self.total_steps, tr.exit_after_iters or self.total_steps)  # an early stop keeps the schedule
+        while self.step < stop:
+            loss, task, lm, tokens = self.train_step()
+            losses.append(loss)
+            tok_window += tokens
+            if self.step % tr.log_interval == 0 or self.step == self.total_steps:
+                dt = time.perf_counter() - t0
+                m = {"finetune/loss": loss, "finetune/loss_task": task, "finetune/loss_lm": lm,
+                     "finetune/lr": self.engine.lr_scheduler.get_lr()[0], "finetune/tokens_per_sec": tok_window / dt}
+                self.metrics.scalars(self.step, m)
+                self.metrics.console(f"step {self.step:>5}/{self.total_steps} | loss {loss:.4f} | task {task:.4f} | "
+                                     f"lm {lm:.4f} | lr {m['finetune/lr']:.3e} | {m['finetune/tokens_per_sec']:.0f} tok/s")
+                t0, tok_window = time.perf_counter(), 0
+            if self.step % tr.eval_interval == 0 or self.step == self.total_steps:
+                v = self.evaluate()
+                if v:
+                    self.metrics.scalars(self.step, v)
+                    self.metrics.console(f"step {self.step:>5} | valid " + " | ".join(
+                        f"{k.split('/')[1]} {x:.4f}" for k, x in v.items()))
+                    if self.best is None or v[key] > self.best:
+                        self.best = v[key]
+                        self.save_best(self.best, v)
+                        self.metrics.scalars(self.step, {"finetune/best": self.best})
+            if tr.save_interval and self.step % tr.save_interval == 0:
+                self.save()
+                saved_at = self.step
+        if saved_at != self.step:
+            self.save()
+        if not self.encoded["valid"] and self.step == self.total_steps:  # nothing to choose by: the last model
+            self.save_best(float("nan"), {})
+        self.metrics.close()
+        return losses
+
+
+@torch.no_grad()
+def predict(best_dir: str | Path, task_file: str | Path, split: str = "test", output: str | Path | None = None,
+            batch_size: int = 16) -> tuple[list, dict]:
+    """Answers of the fine-tuned model in ``best_dir`` for a split of a task file (one process):
+    (one row per example, metrics where the split has labels); rows go to ``output`` as JSONL."""
+    import megagpt
+    from safetensors.torch import load_file
+
+    best_dir = Path(best_dir)
+    if not (best_dir / "finetune.json").is_file():
+        raise FileNotFoundError(f"{best_dir}: no fine-tuned model here (finetune.json is missing).")
+    info = json.loads((best_dir / "finetune.json").read_text())
+    task = load_finetune_task(task_file)
+    if task.type != info["type"] or (task.labels and task.labels != info["labels"]):
+        raise ValueError(f"{task_file}: a {task.type} task with labels {task.labels}, but {best_dir} was fine-tuned "
+                         f"on a {info['type']} task with labels {info['labels']}.")
+    gpt, tok = megagpt.load(best_dir / "model.safetensors")
+    model = FinetuneGPT(gpt, task.type, task.n_outputs, clf_pdrop=0.0, regression=task.regression).eval()
+    model.classifier.load_state_dict(load_file(str(best_dir / "classifier.safetensors")))
+    examples = task.split(split)
+    enc = Encoder(task, tok, info["max_length"])
+    encoded = [enc.encode(e) for e in examples]
+    rows, pred = [], []
+    for b in range(0, len(encoded), batch_size):
+        chunk = encoded[b:b + batch_size]
+        _, _, _, scores = model(**collate(chunk, tok.eod_id, task.regression), lm_coef=0.0)
+        pred += predictions(task, scores)
+        rows += [{"scores": s.tolist() if s.dim() else float(s)} for s in scores]
+    for row, ex, p in zip(rows, examples, pred):
+        answer = task.labels[p] if task.labels and not task.regression else p
+        row.update(line=ex.line, prediction=answer)
+        if ex.label is not None:
+            row["label"] = ex.label
+    labelled = [(p, e.target) for p, e in zip(pred, encoded) if e.target is not None]
+    metrics = task_metrics(task, *map(list, zip(*labelled))) if labelled else {}
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return rows, metrics
