@@ -1,0 +1,72 @@
+"""Fine-tuning through real DeepSpeed engines: tp=2 and dp=2 give one process's losses, a resume
+is bit-identical, accuracy on real text rises clearly above the majority class, TensorBoard gets
+the finetune/ scalars, the best model predicts what validation measured, and the command line."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from dist_harness import run_distributed
+from ft_common import ROOT, finetune_worker, run_yaml
+
+
+def _run(ft_setup, tag, world, *overrides):
+    cfg = run_yaml(ft_setup["tmp"], ft_setup["model"], ft_setup["task"], ft_setup["tok"], tag)
+    return run_distributed(finetune_worker, world, cfg, list(overrides), use_deepspeed=True)[0]
+
+
+def test_tp2_and_dp2_match_one_process(ft_setup):
+    common = ["finetune.lm_coef=0.5", "train.exit_after_iters=3", "deepspeed.train_micro_batch_size_per_gpu=4"]
+    one, _ = _run(ft_setup, "one", 1, *common, "deepspeed.gradient_accumulation_steps=2")
+    tp2, _ = _run(ft_setup, "tp2", 2, *common, "deepspeed.gradient_accumulation_steps=2", "parallel.tp_size=2")
+    dp2, _ = _run(ft_setup, "dp2", 2, *common, "deepspeed.gradient_accumulation_steps=1")
+    assert len(one) == 3
+    assert tp2 == pytest.approx(one, rel=1e-5) and dp2 == pytest.approx(one, rel=1e-5), (one, tp2, dp2)
+
+
+def test_resume_is_bit_identical(ft_setup):
+    common = ["deepspeed.train_micro_batch_size_per_gpu=8", "deepspeed.gradient_accumulation_steps=1",
+              "model.embd_pdrop=0.1", "finetune.clf_pdrop=0.1"]  # dropout on: its RNG must resume too
+    straight, _ = _run(ft_setup, "straight", 2, *common, "train.exit_after_iters=6")
+    first, _ = _run(ft_setup, "resumed", 2, *common, "train.exit_after_iters=3")
+    rest, _ = _run(ft_setup, "resumed", 2, *common, "train.exit_after_iters=6")
+    assert first + rest == straight
+
+
+def test_accuracy_rises_above_majority_and_predicts(ft_setup, tmp_path):
+    from megagpt.finetuning.data import load_finetune_task
+    from megagpt.finetuning.trainer import predict
+
+    tag = "learn"
+    losses, best = _run(ft_setup, tag, 1, "deepspeed.train_micro_batch_size_per_gpu=16",
+                        "deepspeed.gradient_accumulation_steps=1", "deepspeed.optimizer.params.lr=0.002",
+                        "finetune.epochs=6", "train.eval_interval=6", "finetune.lm_coef=0.5")
+    majority = load_finetune_task(ft_setup["task"]).majority()
+    assert best >= majority + 0.2, (best, majority)
+    acc = EventAccumulator(str(ft_setup["tmp"] / tag / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"finetune/loss", "finetune/loss_task", "finetune/loss_lm", "finetune/lr", "finetune/accuracy",
+            "finetune/f1", "finetune/valid_loss_task", "finetune/best"} <= tags
+    assert max(e.value for e in acc.Scalars("finetune/accuracy")) == pytest.approx(best)
+    best_dir = ft_setup["tmp"] / tag / "ckpt" / "best"
+    rows, metrics = predict(best_dir, ft_setup["task"], "valid", tmp_path / "p.jsonl")
+    assert metrics["accuracy"] == pytest.approx(best)
+    lines = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(lines) == len(rows) and {x["prediction"] for x in lines} <= {"coding", "trivia"}
+
+
+def test_command_line_errors_are_one_line(ft_setup, tmp_path):
+    cfg = run_yaml(ft_setup["tmp"], ft_setup["model"], ft_setup["task"], ft_setup["tok"], "cli")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"megagpt_finetune": 1, "type": "classification"}\n{"text": "x", "label": "a"}\n{"label": "b"}\n')
+    r = subprocess.run([sys.executable, ROOT / "megagpt" / "finetune.py", "--config", cfg, f"finetune.task_file={bad}"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == f"error: {bad}:3: missing 'text' (a string)."
+    r = subprocess.run([sys.executable, ROOT / "megagpt" / "finetune.py", "--config", cfg, "finetune.lm_coef=x"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2 and "finetune.lm_coef" in r.stderr.strip().splitlines()[-1]
