@@ -217,11 +217,13 @@ class Encoder:
         return Encoded(seqs, [len(s) - 1 for s in seqs], target, cut)
 
 
-def collate(batch: list[Encoded], pad_id: int, regression: bool = False) -> dict[str, torch.Tensor]:
+def collate(batch: list[Encoded], pad_id: int, regression: bool = False, *, length: int | None = None,
+            choices: int | None = None) -> dict[str, torch.Tensor]:
     """Right-padded tensors: ``idx`` (N, S, T), ``extract`` (N, S), ``choice_mask`` (N, S),
-    ``lm_targets`` (N, S, T: the next input token, -100 past each sequence's end) and ``labels``."""
-    S = max(len(e.seqs) for e in batch)
-    T = max(len(s) for e in batch for s in e.seqs)
+    ``lm_targets`` (N, S, T: the next input token, -100 past each sequence's end) and ``labels``.
+    ``length`` / ``choices`` fix T / S (the pipeline engine needs the same shapes every time)."""
+    S = choices or max(len(e.seqs) for e in batch)
+    T = length or max(len(s) for e in batch for s in e.seqs)
     N = len(batch)
     idx = torch.full((N, S, T), pad_id, dtype=torch.long)
     lm = torch.full((N, S, T), -100, dtype=torch.long)

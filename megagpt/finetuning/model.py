@@ -15,57 +15,74 @@ import torch.nn.functional as F
 from megagpt.model.gpt import GPT
 
 
+class HeadLinear(nn.Linear):
+    """W_y: weights N(0, 0.02), bias 0, drawn in the module's own constructor (ZeRO-3's
+    ``zero.Init`` partitions a module as its constructor returns, so an outer module cannot
+    initialise it afterwards)."""
+
+    def reset_parameters(self):
+        nn.init.normal_(self.weight, 0.0, 0.02)
+        nn.init.zeros_(self.bias)
+
+
+def init_classifier(n_embd: int, n_outputs: int, init_seed: int | None) -> nn.Linear:
+    """W_y, drawn right after ``torch.manual_seed(init_seed + 10000)`` (away from the seeds the
+    GPT's pieces use), so both layouts start from the same head."""
+    if init_seed is not None:
+        torch.manual_seed(init_seed + 10_000)
+    return HeadLinear(n_embd, n_outputs)
+
+
+def head_scores(classifier: nn.Module, dropout: nn.Module, hidden: torch.Tensor, extract: torch.Tensor,
+                choice_mask: torch.Tensor, task_type: str, regression: bool) -> torch.Tensor:
+    """Per-example outputs from the hidden states (N*S, T, H) at the extract positions (N, S):
+    class logits (N, C), answer scores (N, S) for multiple choice, or one number (N,)."""
+    N, S = extract.shape
+    h = hidden[torch.arange(N * S, device=hidden.device), extract.reshape(-1)].view(N, S, -1)
+    if task_type == "similarity":  # both orders, added before W_y: order-invariant
+        h = (h * choice_mask.unsqueeze(-1).to(h.dtype)).sum(1, keepdim=True)
+    out = classifier(dropout(h))  # (N, S', C)
+    if task_type == "multiple_choice":
+        return out.squeeze(-1).masked_fill(~choice_mask, float("-inf"))  # one shared W_y: a score per answer
+    out = out[:, 0]
+    return out.squeeze(-1) if regression else out
+
+
+def task_loss(scores: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    if regression:
+        return F.mse_loss(scores.float(), labels.float())
+    return F.cross_entropy(scores.float(), labels)
+
+
+def example_mean(per_token: torch.Tensor, lm_targets: torch.Tensor) -> torch.Tensor:
+    """Next-token losses (N*S, T) as the mean per example (over all its sequences' tokens), then
+    the mean over examples, so data-parallel averaging is exact."""
+    N = lm_targets.size(0)
+    counts = (lm_targets.reshape(N, -1) != -100).sum(1).clamp(min=1)
+    return (per_token.reshape(N, -1).sum(1) / counts).mean()
+
+
 class FinetuneGPT(nn.Module):
     def __init__(self, gpt: GPT, task_type: str, n_outputs: int, *, clf_pdrop: float = 0.1,
                  regression: bool = False, init_seed: int | None = None):
         super().__init__()
         self.gpt, self.task_type, self.regression = gpt, task_type, regression
         self.dropout = nn.Dropout(clf_pdrop)
-        if init_seed is not None:
-            torch.manual_seed(init_seed + 10_000)  # away from the seeds GPT's pieces use
-        self.classifier = nn.Linear(gpt.cfg.n_embd, n_outputs)  # W_y
-        with torch.no_grad():
-            self.classifier.weight.normal_(0.0, 0.02)
-            self.classifier.bias.zero_()
+        self.classifier = init_classifier(gpt.cfg.n_embd, n_outputs, init_seed)  # W_y
 
     @property
     def cfg(self):
         return self.gpt.cfg
 
-    def scores(self, hidden: torch.Tensor, extract: torch.Tensor, choice_mask: torch.Tensor) -> torch.Tensor:
-        """Per-example outputs from the hidden states (N*S, T, H) at the extract positions (N, S):
-        class logits (N, C), answer scores (N, S) for multiple choice, or one number (N,)."""
-        N, S = extract.shape
-        h = hidden[torch.arange(N * S, device=hidden.device), extract.reshape(-1)].view(N, S, -1)
-        if self.task_type == "similarity":  # both orders, added before W_y: order-invariant
-            h = (h * choice_mask.unsqueeze(-1)).sum(1, keepdim=True)
-        out = self.classifier(self.dropout(h))  # (N, S', C)
-        if self.task_type == "multiple_choice":
-            return out.squeeze(-1).masked_fill(~choice_mask, float("-inf"))  # one shared W_y: a score per answer
-        out = out[:, 0]
-        return out.squeeze(-1) if self.regression else out
-
-    def task_loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.regression:
-            return F.mse_loss(scores.float(), labels.float())
-        return F.cross_entropy(scores.float(), labels)
-
-    def lm_loss(self, hidden: torch.Tensor, lm_targets: torch.Tensor) -> torch.Tensor:
-        """Next-token loss over the task inputs' tokens: the mean per example (over all its
-        sequences' tokens), then the mean over examples, so data-parallel averaging is exact."""
-        N = lm_targets.size(0)
-        per_token = self.gpt.head.loss(self.gpt.head(hidden), lm_targets.reshape(N * lm_targets.size(1), -1))
-        per_token = per_token.view(N, -1)
-        counts = (lm_targets.view(N, -1) != -100).sum(1).clamp(min=1)
-        return (per_token.sum(1) / counts).mean()
-
     def forward(self, idx, extract, choice_mask, lm_targets, labels, lm_coef: float = 0.5):
         """(total loss, task loss, LM loss (0 when lm_coef is 0: not computed), scores)."""
         N, S, T = idx.shape
         hidden = self.gpt.hidden_states(idx.view(N * S, T))
-        scores = self.scores(hidden, extract, choice_mask)
-        task = self.task_loss(scores, labels)
+        scores = head_scores(self.classifier, self.dropout, hidden, extract, choice_mask, self.task_type,
+                             self.regression)
+        task = task_loss(scores, labels, self.regression)
         if lm_coef:
-            lm = self.lm_loss(hidden, lm_targets)
+            head = self.gpt.head
+            lm = example_mean(head.loss(head(hidden), lm_targets.reshape(N * S, T)), lm_targets)
             return task + lm_coef * lm, task.detach(), lm.detach(), scores.detach()
         return task, task.detach(), torch.zeros((), device=task.device), scores.detach()

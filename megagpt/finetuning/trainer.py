@@ -84,9 +84,6 @@ class FinetuneTrainer:
         from megagpt.train.schedule import WarmupLinearLR
 
         self.run, ft, tr, ds = run, run.finetune, run.train, run.deepspeed
-        if run.parallel.layout != "zero3":
-            raise ConfigError(f"parallel.layout={run.parallel.layout!r}: fine-tuning runs the zero3 layout (any "
-                              f"tp x dp, ZeRO stage 0-3); a checkpoint pretrained in '3d' loads into it.")
         self.task = load_finetune_task(ft.task_file)
         tok_path = run.data.tokenizer or (weights_meta or {}).get("tokenizer")
         if not tok_path:
@@ -123,7 +120,22 @@ class FinetuneTrainer:
             return FinetuneGPT(gpt, self.task.type, self.task.n_outputs, clf_pdrop=ft.clf_pdrop,
                                regression=self.task.regression, init_seed=tr.seed)
 
-        self.built = build_zero3(run, make, scheduler, init, gpt_of=lambda m: m.gpt)
+        self.pipe_loss = None
+        if run.parallel.layout == "3d":
+            from megagpt.finetuning.pipeline import build_finetune_pipeline
+            from megagpt.train.engine import build_3d
+            from megagpt.train.pipeline import pipeline_param_name
+
+            def make_pipe(ps, topo):
+                module, self.pipe_loss = build_finetune_pipeline(
+                    cfg, ps, topo, task=self.task, clf_pdrop=ft.clf_pdrop, lm_coef=ft.lm_coef, init_seed=tr.seed,
+                    checkpoint_activations=tr.activation_checkpointing)
+                return module
+
+            self.built = build_3d(run, make_pipe, scheduler, init, name_map=lambda n: pipeline_param_name(n, cfg.n_layer))
+        else:
+            self.built = build_zero3(run, make, scheduler, init, gpt_of=lambda m: m.gpt)
+        self.n_choices = max(len(e.seqs) for v in self.encoded.values() for e in v)
         self.engine, self.ps = self.built.engine, self.built.ps
         self.metrics = MetricsWriter(tr.tensorboard_dir, dist.get_rank() == 0)
         self.step, self.best = 0, None
@@ -146,68 +158,99 @@ class FinetuneTrainer:
             t = t / self.dp
         return t.cpu()
 
+    def _batch(self, rows) -> dict:
+        if self.built.pipeline:  # fixed shapes
+            return collate(rows, self.tok.eod_id, self.task.regression, length=self.max_length, choices=self.n_choices)
+        return collate(rows, self.tok.eod_id, self.task.regression)
+
+    @staticmethod
+    def _pipe_micro(b: dict):
+        """(inputs, labels) as the pipeline engine takes them: the first stage gets the token
+        ids, the loss on the last stage everything else."""
+        N, S, T = b["idx"].shape
+        return b["idx"].view(N * S, T), (b["lm_targets"], b["extract"], b["choice_mask"].long(), b["labels"])
+
+    def _pipe_sums(self) -> torch.Tensor:
+        """(task, lm, micro-batches) summed over the last stage's ranks since the last call."""
+        t = self.pipe_loss.sums.clone().to(self.engine.device)  # zeros except on the last stage
+        self.pipe_loss.sums.zero_()
+        dist.all_reduce(t)
+        return t.cpu()
+
     def train_step(self) -> tuple[float, float, float, int]:
         """One optimizer step; (loss, task loss, LM loss) averaged over the global batch, tokens."""
         epoch, k = divmod(self.step, self.steps_per_epoch)
         order = epoch_order(len(self.encoded["train"]), self.run.train.seed, epoch)
         ids = order[k * self.batch:(k + 1) * self.batch]
         self.engine.lr_scheduler.pending_tokens = self.batch
-        sums, tokens = torch.zeros(3), 0
+        lm_coef = self.run.finetune.lm_coef
+        batches = []
         for m in range(self.gas):
             start = (m * self.dp + self.ps.dp_rank) * self.micro  # the same partition as one process
-            mine = [self.encoded["train"][i] for i in ids[start:start + self.micro]]
-            batch = self._to_device(collate(mine, self.tok.eod_id, self.task.regression))
-            tokens += int((batch["lm_targets"] != -100).sum())
+            batches.append(self._batch([self.encoded["train"][i] for i in ids[start:start + self.micro]]))
+        tokens = sum(int((b["lm_targets"] != -100).sum()) for b in batches) * self.dp
+        if self.built.pipeline:
+            loss = float(self.engine.train_batch(data_iter=iter([self._pipe_micro(b) for b in batches])))
+            t = self._pipe_sums()
+            self.step += 1
+            return loss, float(t[0] / t[2]), float(t[1] / t[2]), tokens
+        sums = torch.zeros(3)
+        for m, batch in enumerate(batches):
             self.engine.set_gradient_accumulation_boundary(m == self.gas - 1)
-            loss, task, lm, _ = self.engine(**batch, lm_coef=self.run.finetune.lm_coef)
+            loss, task, lm, _ = self.engine(**self._to_device(batch), lm_coef=lm_coef)
             self.engine.backward(loss)
             self.engine.step()
             sums += torch.stack([loss.detach().float().cpu(), task.float().cpu(), lm.float().cpu()])
         mean = self._dp_mean(sums / self.gas)
         self.step += 1
-        return float(mean[0]), float(mean[1]), float(mean[2]), tokens * self.dp
+        return float(mean[0]), float(mean[1]), float(mean[2]), tokens
 
     @torch.no_grad()
-    def score_split(self, split: str) -> tuple[list, float]:
-        """(predictions in the split's order, mean task loss), every rank. The DP groups share the
-        examples and run the same number of forward passes (ZeRO-3 gathers are collective)."""
+    def score_split(self, split: str) -> torch.Tensor:
+        """The head's outputs for every example of ``split``, in order, on every rank. The DP
+        groups share the examples and run the same number of forward passes (ZeRO-3's gathers
+        and the pipeline's sends are collective)."""
         data = self.encoded[split]
         n = len(data)
         per = math.ceil(n / self.dp)
         mine = list(range(self.ps.dp_rank * per, min(n, (self.ps.dp_rank + 1) * per)))
-        self.engine.eval()
-        preds, loss_sum, count = {}, 0.0, 0
-        for b in range(0, per, self.micro):
-            idx = mine[b:b + self.micro]
-            rows = [data[i] for i in idx] or [data[0]]  # a rank out of examples still joins the gathers
-            batch = self._to_device(collate(rows, self.tok.eod_id, self.task.regression))
-            _, task, _, scores = self.engine(**batch, lm_coef=0.0)
-            if idx:
-                preds.update(zip(idx, predictions(self.task, scores.float().cpu()[:len(idx)])))
-                if all(r.target is not None for r in rows):
-                    loss_sum += float(task) * len(idx)
-                    count += len(idx)
-        self.engine.train()
+        local: dict[int, list] = {}
+        if self.built.pipeline:
+            self.pipe_loss.collect = []
+        else:
+            self.engine.eval()
+        chunks = [mine[b:b + self.micro] for b in range(0, per, self.micro)]
+        for idx in chunks:
+            rows = [data[i] for i in idx] or [data[0]]  # a rank out of examples still joins in
+            rows += [rows[-1]] * (self.micro - len(rows)) if self.built.pipeline else []
+            batch = self._batch(rows)
+            if self.built.pipeline:
+                self.engine.eval_batch(iter([self._pipe_micro(batch)]), num_micro_batches=1)
+                continue
+            scores = self.engine(**self._to_device(batch), lm_coef=0.0)[3].float().cpu()
+            local.update((i, scores[j].tolist()) for j, i in enumerate(idx))
+        if self.built.pipeline:
+            if self.engine.is_last_stage() and self.ps.tp_rank == 0:
+                for idx, scores in zip(chunks, self.pipe_loss.collect):
+                    local.update((i, scores[j].tolist()) for j, i in enumerate(idx))
+            self.pipe_loss.collect = None
+        else:
+            self.engine.train()
         parts = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, (preds, loss_sum, count))
-        merged, ls, c = {}, 0.0, 0
-        for p, s, k in parts:
-            merged.update(p)
-        seen = set()
-        for r, (p, s, k) in enumerate(parts):  # each DP group's loss once (its TP ranks agree)
-            key = tuple(sorted(p))
-            if key not in seen:
-                seen.add(key)
-                ls, c = ls + s, c + k
-        return [merged[i] for i in range(n)], (ls / c if c else float("nan"))
+        dist.all_gather_object(parts, local)
+        merged = {k: v for p in parts for k, v in p.items()}
+        return torch.tensor([merged[i] for i in range(n)])
 
     def evaluate(self) -> dict[str, float]:
         if not self.encoded["valid"]:
             return {}
-        pred, loss = self.score_split("valid")
+        from megagpt.finetuning.model import task_loss
+
+        scores = self.score_split("valid")
         gold = [e.target for e in self.encoded["valid"]]
-        out = {f"finetune/{k}": v for k, v in task_metrics(self.task, pred, gold).items()}
-        out["finetune/valid_loss_task"] = loss
+        out = {f"finetune/{k}": v for k, v in task_metrics(self.task, predictions(self.task, scores), gold).items()}
+        labels = torch.tensor(gold, dtype=torch.float32 if self.task.regression else torch.long)
+        out["finetune/valid_loss_task"] = float(task_loss(scores, labels, self.task.regression))
         return out
 
     def save_best(self, value: float, metrics: dict) -> None:
@@ -216,8 +259,19 @@ class FinetuneTrainer:
         from megagpt.train.export import consolidated_state_dict, replicated_fp32
 
         module = self.engine.module
-        full = consolidated_state_dict(self.built, self.run.model, named=module.gpt.named_parameters())
-        head = replicated_fp32([module.classifier.weight, module.classifier.bias])
+        if self.built.pipeline:
+            from megagpt.finetuning.pipeline import classifier_params
+
+            full = consolidated_state_dict(self.built, self.run.model)
+            params = classifier_params(module)  # on the last stage, whose DP groups gather them
+            head = replicated_fp32(params) if params else None
+            parts = [None] * dist.get_world_size()
+            keep = params and self.ps.dp_rank == 0 and self.ps.tp_rank == 0
+            dist.all_gather_object(parts, head if keep else None)
+            head = next(p for p in parts if p is not None)
+        else:
+            full = consolidated_state_dict(self.built, self.run.model, named=module.gpt.named_parameters())
+            head = replicated_fp32([module.classifier.weight, module.classifier.bias])
         if dist.get_rank() == 0:
             from safetensors.torch import save_file
 

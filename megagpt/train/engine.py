@@ -119,8 +119,6 @@ class Built:
 
 def build_engine(run: RunConfig, total_tokens: int) -> Built:
     cfg, par, tr = run.model, run.parallel, run.train
-    ds = run.deepspeed
-    world = dist.get_world_size()
     init_weights = bool(tr.init_from) and _starts_fresh(run)  # a resume brings its own weights
     warmup = tr.lr_warmup_tokens if tr.lr_warmup_tokens is not None else total_tokens // 100
     decay = tr.lr_decay_tokens if tr.lr_decay_tokens is not None else total_tokens
@@ -130,31 +128,35 @@ def build_engine(run: RunConfig, total_tokens: int) -> Built:
                               min_ratio=tr.min_lr_ratio)
 
     if par.layout == "3d":
-        from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology, PipelineParallelGrid
+        from megagpt.train.pipeline import build_pipeline, pipeline_param_name
 
-        from megagpt.train.pipeline import build_pipeline
-
-        dp = par.dp_size(world)
-        topo = PipeModelDataParallelTopology(num_pp=par.pp_size, num_mp=par.tp_size, num_dp=dp)
-        grid = PipelineParallelGrid(topology=topo)
-        ps = ParallelState(tp_size=par.tp_size, pp_size=par.pp_size, dp_size=dp, rank=dist.get_rank(),
-                           tp_group=grid.get_slice_parallel_group(),
-                           pp_group=grid.get_pipe_parallel_group(),
-                           dp_group=grid.get_data_parallel_group())
-        model = build_pipeline(cfg, ps, topo, init_seed=tr.seed,
-                               checkpoint_activations=tr.activation_checkpointing)
-        if init_weights:
-            from megagpt.train.pipeline import pipeline_param_name
-
-            load_initial_weights(model.named_parameters(), run, ps,
-                                 name_map=lambda n: pipeline_param_name(n, cfg.n_layer))
-        ps.seed(tr.seed)
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=_param_groups(model.named_parameters()),
-                                          config=ds, lr_scheduler=scheduler)
-        return Built(engine, ps, pipeline=True)
+        return build_3d(run, lambda ps, topo: build_pipeline(cfg, ps, topo, init_seed=tr.seed,
+                                                             checkpoint_activations=tr.activation_checkpointing),
+                        scheduler, init_weights, name_map=lambda n: pipeline_param_name(n, cfg.n_layer))
 
     return build_zero3(run, lambda ps: GPT(cfg, ps, checkpoint_activations=tr.activation_checkpointing,
                                            init_seed=tr.seed), scheduler, init_weights)
+
+
+def build_3d(run: RunConfig, make_pipeline, scheduler, init_weights: bool, name_map) -> Built:
+    """The 3d layout's pipeline engine around ``make_pipeline(ps, topology)``; ``name_map`` turns
+    its parameter names into the full state dict's (None: not from the pretrained weights)."""
+    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology, PipelineParallelGrid
+
+    par, tr = run.parallel, run.train
+    dp = par.dp_size(dist.get_world_size())
+    topo = PipeModelDataParallelTopology(num_pp=par.pp_size, num_mp=par.tp_size, num_dp=dp)
+    grid = PipelineParallelGrid(topology=topo)
+    ps = ParallelState(tp_size=par.tp_size, pp_size=par.pp_size, dp_size=dp, rank=dist.get_rank(),
+                       tp_group=grid.get_slice_parallel_group(), pp_group=grid.get_pipe_parallel_group(),
+                       dp_group=grid.get_data_parallel_group())
+    model = make_pipeline(ps, topo)
+    if init_weights:
+        load_initial_weights(model.named_parameters(), run, ps, name_map=name_map)
+    ps.seed(tr.seed)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=_param_groups(model.named_parameters()),
+                                      config=run.deepspeed, lr_scheduler=scheduler)
+    return Built(engine, ps, pipeline=True)
 
 
 def build_zero3(run: RunConfig, make_model, scheduler, init_weights: bool, gpt_of=lambda m: m) -> Built:

@@ -52,22 +52,26 @@ def _seed_build(spec: LayerSpec, seed: int) -> None:
 
 
 def build_pipeline(cfg: ModelConfig, ps: ParallelState, topology, *, init_seed: int,
-                   checkpoint_activations: bool = False) -> PipelineModule:
+                   checkpoint_activations: bool = False, head_forward=_head_forward, extra=(),
+                   loss_fn=None) -> PipelineModule:
+    """``head_forward``, ``extra`` (layer specs after the head) and ``loss_fn`` let fine-tuning put
+    its classifier on the last stage; extra layers build with their own seeds."""
     specs = [TiedLayerSpec("embed", EmbeddingPipe, cfg, ps, tied_weight_attr="wte.weight")]
     specs += [LayerSpec(Block, cfg, ps, i) for i in range(cfg.n_layer)]
     if cfg.ln_position == "pre":
         specs.append(LayerSpec(FinalNorm, cfg.n_embd, eps=cfg.layer_norm_epsilon))
-    specs.append(TiedLayerSpec("embed", EmbeddingPipe, cfg, ps, forward_fn=_head_forward,
+    specs.append(TiedLayerSpec("embed", EmbeddingPipe, cfg, ps, forward_fn=head_forward,
                                tied_weight_attr="wte.weight"))
     for i, spec in enumerate(specs):
         _seed_build(spec, init_seed + i)
+    specs += list(extra)
 
     def checkpoint_fn(fn, *args):
         # our RNG tracker replays the forked (per-TP-rank) dropout stream on recompute
         return checkpoint(fn, *args, use_reentrant=False, context_fn=ps.rng.checkpoint_contexts)
 
     return PipelineModule(
-        layers=specs, topology=topology, loss_fn=PipeLoss(cfg, ps), partition_method="type:Block",
+        layers=specs, topology=topology, loss_fn=loss_fn or PipeLoss(cfg, ps), partition_method="type:Block",
         # not seed_layers: DeepSpeed would then reseed every layer on every forward from a
         # call counter that checkpoints do not keep, so dropout would change on resume
         seed_layers=False,

@@ -70,3 +70,15 @@ def test_command_line_errors_are_one_line(ft_setup, tmp_path):
     r = subprocess.run([sys.executable, ROOT / "megagpt" / "finetune.py", "--config", cfg, "finetune.lm_coef=x"],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 2 and "finetune.lm_coef" in r.stderr.strip().splitlines()[-1]
+
+
+def test_3d_layout_matches_zero3(ft_setup):
+    """The pipeline layout (pp=2, W_y on the last stage) gives the zero3 layout's losses and
+    validation accuracy."""
+    common = ["finetune.lm_coef=0.5", "train.exit_after_iters=3", "deepspeed.train_micro_batch_size_per_gpu=4",
+              "deepspeed.gradient_accumulation_steps=2", "train.eval_interval=3"]
+    zero3, best_z = _run(ft_setup, "z3", 1, *common, "finetune.max_length=64")
+    pipe, best_p = _run(ft_setup, "pp2", 2, *common, "finetune.max_length=64", "parallel.layout=3d", "parallel.pp_size=2",
+                        f"train.deepspeed_config={ROOT / 'ds_configs' / 'finetune_3d.json'}")
+    assert pipe == pytest.approx(zero3, rel=1e-5) and best_p == pytest.approx(best_z), (zero3, pipe, best_z, best_p)
+    assert (ft_setup["tmp"] / "pp2" / "ckpt" / "best" / "classifier.safetensors").is_file()
