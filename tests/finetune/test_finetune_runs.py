@@ -82,3 +82,18 @@ def test_3d_layout_matches_zero3(ft_setup):
                         f"train.deepspeed_config={ROOT / 'ds_configs' / 'finetune_3d.json'}")
     assert pipe == pytest.approx(zero3, rel=1e-5) and best_p == pytest.approx(best_z), (zero3, pipe, best_z, best_p)
     assert (ft_setup["tmp"] / "pp2" / "ckpt" / "best" / "classifier.safetensors").is_file()
+
+
+def test_starts_from_a_hugging_face_directory(ft_setup):
+    """train.init_from takes an HF GPT-2 directory as well as an export: the same first loss."""
+    import megagpt
+    from megagpt.inference.hf import write_hf_dir
+    from megagpt.model import full_state_dict
+
+    model, tok = megagpt.load(ft_setup["model"])
+    hf = write_hf_dir(full_state_dict(model), model.cfg, ft_setup["tmp"] / "hf_init", tokenizer_model=tok.path)
+    common = ["train.exit_after_iters=1", "deepspeed.train_micro_batch_size_per_gpu=8",
+              "deepspeed.gradient_accumulation_steps=1"]
+    from_export, _ = _run(ft_setup, "from_export", 1, *common)
+    from_hf, _ = _run(ft_setup, "from_hf", 1, *common, f"train.init_from={hf}")
+    assert from_hf == pytest.approx(from_export, rel=1e-6)
