@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -97,3 +98,24 @@ def test_starts_from_a_hugging_face_directory(ft_setup):
     from_export, _ = _run(ft_setup, "from_export", 1, *common)
     from_hf, _ = _run(ft_setup, "from_hf", 1, *common, f"train.init_from={hf}")
     assert from_hf == pytest.approx(from_export, rel=1e-6)
+
+
+def test_deepspeed_launcher_and_predict_command(ft_setup, tmp_path):
+    import shutil
+
+    cfg = run_yaml(ft_setup["tmp"], ft_setup["model"], ft_setup["task"], ft_setup["tok"], "launcher")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    exe = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
+    port = str(29800 + os.getpid() % 100)
+    r = subprocess.run([exe, "--hostfile", ROOT / "hostfiles" / "localhost", "--no_ssh_check", "--master_addr",
+                        "127.0.0.1", "--master_port", port, ROOT / "megagpt" / "finetune.py", "--config", cfg,
+                        "deepspeed.train_micro_batch_size_per_gpu=4", "deepspeed.gradient_accumulation_steps=1",
+                        "finetune.epochs=1"], capture_output=True, text=True, env=env, timeout=400, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "tp=1 dp=2" in r.stdout and "done: 24 steps" in r.stdout
+    out = tmp_path / "preds.jsonl"
+    r = subprocess.run([sys.executable, ROOT / "megagpt" / "finetune.py", "--config", cfg, "--predict", "--split",
+                        "valid", "--output", out], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "predicted 48 valid examples" in r.stdout and "accuracy" in r.stdout
+    assert len(out.read_text().splitlines()) == 48

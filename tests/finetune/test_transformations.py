@@ -121,3 +121,24 @@ def test_bad_task_files_name_the_line(tmp_path, lines, line, message):
     with pytest.raises(FinetuneDataError) as e:
         load_finetune_task(p)
     assert str(e.value).startswith(f"{p}:{line}: ") and message in str(e.value), str(e.value)
+
+
+def test_similarity_regression_and_metrics(tmp_path):
+    from megagpt.finetuning.trainer import classification_metrics, regression_metrics
+
+    task = _task(tmp_path, "similarity", [{"a": "x", "b": "y", "label": 3.5}, {"a": "p", "b": "q", "label": 1}],
+                 regression=True)
+    assert task.regression and task.n_outputs == 1 and task.target(task.examples[0]) == 3.5
+    m = _model("similarity", 1)
+    m.regression = True
+    a, b = [1, 5, 6, 2, 9, 3], [1, 9, 2, 5, 6, 3]
+    total, task_l, _, scores = m(**_batch([[a, b], [b, a]], [3.5, 1.0], regression=True), lm_coef=0.0)
+    assert scores.shape == (2,) and scores[0] == scores[1]
+    assert torch.isclose(total, ((scores - torch.tensor([3.5, 1.0])) ** 2).mean())
+    with pytest.raises(FinetuneDataError, match="'label' must be a number"):
+        _task(tmp_path, "similarity", [{"a": "x", "b": "y", "label": "high"}], regression=True)
+    # Spearman uses ranks (ties share theirs), Pearson the values
+    r = regression_metrics([1.0, 2.0, 2.0, 10.0], [1.0, 2.0, 3.0, 4.0])
+    assert r["spearman"] == pytest.approx(0.9486832980505138) and r["pearson"] < r["spearman"]
+    c = classification_metrics([1, 1, 0, 0], [1, 0, 0, 1], 2)
+    assert c == {"accuracy": 0.5, "f1": 0.5}
