@@ -1,0 +1,94 @@
+"""Dialogue threads: reconstruction from mail headers and from parent ids (orphans, cycles and
+duplicate ids counted, never fatal), root-to-leaf sessions, and DialoGPT's filters."""
+import json
+from collections import Counter
+
+import pytest
+
+from data_tools.dialogues import (DialogueFilter, Message, build_forest, clean_session, read_mail, read_reddit,
+                                  read_turn_lists, sessions)
+
+
+def _paths(forest):
+    return sorted(tuple(m.id for m in s) for s in sessions(forest))
+
+
+def test_mail_threads_from_headers(tmp_path):
+    msgs = {
+        "a": ("<a@x>", "", "", "Has anyone seen the launch of the new probe this week?"),
+        "b": ("<b@x>", "<a@x>", "<a@x>", "> Has anyone seen the launch\nIn article <a@x> bob writes:\nYes, it went up on "
+              "Tuesday and the pictures are great.\n-- \nBob's signature"),
+        "c": ("<c@x>", "<a@x> <b@x>", "", "I missed it, is there a recording of the launch?"),
+        "d": ("<d@x>", "<a@x>", "<a@x>", "It was delayed by a day because of the weather."),
+    }
+    for name, (mid, refs, irt, body) in msgs.items():
+        head = f"From: {name}@x\nSubject: probe\nMessage-ID: {mid}\n"
+        head += (f"References: {refs}\n" if refs else "") + (f"In-Reply-To: {irt}\n" if irt else "")
+        (tmp_path / name).write_text(head + "\n" + body + "\n")
+    forest = build_forest(read_mail(sorted(tmp_path.iterdir())))
+    assert _paths(forest) == [("<a@x>", "<b@x>", "<c@x>"), ("<a@x>", "<d@x>")]
+    b = forest.messages["<b@x>"].text
+    assert b == "Yes, it went up on Tuesday and the pictures are great."  # quote, intro and signature gone
+
+
+def test_reddit_trees_orphans_cycles_duplicates(tmp_path):
+    rows = [{"id": "s1", "title": "What is your favourite book?", "selftext": ""},
+            {"id": "c1", "parent_id": "t3_s1", "body": "The one I read last summer."},
+            {"id": "c2", "parent_id": "t1_c1", "body": "Which one was that?"},
+            {"id": "c3", "parent_id": "t3_s1", "body": "Anything by that author."},
+            {"id": "c3", "parent_id": "t3_s1", "body": "a duplicate id"},
+            {"id": "c4", "parent_id": "t1_gone", "body": "a reply to a deleted comment"},
+            {"id": "c5", "parent_id": "t1_c6", "body": "one half of a loop"},
+            {"id": "c6", "parent_id": "t1_c5", "body": "the other half"}]
+    path = tmp_path / "rc.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    forest = build_forest(read_reddit(path))
+    assert forest.counts == Counter(duplicate_id=1, orphan=1, cycle=1)
+    assert _paths(forest) == sorted([("t3_s1", "t1_c1", "t1_c2"), ("t3_s1", "t1_c3"), ("t1_c4",),
+                                     ("t1_c5", "t1_c6")])
+
+
+def test_turn_lists(tmp_path):
+    y = tmp_path / "c.yml"
+    y.write_text("categories: [x]\nconversations:\n- - Hello there\n  - Hi, how are you?\n- - 你好\n  - 你好，很高兴认识你\n")
+    assert list(read_turn_lists(y)) == [["Hello there", "Hi, how are you?"], ["你好", "你好，很高兴认识你"]]
+    j = tmp_path / "d.jsonl"
+    j.write_text(json.dumps({"turns": ["a b", "c d"]}) + "\n")
+    assert list(read_turn_lists(j)) == [["a b", "c d"]]
+
+
+EN = DialogueFilter()
+ZH = DialogueFilter(language="zh", offensive=frozenset({"笨蛋"}))
+
+
+@pytest.mark.parametrize("filt, source, keep, drop, reason", [
+    (EN, ["hi"], "I think it is a good idea.", "[deleted]", "deleted"),
+    (EN, ["hi"], "I think it is a good idea.", "see https://example.org/page for it", "url"),
+    (EN, ["see www.example.com"], None, "I think it is a good idea.", "url"),
+    (EN, ["hi"], "I think it is a good idea.", "I am a bot and this action was performed automatically", "bot"),
+    (EN, ["hi"], "I think it is a good idea.", "the " + "word " * 200, "too_long"),
+    (EN, ["hi"], "I think it is a good idea.", "lol", "too_short_or_bland"),
+    (EN, ["hi"], "I think it is a good idea.", "go go go team go go go team go go go team", "repeated_3gram"),
+    (EN, ["hi"], "I think it is a good idea.", "Bonjour mes amis, comment allez-vous", "not_language"),
+    (DialogueFilter(offensive=frozenset({"idiot"})), ["hi"], "I think it is a good idea.", "you are an idiot", "offensive"),
+    (ZH, ["你好"], "我也很高兴认识你", "hello my friend how are you", "not_language"),
+    (ZH, ["你好"], "我也很高兴认识你", "你是笨蛋吧", "offensive"),
+])
+def test_every_filter_keeps_and_drops(filt, source, keep, drop, reason):
+    if keep is not None:
+        assert filt.check(source, keep) is None, keep
+    if drop is not None:
+        assert filt.check(source, drop) == reason
+
+
+def test_repeated_3gram_needs_three_repeats():
+    assert EN.check(["hi"], "go go go team go go go team") is None  # twice is fine
+    assert EN.check(["hi"], "go go go team go go go team go go go") == "repeated_3gram"
+
+
+def test_clean_session_cuts_at_the_first_bad_turn():
+    counts = Counter()
+    assert clean_session(["How was the game?", "It was a great game for us.", "lol", "we won"], EN, counts) == \
+        ["How was the game?", "It was a great game for us."]
+    assert clean_session(["How was the game?", "[removed]"], EN, counts) is None
+    assert counts == Counter(too_short_or_bland=1, deleted=1)
