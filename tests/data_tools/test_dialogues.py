@@ -2,6 +2,7 @@
 duplicate ids counted, never fatal), root-to-leaf sessions, and DialoGPT's filters."""
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,33 @@ def test_clean_session_cuts_at_the_first_bad_turn():
         ["How was the game?", "It was a great game for us."]
     assert clean_session(["How was the game?", "[removed]"], EN, counts) is None
     assert counts == Counter(too_short_or_bland=1, deleted=1)
+
+
+def test_build_dialogues_masks_exactly_the_responses(tmp_path):
+    """Shards from chatterbot-corpus's English conversations: the mask sidecar has the text shard's
+    sizes and is 1 on exactly the tokens of turns 2..n (each with its EOD)."""
+    import chatterbot_corpus
+
+    from data_tools.build_dialogues import main
+    from data_tools.tokenizer import TokenizerConfig, train
+    from megagpt.data.indexed import IndexedDataset
+    from megagpt.inference.tokenizer import Tokenizer
+
+    ymls = sorted((Path(chatterbot_corpus.__file__).parent / "data" / "english").glob("*.yml"))
+    convs = [c for y in ymls for c in read_turn_lists(y)]
+    tok_path = train([" ".join(t for c in convs for t in c)], tmp_path / "tok.model",
+                     TokenizerConfig(vocab_size=600, sample_bytes=2_000_000))
+    tok = Tokenizer(tok_path)
+    for reverse in (False, True):
+        name = "bwd" if reverse else "fwd"
+        args = ["--turns", *map(str, ymls), "--tokenizer", str(tok_path), "--out", str(tmp_path), "--name", name]
+        assert main(args + (["--reverse"] if reverse else [])) == 0
+        rep = json.loads((tmp_path / f"{name}_report.json").read_text())
+        text, mask = IndexedDataset(tmp_path / f"{name}_text_document"), IndexedDataset(tmp_path / f"{name}_mask_document")
+        assert rep["sessions_kept"] == len(text) == len(mask) > 100 and rep["sessions_in"] == len(convs)
+        assert sum(rep["dropped_or_cut"].values()) > 0
+        for i in range(0, len(text), 37):
+            ids, m = text[i].tolist(), mask[i].tolist()
+            assert len(ids) == len(m) and ids[-1] == tok.eod_id
+            first = ids.index(tok.eod_id) + 1  # the opening turn and its EOD are context
+            assert m == [0] * first + [1] * (len(ids) - first)

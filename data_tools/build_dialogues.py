@@ -1,0 +1,111 @@
+"""Threaded conversations -> dialogue training sessions (DialoGPT's format) as Megatron shards.
+
+    python data_tools/build_dialogues.py --mail posts/ --reddit RC_2019-01.jsonl \\
+        --turns chatterbot/english/*.yml --tokenizer tok.model --out out/dialogue --name en
+    python data_tools/build_dialogues.py --turns chatterbot/chinese/*.yml --language zh \\
+        --tokenizer zh.model --out out/dialogue --name zh --reverse
+
+Each session (a root-to-leaf path of a thread, filtered by ``data_tools/dialogues.py``) becomes
+one document: turn_1 EOD turn_2 EOD ... turn_n EOD. Beside ``<name>_text_document.{bin,idx}`` goes
+``<name>_mask_document.{bin,idx}``, the same sizes with 1 on every token the model learns (every
+turn after the first, and its EOD) and 0 on the opening turn. ``--reverse`` writes the sessions
+back to front, the data of DialoGPT's backward model P(source | target). ``<name>_report.json``
+counts sessions in, kept, and dropped per reason.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data_tools.dialogues import (DialogueFilter, build_forest, clean_session, read_mail, read_reddit,  # noqa: E402
+                                  read_turn_lists, sessions)
+
+
+def encode_session(turns: list[str], tok) -> tuple[list[int], list[int]]:
+    """(tokens, mask): turns joined by EOD, mask 1 on the responses (all turns but the first)."""
+    ids, mask = [], []
+    for i, t in enumerate(turns):
+        piece = tok.encode(t) + [tok.eod_id]
+        ids += piece
+        mask += [int(i > 0)] * len(piece)
+    return ids, mask
+
+
+def collect(args, counts: Counter) -> list[list[str]]:
+    out = []
+    for path in args.turns:
+        for conv in read_turn_lists(Path(path)):
+            out.append(conv)
+    msgs = []
+    for path in args.mail:
+        p = Path(path)
+        msgs += list(read_mail(sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]))
+    for path in args.reddit:
+        msgs += list(read_reddit(Path(path)))
+    if msgs:
+        forest = build_forest(msgs)
+        counts.update({f"thread_{k}": v for k, v in forest.counts.items()})
+        out += [[m.text for m in s] for s in sessions(forest)]
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mail", nargs="*", default=[], help="message files, directories of them, or .mbox files")
+    ap.add_argument("--reddit", nargs="*", default=[], help="Reddit-style JSONL (id, parent_id, body)")
+    ap.add_argument("--turns", nargs="*", default=[], help="chatterbot-corpus YAML or JSONL {'turns': [...]}")
+    ap.add_argument("--tokenizer", required=True, help="sentencepiece .model")
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--name", default="dialogue")
+    ap.add_argument("--language", choices=["en", "zh"], default="en")
+    ap.add_argument("--max-words", type=int, default=200)
+    ap.add_argument("--offensive", help="a file with one offensive word per line")
+    ap.add_argument("--reverse", action="store_true", help="sessions back to front (the backward model's data)")
+    args = ap.parse_args(argv)
+    from megagpt.data.indexed import IndexedDatasetWriter, token_dtype
+    from megagpt.inference.tokenizer import Tokenizer
+
+    try:
+        tok = Tokenizer(args.tokenizer)
+        offensive = frozenset(w.strip() for w in open(args.offensive, encoding="utf-8")) if args.offensive else frozenset()
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    counts: Counter = Counter()
+    raw = collect(args, counts)
+    filt = DialogueFilter(language=args.language, max_words=args.max_words, offensive=offensive)
+    kept = []
+    for s in raw:
+        c = clean_session(s, filt, counts)
+        if c is not None:
+            kept.append(c[::-1] if args.reverse else c)
+    args.out.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype(tok.vocab_size)
+    tokens = responses = 0
+    with IndexedDatasetWriter(args.out / f"{args.name}_text_document", dtype) as text, \
+            IndexedDatasetWriter(args.out / f"{args.name}_mask_document", np.uint16) as mask:
+        for s in kept:
+            ids, m = encode_session(s, tok)
+            text.add_document(ids)
+            mask.add_document(m)
+            tokens += len(ids)
+            responses += sum(m)
+    report = {"sessions_in": len(raw), "sessions_kept": len(kept), "turns_kept": sum(map(len, kept)),
+              "dropped_or_cut": dict(sorted(counts.items())), "tokens": tokens, "response_tokens": responses,
+              "language": args.language, "reverse": args.reverse}
+    (args.out / f"{args.name}_report.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(f"{args.name}: {len(raw)} sessions in, {len(kept)} kept ({sum(map(len, kept))} turns, {tokens} tokens, "
+          f"{responses} response tokens); " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
