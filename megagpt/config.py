@@ -295,8 +295,6 @@ class TrainConfig:
         if self.export_path is not None and not str(self.export_path).endswith(".safetensors"):
             raise ConfigError(f"train.export_path={self.export_path!r} must name a .safetensors file "
                               f"(the weights; their config goes to a .json beside it).")
-        if any(not isinstance(t, str) for t in self.eval_tasks):
-            raise ConfigError(f"train.eval_tasks must be a list of task file paths, got {self.eval_tasks!r}.")
         if not self.eval_task_shots or any(k != "max" and (not isinstance(k, int) or isinstance(k, bool) or k < 0)
                                            for k in self.eval_task_shots):
             raise ConfigError(f"train.eval_task_shots must be a list of k values (integers >= 0 or 'max'), got "
@@ -454,15 +452,7 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         _set_dotted(ds, key, value, f"override deepspeed.{key}")
     model, parallel, data = sections_built
     if train.eval_tasks:
-        from megagpt.eval.tasks import TaskError, load_task
-
-        if not data.tokenizer:
-            raise ConfigError(f"{path}: train.eval_tasks needs data.tokenizer (the sentencepiece model of the shards).")
-        for i, task in enumerate(train.eval_tasks):
-            try:
-                load_task(task)
-            except TaskError as e:
-                raise ConfigError(f"train.eval_tasks[{i}]: {e}") from None
+        check_tasks(train.eval_tasks, data.tokenizer, model.n_positions, path)
     return RunConfig(model=model, parallel=parallel, data=data, train=train, deepspeed=ds, finetune=finetune,
                      model_keys=tuple(raw.get("model") or {}))
 
@@ -470,6 +460,30 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
 def zero_stage(ds_config: Mapping[str, Any]) -> int:
     """The ZeRO stage a DeepSpeed config asks for (0 when it has no ``zero_optimization``)."""
     return int((ds_config.get("zero_optimization") or {}).get("stage", 0))
+
+
+def check_tasks(tasks, tokenizer: str | None, n_positions: int, path) -> None:
+    """``train.eval_tasks`` at startup, so a bad task cannot stop a run midway: a list of task
+    files that load, and every test item's zero-shot prompt fits the context (examples are
+    dropped until a prompt fits, so more shots cannot fail where none fit)."""
+    from megagpt.eval.runner import Evaluator
+    from megagpt.eval.tasks import TaskError, load_task
+    from megagpt.inference.tokenizer import Tokenizer
+
+    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+        raise ConfigError(f"train.eval_tasks must be a list of task file paths, got {tasks!r}.")
+    if not tokenizer:
+        raise ConfigError(f"{path}: train.eval_tasks needs data.tokenizer (the sentencepiece model of the shards).")
+    try:
+        tok = Tokenizer(tokenizer)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"data.tokenizer: {e}") from None
+    ev = Evaluator(None, tok, n_positions=n_positions)
+    for i, task in enumerate(tasks):
+        try:
+            ev.prompts(load_task(task), 0, seed=0)
+        except TaskError as e:
+            raise ConfigError(f"train.eval_tasks[{i}]: {e}") from None
 
 
 def validate_run(run: RunConfig, world_size: int) -> RunConfig:

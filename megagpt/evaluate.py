@@ -108,13 +108,16 @@ def read_corpus(path: str, tok, max_docs: int | None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from megagpt.eval.runner import Evaluator, format_table, run_suite, tensorboard_scalars
+    from megagpt.eval.runner import Evaluator, run_suite
     from megagpt.eval.tasks import TaskError, load_task
     from megagpt.inference import WeightsError, load
 
     t0 = time.time()
+    ps, rc = None, 0
     try:
         shots = parse_shots(args.shots)
+        if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+            raise ValueError(f"--output {args.output}: its directory does not exist.")
         tasks = [load_task(p) for p in args.tasks]
         if not tasks and not args.perplexity:
             raise ValueError("nothing to evaluate: give --tasks and/or --perplexity.")
@@ -125,7 +128,6 @@ def main(argv=None) -> int:
         if tok is None:
             raise ValueError(f"{args.model}: no tokenizer recorded or found beside it; pass --tokenizer.")
         ev = Evaluator(model, tok, ps, batch_size=args.batch_size)
-        rank0 = ps is None or ps.rank == 0
         meta = {"model": str(args.model), "step": loaded.meta.get("step")}
         contamination = None
         if args.decontam_report:
@@ -138,44 +140,51 @@ def main(argv=None) -> int:
         ppl = {}
         for path in args.perplexity:
             ppl[path] = dict(ev.perplexity(read_corpus(path, tok, args.max_docs), args.stride), **meta)
-    except (ValueError, FileNotFoundError, WeightsError, TaskError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if rank0:
-        if rows:
-            print(format_table(rows), flush=True)
-        for path, r in ppl.items():
-            print(f"perplexity {path}: {r['docs']} docs, {r['tokens']} tokens | token ppl {r['token_ppl']:.3f} | "
-                  f"bits/byte {r['bits_per_byte']:.4f} | word ppl {r['word_ppl']:.3f} (stride {r['stride']})",
-                  flush=True)
-        result = {"model": str(args.model), "step": meta["step"], "seed": args.seed, "shots": shots,
-                  "tp": ps.tp_size if ps else 1, "dp": ps.dp_size if ps else 1,
-                  "seconds": round(time.time() - t0, 2), "tasks": rows, "perplexity": ppl}
-        if args.output:
-            tmp = args.output + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(result, f, indent=1, ensure_ascii=False)
-            os.replace(tmp, args.output)
-        if args.dump_prompts:
-            os.makedirs(args.dump_prompts, exist_ok=True)
-            for res in kept:
-                with open(os.path.join(args.dump_prompts, f"{res.task.name}.k{res.k}.jsonl"), "w",
-                          encoding="utf-8") as f:
-                    for p, rec in zip(res.prompts, res.records):
-                        f.write(json.dumps(dict(rec, prompt=p.text), ensure_ascii=False) + "\n")
-        if args.tensorboard_dir:
-            from torch.utils.tensorboard import SummaryWriter
+        if ps is None or ps.rank == 0:
+            write_results(args, rows, ppl, kept, meta, shots, ps, time.time() - t0)
+    except (ValueError, FileNotFoundError, WeightsError, TaskError, OSError) as e:
+        # inputs are checked alike on every rank; only rank 0 writes, and says so once
+        if ps is None or ps.rank == 0:
+            print(f"error: {e}", file=sys.stderr)
+        rc = 2
+    finally:
+        finish(ps)
+    return rc
 
-            scalars = tensorboard_scalars(rows)
-            for path, r in ppl.items():
-                name = os.path.basename(path).split(".")[0]
-                scalars.update({f"eval/{name}/token_ppl": r["token_ppl"], f"eval/{name}/bits_per_byte":
-                                r["bits_per_byte"], f"eval/{name}/word_ppl": r["word_ppl"]})
-            with SummaryWriter(args.tensorboard_dir) as tb:
-                for key, value in scalars.items():
-                    tb.add_scalar(key, value, meta["step"] or 0)
-    finish(ps)
-    return 0
+
+def write_results(args, rows, ppl, kept, meta, shots, ps, seconds) -> None:
+    from megagpt.eval.runner import format_table, tensorboard_scalars
+
+    if rows:
+        print(format_table(rows), flush=True)
+    for path, r in ppl.items():
+        print(f"perplexity {path}: {r['docs']} docs, {r['tokens']} tokens | token ppl {r['token_ppl']:.3f} | "
+              f"bits/byte {r['bits_per_byte']:.4f} | word ppl {r['word_ppl']:.3f} (stride {r['stride']})", flush=True)
+    result = {"model": str(args.model), "step": meta["step"], "seed": args.seed, "shots": shots,
+              "tp": ps.tp_size if ps else 1, "dp": ps.dp_size if ps else 1, "seconds": round(seconds, 2),
+              "tasks": rows, "perplexity": ppl}
+    if args.output:
+        tmp = args.output + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1, ensure_ascii=False)
+        os.replace(tmp, args.output)
+    if args.dump_prompts:
+        os.makedirs(args.dump_prompts, exist_ok=True)
+        for res in kept:
+            with open(os.path.join(args.dump_prompts, f"{res.task.name}.k{res.k}.jsonl"), "w", encoding="utf-8") as f:
+                for p, rec in zip(res.prompts, res.records):
+                    f.write(json.dumps(dict(rec, prompt=p.text), ensure_ascii=False) + "\n")
+    if args.tensorboard_dir:
+        from torch.utils.tensorboard import SummaryWriter
+
+        scalars = tensorboard_scalars(rows)
+        for path, r in ppl.items():
+            name = os.path.basename(path).split(".")[0]
+            scalars.update({f"eval/{name}/token_ppl": r["token_ppl"], f"eval/{name}/bits_per_byte": r["bits_per_byte"],
+                            f"eval/{name}/word_ppl": r["word_ppl"]})
+        with SummaryWriter(args.tensorboard_dir) as tb:
+            for key, value in scalars.items():
+                tb.add_scalar(key, value, meta["step"] or 0)
 
 
 if __name__ == "__main__":

@@ -61,8 +61,11 @@ def main(argv=None) -> int:
     from megagpt.train.engine import close_distributed, init_distributed, launch_world_size
 
     try:
-        run, meta = load_finetune_run(args.config, args.overrides, launch_world_size())
-        if args.predict:
+        if args.predict:  # the fine-tuned model carries its own config: no pretrained weights needed
+            run = load_run_config(args.config, args.overrides)
+            if run.finetune is None:
+                raise ConfigError(f"{args.config}: a fine-tuning run file needs a 'finetune' section.")
+            run.finetune.validate()
             from pathlib import Path
 
             from megagpt.finetuning.trainer import predict
@@ -73,6 +76,7 @@ def main(argv=None) -> int:
                   + (f" -> {args.output}" if args.output else "")
                   + "".join(f" | {k} {v:.4f}" for k, v in metrics.items()), flush=True)
             return 0
+        run, meta = load_finetune_run(args.config, args.overrides, launch_world_size())
     except (ConfigError, FinetuneDataError, WeightsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -39,6 +39,12 @@ class MegagptLM(TemplateLM):
         from megagpt.inference.distributed import setup_parallel
 
         ps, device = setup_parallel(int(tp) if tp else None)
+        if ps is not None:  # tear the group down before the interpreter exits
+            import atexit
+
+            from megagpt.train.engine import close_distributed
+
+            atexit.register(close_distributed)
         dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
         model, tok = load(path, tokenizer=tokenizer, tag=tag, ps=ps, dtype=dt, device=device)
         if tok is None:
@@ -94,7 +100,8 @@ class MegagptLM(TemplateLM):
             until = kwargs.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
-            greedy = not kwargs.get("do_sample", False) or float(kwargs.get("temperature", 0.0)) == 0.0
+            # Hugging Face's rule: sampling only with do_sample, at temperature 1.0 unless given
+            greedy = not kwargs.get("do_sample", False) or float(kwargs.get("temperature", 1.0)) == 0.0
             temperature = 0.0 if greedy else float(kwargs.get("temperature", 1.0))
             key = (tuple(until), max_new, temperature, float(kwargs.get("top_p", 1.0)), int(kwargs.get("top_k", 0)))
             groups.setdefault(key, []).append(i)

@@ -46,10 +46,11 @@ class TaskResult:
 
 
 class Evaluator:
-    def __init__(self, model, tokenizer, ps=None, *, batch_size: int = 16):
+    def __init__(self, model, tokenizer, ps=None, *, batch_size: int = 16, n_positions: int | None = None):
+        """``model`` may be None with ``n_positions`` given: prompts only (config checks)."""
         self.model, self.tok, self.ps = model, tokenizer, ps
         self.batch_size = batch_size
-        self.n_positions = model.cfg.n_positions
+        self.n_positions = n_positions or model.cfg.n_positions
         self._cache: dict[tuple, Score] = {}
 
     # --- tokenisation ----------------------------------------------------------------------
@@ -60,13 +61,13 @@ class Evaluator:
         """(context ids, continuation ids) the way lm-evaluation-harness splits them: trailing
         spaces of the context move to the continuation, the whole text is encoded once and the
         continuation is what follows the context's tokens; an empty context is the EOD token."""
-        if not context:
-            return [self.tok.eod_id], self.encode(continuation)
         n = len(context) - len(context.rstrip())
         if n:
             context, continuation = context[:-n], context[-n:] + continuation
+        if not context:  # empty or only whitespace
+            return [self.tok.eod_id], self.encode(continuation)
         whole, ctx = self.encode(context + continuation), self.encode(context)
-        return ctx, whole[len(ctx):]
+        return (ctx or [self.tok.eod_id]), whole[len(ctx):]
 
     # --- distributed primitives ------------------------------------------------------------
     def score(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[Score]:
@@ -141,7 +142,7 @@ class Evaluator:
 
     def _generation(self, task, prompts):
         params = SamplingParams(max_new_tokens=task.max_tokens, temperature=0.0, stop=tuple(task.stop))
-        texts = self.complete([self.encode(p.text) for p in prompts], params)
+        texts = self.complete([self.encode(p.text) or [self.tok.eod_id] for p in prompts], params)
         preds = [t.strip() for t in texts]
         per_item = {"em": [M.exact_match(t, p.item.answers) for t, p in zip(preds, prompts)],
                     "f1": [M.f1(t, p.item.answers) for t, p in zip(preds, prompts)]}
@@ -189,8 +190,9 @@ def run_suite(ev: Evaluator, tasks: Sequence[Task], shots: Sequence[int | str], 
     rows = []
     for task in tasks:
         flags, n_gram = None, None
+        items = task.test[:limit] if limit else task.test
         if contamination is not None:
-            n_gram, flags = contamination.dirty(task, task.test[:limit] if limit else task.test)
+            n_gram, flags = contamination.dirty(task, items)
         for k in shots:
             res = ev.run_task(task, k, seed=seed, limit=limit)
             if keep is not None:
@@ -199,7 +201,7 @@ def run_suite(ev: Evaluator, tasks: Sequence[Task], shots: Sequence[int | str], 
             for metric in METRICS[task.type]:
                 base = {"task": task.name, "type": task.type, "k": k, "k_mean": round(res.mean_shots, 3),
                         "metric": metric, "seed": seed, **(meta or {})}
-                chance = task.chance() if metric.startswith("acc") and task.type == "multiple_choice" else None
+                chance = task.chance(items) if metric.startswith("acc") and task.type == "multiple_choice" else None
                 rows.append(dict(base, subset="all", value=res.value(metric), n=n,
                                  stderr=res.stderr(metric, seed), chance=chance))
                 if flags is not None:

@@ -65,11 +65,12 @@ class Task:
     def where(self, item: Item) -> str:
         return f"{self.path}:{item.line}"
 
-    def chance(self) -> float:
+    def chance(self, items: list[Item] | None = None) -> float:
         """The score of guessing: 1/choices averaged over multiple-choice items, 0 otherwise."""
-        if self.type != "multiple_choice" or not self.test:
+        items = self.test if items is None else items
+        if self.type != "multiple_choice" or not items:
             return 0.0
-        return sum(1 / len(it.choices) for it in self.test) / len(self.test)
+        return sum(1 / len(it.choices) for it in items) / len(items)
 
     def to_datasets(self):
         """The items as a ``datasets.DatasetDict`` (``test`` and, when present, ``train``), the form
@@ -103,6 +104,22 @@ def load_task(path: str | Path) -> Task:
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"{path}: no such task file.")
+    try:
+        header, items = _read(path)
+    except UnicodeDecodeError as e:
+        raise TaskError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start} of a line).") from None
+    if header is None:
+        raise TaskError(f"{path}: empty task file (expected a header line and items).")
+    task = Task(path=path, name=header.get("name") or path.stem, type=header["type"], items=items,
+                **{k: header[k] for k in ("description", "separator", "target_delimiter",
+                                          "unconditional_context", "stop", "max_tokens", "source")
+                   if k in header})
+    if not task.test:
+        raise TaskError(f"{path}: no test items (items have \"split\": \"test\" or no split).")
+    return task
+
+
+def _read(path: Path):
     header, items = None, []
     with open(path, encoding="utf-8") as f:
         for n, raw in enumerate(f, 1):
@@ -132,15 +149,7 @@ def load_task(path: str | Path) -> Task:
                 header = obj
                 continue
             items.append(_item(obj, header["type"], where, n))
-    if header is None:
-        raise TaskError(f"{path}: empty task file (expected a header line and items).")
-    task = Task(path=path, name=header.get("name") or path.name.split(".")[0], type=header["type"], items=items,
-                **{k: header[k] for k in ("description", "separator", "target_delimiter",
-                                          "unconditional_context", "stop", "max_tokens", "source")
-                   if k in header})
-    if not task.test:
-        raise TaskError(f"{path}: no test items (items have \"split\": \"test\" or no split).")
-    return task
+    return header, items
 
 
 def _item(obj: dict, kind: str, where: str, line: int) -> Item:

@@ -86,6 +86,16 @@ def load_finetune_task(path: str | Path) -> FinetuneTask:
     path = Path(path)
     if not path.is_file():
         raise FinetuneDataError(f"{path}: no such task file.")
+    try:
+        examples, header = _read(path)
+    except UnicodeDecodeError as e:
+        raise FinetuneDataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start} of a line).") from None
+    if header is None:
+        raise FinetuneDataError(f"{path}: empty task file (expected a header line and examples).")
+    return _finish(path, header, examples)
+
+
+def _read(path: Path):
     header, examples = None, []
     with open(path, encoding="utf-8") as f:
         for n, raw in enumerate(f, 1):
@@ -109,7 +119,10 @@ def load_finetune_task(path: str | Path) -> FinetuneTask:
                 header = obj
                 continue
             examples.append(_example(obj, header, where, n))
-    _need(header is not None, path, "empty task file (expected a header line and examples).")
+    return examples, header
+
+
+def _finish(path: Path, header: dict, examples: list) -> "FinetuneTask":
     kind = header["type"]
     regression = bool(header.get("regression", False))
     _need(not regression or kind == "similarity", f"{path}:1", "'regression' is only for similarity tasks.")
@@ -118,9 +131,10 @@ def load_finetune_task(path: str | Path) -> FinetuneTask:
         if not labels:
             labels = sorted({str(e.label) for e in examples if e.split == "train"})
         for e in examples:
-            _need(e.label in labels, f"{path}:{e.line}", f"label {e.label!r} is not one of the task's labels {labels}.")
+            if e.label is not None:  # unlabelled test examples are for --predict
+                _need(e.label in labels, f"{path}:{e.line}", f"label {e.label!r} is not one of the task's labels {labels}.")
         _need(len(labels) >= 2, path, f"needs at least two labels, found {labels}.")
-    task = FinetuneTask(path, header.get("name") or path.name.split(".")[0], kind, labels, regression, examples)
+    task = FinetuneTask(path, header.get("name") or path.stem, kind, labels, regression, examples)
     _need(task.split("train"), path, 'no training examples ("split": "train").')
     return task
 
@@ -182,6 +196,9 @@ class Encoder:
     def _frame(self, parts: list[list[int]], cut_front: set[int]) -> tuple[list[int], bool]:
         """start p0 [delim p1] extract, cutting the longest part until it fits."""
         budget = self.max_length - 1 - len(parts)  # start + one delim between parts + extract
+        if budget < len(parts):
+            raise FinetuneDataError(f"finetune.max_length={self.max_length} leaves no room for the text of a "
+                                    f"{self.task.type} input; use at least {2 * len(parts) + 1}.")
         parts = [list(p) for p in parts]
         cut = False
         while sum(map(len, parts)) > budget:

@@ -55,9 +55,10 @@ class FinetunePipeLoss:
                                                      vocab_start=self.vocab_start, group=self.ps.tp_group)
             lm = example_mean(per_token, lm_targets)
             total = task + self.lm_coef * lm
-        self.sums += torch.stack([task.detach().float().cpu(), lm.detach().float().cpu(), torch.ones(())])
-        if self.collect is not None:
+        if self.collect is not None:  # validation: scores kept, the training sums untouched
             self.collect.append(scores.detach().float().cpu())
+        else:
+            self.sums += torch.stack([task.detach().float().cpu(), lm.detach().float().cpu(), torch.ones(())])
         return total
 
 

@@ -90,6 +90,8 @@ class FinetuneTrainer:
             raise ConfigError("data.tokenizer: no tokenizer recorded with the pretrained weights; set data.tokenizer.")
         self.tok = Tokenizer(tok_path)
         cfg = run.model
+        if self.tok.vocab_size > cfg.vocab_size:
+            raise ConfigError(f"{tok_path} has {self.tok.vocab_size} tokens but the model only {cfg.vocab_size}.")
         self.max_length = min(ft.max_length or cfg.n_positions, cfg.n_positions)
         enc = Encoder(self.task, self.tok, self.max_length)
         self.encoded = {s: [enc.encode(e) for e in self.task.split(s)] for s in ("train", "valid", "test")}
@@ -223,7 +225,9 @@ class FinetuneTrainer:
         for idx in chunks:
             rows = [data[i] for i in idx] or [data[0]]  # a rank out of examples still joins in
             rows += [rows[-1]] * (self.micro - len(rows)) if self.built.pipeline else []
-            batch = self._batch(rows)
+            # every example padded to the task's most answers: score rows of equal width
+            batch = self._batch(rows) if self.built.pipeline else collate(
+                rows, self.tok.eod_id, self.task.regression, choices=self.n_choices)
             if self.built.pipeline:
                 self.engine.eval_batch(iter([self._pipe_micro(batch)]), num_micro_batches=1)
                 continue
@@ -278,7 +282,8 @@ class FinetuneTrainer:
             tmp = self.best_dir.with_name(self.best_dir.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            save_export(full, self.run.model, tmp / "model.safetensors", tokenizer=str(self.tok.path), step=self.step)
+            save_export(full, self.run.model, tmp / "model.safetensors", tokenizer=str(Path(self.tok.path).resolve()),
+                        step=self.step)
             save_file({"weight": head[0].contiguous(), "bias": head[1].contiguous()}, str(tmp / "classifier.safetensors"))
             info = {"task": self.task.name, "type": self.task.type, "labels": self.task.labels,
                     "regression": self.task.regression, "max_length": self.max_length, "step": self.step,
@@ -288,6 +293,12 @@ class FinetuneTrainer:
             shutil.rmtree(self.best_dir, ignore_errors=True)
             tmp.rename(self.best_dir)
         dist.barrier()
+
+    def _better(self, value: float) -> bool:
+        """A NaN metric (e.g. a correlation of constant predictions) never wins, and never blocks."""
+        if math.isnan(value):
+            return self.best is None
+        return self.best is None or math.isnan(self.best) or value > self.best
 
     def save(self) -> None:
         tr = self.run.train
@@ -325,7 +336,7 @@ class FinetuneTrainer:
                     self.metrics.scalars(self.step, v)
                     self.metrics.console(f"step {self.step:>5} | valid " + " | ".join(
                         f"{k.split('/')[1]} {x:.4f}" for k, x in v.items()))
-                    if self.best is None or v[key] > self.best:
+                    if self._better(v[key]):
                         self.best = v[key]
                         self.save_best(self.best, v)
                         self.metrics.scalars(self.step, {"finetune/best": self.best})
@@ -357,6 +368,8 @@ def predict(best_dir: str | Path, task_file: str | Path, split: str = "test", ou
         raise ValueError(f"{task_file}: a {task.type} task with labels {task.labels}, but {best_dir} was fine-tuned "
                          f"on a {info['type']} task with labels {info['labels']}.")
     gpt, tok = megagpt.load(best_dir / "model.safetensors")
+    if tok is None:
+        raise FileNotFoundError(f"{best_dir}: the tokenizer its model.json names is gone; it is needed to encode.")
     model = FinetuneGPT(gpt, task.type, task.n_outputs, clf_pdrop=0.0, regression=task.regression).eval()
     model.classifier.load_state_dict(load_file(str(best_dir / "classifier.safetensors")))
     examples = task.split(split)

@@ -152,3 +152,9 @@ def test_lm_eval_megagpt_equals_hf(exported, task_files, tmp_path):
                 assert a[task][m] == pytest.approx(b[task][m], rel=1e-5), (task, m)
             else:
                 assert a[task][m] == b[task][m], (task, m)
+
+
+def test_output_into_a_missing_directory_is_refused_first(exported, task_files, tmp_path):
+    r = _run([sys.executable, ROOT / "megagpt" / "evaluate.py", "--model", exported, "--tasks", task_files["mc"],
+              "--output", tmp_path / "no" / "such" / "r.json"])
+    assert r.returncode == 2 and "its directory does not exist" in r.stderr.strip().splitlines()[-1]

@@ -88,3 +88,26 @@ def test_k_is_lowered_until_the_prompt_fits(tmp_path):
     assert most.n_tokens + 3 <= 60 and len(render(task, item, draw_examples(task, item, 11, 0)[:len(most.shots) + 1])) + 3 > 60
     with pytest.raises(TaskError, match=rf"^{task.path}:{item.line}: the prompt is 19 tokens"):
         build_prompt(task, item, 0, 0, encode, n_positions=8, budget=3)
+
+
+def test_bad_bytes_name_the_file(tmp_path):
+    p = tmp_path / "latin1.jsonl"
+    p.write_bytes(b'{"megagpt_task": 1, "type": "cloze"}\n{"context": "caf\xe9", "target": "x"}\n')
+    with pytest.raises(TaskError, match=rf"^{p}: not UTF-8 text"):
+        load_task(p)
+
+
+def test_eval_tasks_are_checked_at_startup(tmp_path):
+    """train.eval_tasks: a task whose zero-shot prompt cannot fit stops the run before it starts,
+    naming the task file's line, as does a string where a list belongs."""
+    from data_tools.tokenizer import TokenizerConfig, train
+    from megagpt.config import ConfigError, check_tasks
+
+    tok = train(["some words to learn from " * 200], tmp_path / "t.model",
+                TokenizerConfig(vocab_size=300, sample_bytes=100_000))
+    long = write_task(tmp_path / "long.jsonl", {"type": "cloze"}, [{"context": "word " * 50, "target": "x"}])
+    with pytest.raises(ConfigError, match=rf"train.eval_tasks\[0\]: {long}:2: the prompt is"):
+        check_tasks([str(long)], str(tok), 32, "run.yaml")
+    with pytest.raises(ConfigError, match="must be a list of task file paths"):
+        check_tasks(str(long), str(tok), 32, "run.yaml")
+    check_tasks([str(long)], str(tok), 1024, "run.yaml")  # fits a longer context

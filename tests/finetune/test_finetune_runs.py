@@ -119,3 +119,23 @@ def test_deepspeed_launcher_and_predict_command(ft_setup, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "predicted 48 valid examples" in r.stdout and "accuracy" in r.stdout
     assert len(out.read_text().splitlines()) == 48
+
+
+def test_multiple_choice_with_different_answer_counts(ft_setup, tmp_path):
+    """Validation scores examples with 2 and 3 answers in one batch (padded to the most answers)."""
+    from ft_common import corpus_lines
+
+    lines = corpus_lines("trivia")
+    rows = []
+    for i in range(40):
+        n = 2 + i % 2
+        rows.append({"split": "valid" if i % 4 == 0 else "train", "context": lines[i],
+                     "choices": [lines[100 + 3 * i + j] for j in range(n)], "label": i % n})
+    task = tmp_path / "mc.jsonl"
+    task.write_text("".join(json.dumps(r) + "\n" for r in [{"megagpt_finetune": 1, "type": "multiple_choice"}] + rows))
+    cfg = run_yaml(ft_setup["tmp"], ft_setup["model"], task, ft_setup["tok"], "mc")
+    losses, best = run_distributed(finetune_worker, 1, cfg, ["deepspeed.train_micro_batch_size_per_gpu=4",
+                                                             "deepspeed.gradient_accumulation_steps=1",
+                                                             "train.eval_interval=2", "train.exit_after_iters=2"],
+                                   use_deepspeed=True)[0]
+    assert len(losses) == 2 and 0.0 <= best <= 1.0

@@ -142,3 +142,20 @@ def test_similarity_regression_and_metrics(tmp_path):
     assert r["spearman"] == pytest.approx(0.9486832980505138) and r["pearson"] < r["spearman"]
     c = classification_metrics([1, 1, 0, 0], [1, 0, 0, 1], 2)
     assert c == {"accuracy": 0.5, "f1": 0.5}
+
+
+def test_unlabelled_test_examples_and_bad_bytes(tmp_path):
+    task = _task(tmp_path, "classification", [{"text": "a b", "label": "x"}, {"text": "c d", "label": "y"},
+                                              {"split": "test", "text": "e f"}])
+    assert task.split("test")[0].label is None
+    p = tmp_path / "latin1.jsonl"
+    p.write_bytes(b'{"megagpt_finetune": 1, "type": "classification"}\n{"text": "caf\xe9", "label": "x"}\n')
+    with pytest.raises(FinetuneDataError, match=rf"^{p}: not UTF-8 text"):
+        load_finetune_task(p)
+
+
+def test_max_length_too_small_is_an_error_not_a_hang(tmp_path, ft_setup):
+    task = _task(tmp_path, "entailment", [{"premise": "a b", "hypothesis": "c", "label": "x"},
+                                          {"premise": "d", "hypothesis": "e", "label": "y"}])
+    with pytest.raises(FinetuneDataError, match="finetune.max_length=4 leaves no room"):
+        Encoder(task, Tokenizer(ft_setup["tok"]), 4).encode(task.examples[0])
