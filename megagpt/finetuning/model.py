@@ -21,8 +21,11 @@ class HeadLinear(nn.Linear):
     initialise it afterwards)."""
 
     def reset_parameters(self):
-        nn.init.normal_(self.weight, 0.0, 0.02)
-        nn.init.zeros_(self.bias)
+        # drawn on the CPU generator whatever device zero.Init allocates on, so every layout
+        # (and a GPU run) gets the same W_y from the same seed
+        with torch.no_grad():
+            self.weight.copy_(torch.empty(self.weight.shape, device="cpu").normal_(0.0, 0.02))
+            self.bias.zero_()
 
 
 def init_classifier(n_embd: int, n_outputs: int, init_seed: int | None) -> nn.Linear:
