@@ -22,7 +22,6 @@ Every draw is seeded: the same inputs give byte-identical files.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from megagpt import jsonl  # noqa: E402
 from megagpt.eval.tasks import write_task  # noqa: E402
 
 GENSIM_DATA = "gensim/test/test_data/"
@@ -46,12 +46,7 @@ def _gensim(wheel: Path, name: str) -> str:
 
 def lee_tasks(wheel: Path, out: Path, context_words: int = 60) -> dict[str, int]:
     docs = [d.strip() for d in _gensim(wheel, "lee.cor").splitlines() if d.strip()]
-    corpus = out / "corpora" / "lee_heldout.jsonl"
-    corpus.parent.mkdir(parents=True, exist_ok=True)
-    with open(corpus.with_suffix(".tmp"), "w", encoding="utf-8") as f:
-        for d in docs:
-            f.write(json.dumps({"text": d}) + "\n")
-    corpus.with_suffix(".tmp").replace(corpus)
+    jsonl.write(out / "corpora" / "lee_heldout.jsonl", [{"text": d} for d in docs])
     items = []
     for n, doc in enumerate(docs):
         sentences = _SENT.split(doc)

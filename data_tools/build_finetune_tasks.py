@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import pickle
 import random
 import re
@@ -31,15 +30,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_tools.build_eval_tasks import _SENT, _gensim, wordnet_glosses  # noqa: E402
+from megagpt import jsonl  # noqa: E402
 
 
 def write(path: Path, header: dict, rows: list[dict]) -> int:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps({"megagpt_finetune": 1, **header}) + "\n")
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    jsonl.write(path, [{"megagpt_finetune": 1, **header}, *rows])
     return len(rows)
 
 

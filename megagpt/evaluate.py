@@ -87,20 +87,12 @@ def read_corpus(path: str, tok, max_docs: int | None):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such corpus (.jsonl, .txt, or a shard prefix with .idx/.bin).")
     if path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as f:
-            n_docs = 0
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    text = json.loads(line)["text"]
-                    assert isinstance(text, str)
-                except (ValueError, KeyError, TypeError, AssertionError):
-                    raise ValueError(f"{path}:{n}: expected a JSON object with a 'text' string.") from None
-                yield tok.encode(text), text
-                n_docs += 1
-                if max_docs is not None and n_docs >= max_docs:
-                    return
+        from megagpt import jsonl
+
+        for n_docs, text in enumerate(jsonl.texts(path), 1):
+            yield tok.encode(text), text
+            if max_docs is not None and n_docs >= max_docs:
+                return
     else:
         text = open(path, encoding="utf-8").read()
         yield tok.encode(text), text

@@ -5,13 +5,13 @@ of the task's item lengths in words, clipped to 8..13. Words and n-gram hashes a
 report and the filter agree on what overlaps."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from data_tools.decontam import ngram_hashes, words
+from megagpt import jsonl
 from megagpt.eval.tasks import Item, Task
 
 
@@ -24,13 +24,7 @@ def training_texts(paths: Iterable[str | Path]) -> Iterator[str]:
             raise FileNotFoundError(f"{p}: no .jsonl or .txt training text found.")
         for f in files:
             if f.suffix == ".jsonl":
-                with open(f, encoding="utf-8") as fh:
-                    for n, line in enumerate(fh, 1):
-                        if line.strip():
-                            try:
-                                yield json.loads(line)["text"]
-                            except (ValueError, KeyError, TypeError):
-                                raise ValueError(f"{f}:{n}: expected a JSON object with a 'text' string.") from None
+                yield from jsonl.texts(f)
             else:
                 yield f.read_text(encoding="utf-8", errors="replace")
 

@@ -13,6 +13,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megagpt import jsonl
+
 TYPES = ("cloze", "multiple_choice", "generation")
 HEADER_KEYS = {"megagpt_task", "name", "type", "description", "separator", "target_delimiter",
                "unconditional_context", "stop", "max_tokens", "source"}
@@ -104,10 +106,7 @@ def load_task(path: str | Path) -> Task:
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"{path}: no such task file.")
-    try:
-        header, items = _read(path)
-    except UnicodeDecodeError as e:
-        raise TaskError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start} of a line).") from None
+    header, items = _read(path)
     if header is None:
         raise TaskError(f"{path}: empty task file (expected a header line and items).")
     task = Task(path=path, name=header.get("name") or path.stem, type=header["type"], items=items,
@@ -121,34 +120,25 @@ def load_task(path: str | Path) -> Task:
 
 def _read(path: Path):
     header, items = None, []
-    with open(path, encoding="utf-8") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(raw)
-            except ValueError as e:
-                raise TaskError(f"{where}: not valid JSON ({e.msg}).") from None
-            _need(isinstance(obj, dict), where, "expected a JSON object.")
-            if header is None:
-                _need("megagpt_task" in obj, where, "the first line must be the task header "
-                      "({\"megagpt_task\": 1, \"type\": ...}).")
-                unknown = set(obj) - HEADER_KEYS
-                _need(not unknown, where, f"unknown header key(s) {sorted(unknown)}; expected some of "
-                      f"{sorted(HEADER_KEYS)}.")
-                _need(obj.get("type") in TYPES, where, f"'type' must be one of {list(TYPES)}, got "
-                      f"{obj.get('type')!r}.")
-                for key in ("description", "separator", "target_delimiter", "unconditional_context"):
-                    _need(isinstance(obj.get(key, ""), str), where, f"'{key}' must be a string.")
-                if "stop" in obj:
-                    _string_list(obj["stop"], where, "stop", 0)
-                mt = obj.get("max_tokens", 32)
-                _need(isinstance(mt, int) and not isinstance(mt, bool) and mt > 0, where,
-                      f"'max_tokens' must be a positive integer, got {mt!r}.")
-                header = obj
-                continue
-            items.append(_item(obj, header["type"], where, n))
+    for n, where, obj in jsonl.objects(path, TaskError):
+        if header is None:
+            _need("megagpt_task" in obj, where, "the first line must be the task header "
+                  "({\"megagpt_task\": 1, \"type\": ...}).")
+            unknown = set(obj) - HEADER_KEYS
+            _need(not unknown, where, f"unknown header key(s) {sorted(unknown)}; expected some of "
+                  f"{sorted(HEADER_KEYS)}.")
+            _need(obj.get("type") in TYPES, where, f"'type' must be one of {list(TYPES)}, got "
+                  f"{obj.get('type')!r}.")
+            for key in ("description", "separator", "target_delimiter", "unconditional_context"):
+                _need(isinstance(obj.get(key, ""), str), where, f"'{key}' must be a string.")
+            if "stop" in obj:
+                _string_list(obj["stop"], where, "stop", 0)
+            mt = obj.get("max_tokens", 32)
+            _need(isinstance(mt, int) and not isinstance(mt, bool) and mt > 0, where,
+                  f"'max_tokens' must be a positive integer, got {mt!r}.")
+            header = obj
+            continue
+        items.append(_item(obj, header["type"], where, n))
     return header, items
 
 
@@ -176,16 +166,8 @@ def _item(obj: dict, kind: str, where: str, line: int) -> Item:
 
 
 def write_task(path: str | Path, header: dict, items: list[dict]) -> Path:
-    """Write a task file (header first); the temporary file is renamed only when complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps({"megagpt_task": 1, **header}, ensure_ascii=False) + "\n")
-        for it in items:
-            f.write(json.dumps(it, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
+    """Write a task file (header first); the file appears only when complete."""
+    return jsonl.write(path, [{"megagpt_task": 1, **header}, *items])
 
 
 # --- prompts ----------------------------------------------------------------------------------------

@@ -15,12 +15,13 @@ answers stays), and the cut is counted.
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from megagpt import jsonl
 
 TYPES = ("classification", "entailment", "similarity", "multiple_choice")
 FIELDS = {"classification": ("text",), "entailment": ("premise", "hypothesis"), "similarity": ("a", "b"),
@@ -86,10 +87,7 @@ def load_finetune_task(path: str | Path) -> FinetuneTask:
     path = Path(path)
     if not path.is_file():
         raise FinetuneDataError(f"{path}: no such task file.")
-    try:
-        examples, header = _read(path)
-    except UnicodeDecodeError as e:
-        raise FinetuneDataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start} of a line).") from None
+    examples, header = _read(path)
     if header is None:
         raise FinetuneDataError(f"{path}: empty task file (expected a header line and examples).")
     return _finish(path, header, examples)
@@ -97,28 +95,19 @@ def load_finetune_task(path: str | Path) -> FinetuneTask:
 
 def _read(path: Path):
     header, examples = None, []
-    with open(path, encoding="utf-8") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(raw)
-            except ValueError as e:
-                raise FinetuneDataError(f"{where}: not valid JSON ({e.msg}).") from None
-            _need(isinstance(obj, dict), where, "expected a JSON object.")
-            if header is None:
-                _need("megagpt_finetune" in obj, where, 'the first line must be the header ({"megagpt_finetune": 1, '
-                      '"type": ...}).')
-                _need(obj.get("type") in TYPES, where, f"'type' must be one of {list(TYPES)}, got {obj.get('type')!r}.")
-                labels = obj.get("labels")
-                _need(labels is None or (isinstance(labels, list) and len(labels) >= 2
-                                         and all(isinstance(x, str) and x for x in labels)
-                                         and len(set(labels)) == len(labels)),
-                      where, "'labels' must be a list of two or more distinct non-empty strings.")
-                header = obj
-                continue
-            examples.append(_example(obj, header, where, n))
+    for n, where, obj in jsonl.objects(path, FinetuneDataError):
+        if header is None:
+            _need("megagpt_finetune" in obj, where, 'the first line must be the header ({"megagpt_finetune": 1, '
+                  '"type": ...}).')
+            _need(obj.get("type") in TYPES, where, f"'type' must be one of {list(TYPES)}, got {obj.get('type')!r}.")
+            labels = obj.get("labels")
+            _need(labels is None or (isinstance(labels, list) and len(labels) >= 2
+                                     and all(isinstance(x, str) and x for x in labels)
+                                     and len(set(labels)) == len(labels)),
+                  where, "'labels' must be a list of two or more distinct non-empty strings.")
+            header = obj
+            continue
+        examples.append(_example(obj, header, where, n))
     return examples, header
 
 
