@@ -53,16 +53,14 @@ def lines(stream):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from megagpt.inference import SamplingParams, WeightsError, load
+    from megagpt.inference import SamplingParams, WeightsError, load, load_for_text
     from megagpt.inference.mmi import reply
 
     try:
         params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, seed=args.seed).validate()
-        fwd, tok = load(args.model, tokenizer=args.tokenizer)
+        fwd, tok = load_for_text(args.model, tokenizer=args.tokenizer)
         bwd = None if (args.no_mmi or not args.backward) else load(args.backward, with_tokenizer=False).model
-        if tok is None:
-            raise ValueError(f"{args.model}: no tokenizer recorded or found beside it; pass --tokenizer.")
         if args.n < 1 or args.turns < 1:
             raise ValueError("--n and --turns must be at least 1.")
     except (ValueError, FileNotFoundError, WeightsError) as e:

@@ -25,8 +25,7 @@ if __package__ in (None, ""):
 
     fix_path(__file__)
 
-import torch  # noqa: E402
-
+from megagpt.inference import add_model_args  # noqa: E402
 from megagpt.inference.distributed import finish, setup_parallel  # noqa: E402
 
 
@@ -45,10 +44,7 @@ def parse_shots(text: str) -> list[int | str]:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description="Evaluate a megagpt model on task files and corpora.")
-    ap.add_argument("--model", required=True,
-                    help="exported *.safetensors, a Hugging Face GPT-2 directory, or a checkpoint directory")
-    ap.add_argument("--tokenizer", help="sentencepiece .model (default: the one the model names)")
-    ap.add_argument("--tag", help="checkpoint tag (default: the one in 'latest')")
+    add_model_args(ap)
     ap.add_argument("--tasks", nargs="*", default=[], help="task files (JSONL, see megagpt/eval)")
     ap.add_argument("--shots", default="0,1,8", help="k values, e.g. 0,1,8 or 0,max (as many as fit)")
     ap.add_argument("--seed", type=int, default=1234, help="draws the conditioning examples")
@@ -64,9 +60,7 @@ def parse_args(argv=None):
     ap.add_argument("--output", help="write the results as one JSON file")
     ap.add_argument("--tensorboard-dir", help="add eval/<task>/<metric> scalars at the model's step")
     ap.add_argument("--dump-prompts", metavar="DIR", help="write each task's prompts and scores as JSONL")
-    ap.add_argument("--tp", type=int, default=None, help="tensor-parallel size (default: world size)")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -102,7 +96,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from megagpt.eval.runner import Evaluator, run_suite
     from megagpt.eval.tasks import TaskError, load_task
-    from megagpt.inference import WeightsError, load
+    from megagpt.inference import WeightsError, load_for_text
 
     t0 = time.time()
     ps, rc = None, 0
@@ -114,11 +108,9 @@ def main(argv=None) -> int:
         if not tasks and not args.perplexity:
             raise ValueError("nothing to evaluate: give --tasks and/or --perplexity.")
         ps, device = setup_parallel(args.tp)
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-        loaded = load(args.model, tokenizer=args.tokenizer, ps=ps, tag=args.tag, dtype=dtype, device=device)
+        loaded = load_for_text(args.model, tokenizer=args.tokenizer, ps=ps, tag=args.tag, dtype=args.dtype,
+                               device=device)
         model, tok = loaded
-        if tok is None:
-            raise ValueError(f"{args.model}: no tokenizer recorded or found beside it; pass --tokenizer.")
         ev = Evaluator(model, tok, ps, batch_size=args.batch_size)
         meta = {"model": str(args.model), "step": loaded.meta.get("step")}
         contamination = None

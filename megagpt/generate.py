@@ -23,22 +23,17 @@ if __package__ in (None, ""):
 
     fix_path(__file__)
 
-import torch  # noqa: E402
-
+from megagpt.inference import add_model_args  # noqa: E402
 from megagpt.inference.distributed import dp_share, finish, gather_dp, setup_parallel  # noqa: E402
 from megagpt.inference.generation import SamplingParams, filter_logits, generate  # noqa: E402,F401
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description="Generate continuations with a megagpt model.")
-    ap.add_argument("--model", required=True,
-                    help="exported *.safetensors, a Hugging Face GPT-2 directory, or a checkpoint directory")
-    ap.add_argument("--tokenizer", help="sentencepiece .model (default: the one the export names)")
-    ap.add_argument("--tag", help="checkpoint tag (default: the one in 'latest')")
+    add_model_args(ap)
     ap.add_argument("--prompt", action="append", default=[], help="repeat for several prompts")
     ap.add_argument("--prompt-file", help="one prompt per line (.txt) or {'prompt': ...} per line (.jsonl)")
     ap.add_argument("--output", help="write {'prompt', 'completion', 'finish_reason'} per line (JSONL)")
-    ap.add_argument("--tp", type=int, default=None, help="tensor-parallel size (default: world size)")
     ap.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
     ap.add_argument("--max-new-tokens", type=int, default=60)
     ap.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
@@ -48,7 +43,6 @@ def parse_args(argv=None):
     ap.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     ap.add_argument("--num-return-sequences", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     ap.add_argument("--no-cache", action="store_true", help="recompute the whole prefix at every step")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -76,7 +70,7 @@ def read_prompts(args) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from megagpt.inference import WeightsError, load
+    from megagpt.inference import WeightsError, load_for_text
 
     try:
         prompts = read_prompts(args)
@@ -85,18 +79,10 @@ def main(argv=None) -> int:
                                 stop=tuple(args.stop), num_return_sequences=args.num_return_sequences,
                                 seed=args.seed).validate()
         ps, device = setup_parallel(args.tp)
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-        loaded = load(args.model, tokenizer=args.tokenizer, ps=ps, tag=args.tag, dtype=dtype, device=device)
+        model, tok = load_for_text(args.model, tokenizer=args.tokenizer, ps=ps, tag=args.tag, dtype=args.dtype,
+                                   device=device)
     except (ValueError, FileNotFoundError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    model, tok = loaded
-    if tok is None:
-        print(f"error: {args.model}: no tokenizer recorded or found beside it; pass --tokenizer.", file=sys.stderr)
-        return 2
-    if tok.vocab_size > model.cfg.vocab_size:
-        print(f"error: {tok.path} has {tok.vocab_size} tokens but the model only {model.cfg.vocab_size}.",
-              file=sys.stderr)
         return 2
     mine = dp_share(len(prompts), ps)  # this data-parallel group's prompts
     results = {}

@@ -21,7 +21,6 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import lm_eval.models  # noqa: E402,F401  (the built-in table first: it loads only into an empty registry)
-import torch  # noqa: E402
 from lm_eval import utils  # noqa: E402
 from lm_eval.api.model import TemplateLM  # noqa: E402
 from lm_eval.api.registry import register_model  # noqa: E402
@@ -35,7 +34,7 @@ class MegagptLM(TemplateLM):
     def __init__(self, path: str, tokenizer: str | None = None, tag: str | None = None, batch_size=16,
                  tp: int | None = None, dtype: str = "fp32", max_gen_toks: int = 256, **_):
         super().__init__()
-        from megagpt.inference import load
+        from megagpt.inference import load_for_text
         from megagpt.inference.distributed import setup_parallel
 
         ps, device = setup_parallel(int(tp) if tp else None)
@@ -45,10 +44,8 @@ class MegagptLM(TemplateLM):
             from megagpt.train.engine import close_distributed
 
             atexit.register(close_distributed)
-        dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-        model, tok = load(path, tokenizer=tokenizer, tag=tag, ps=ps, dtype=dt, device=device)
-        if tok is None:
-            raise ValueError(f"{path}: no tokenizer recorded or found beside it; pass tokenizer=...")
+        model, tok = load_for_text(path, tokenizer=tokenizer, hint="tokenizer=...", tag=tag, ps=ps, dtype=dtype,
+                                   device=device)
         bs = 16 if str(batch_size).startswith("auto") else int(batch_size)
         self.ev = Evaluator(model, tok, ps, batch_size=bs)
         self.tok, self.max_gen_toks = tok, int(max_gen_toks)

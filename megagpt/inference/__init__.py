@@ -22,8 +22,34 @@ from megagpt.inference.scoring import Score, loglikelihood
 from megagpt.inference.tokenizer import Tokenizer
 from megagpt.inference.weights import WeightsError
 
-__all__ = ["load", "Loaded", "read_weights", "generate", "SamplingParams", "Completion", "loglikelihood",
+__all__ = ["load", "load_for_text", "add_model_args", "DTYPES", "Loaded", "read_weights", "generate", "SamplingParams", "Completion", "loglikelihood",
            "Score", "Tokenizer", "WeightsError"]
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def add_model_args(ap) -> None:
+    """The options every inference command names and places its model with: --model, --tokenizer,
+    --tag, --tp, --dtype."""
+    ap.add_argument("--model", required=True,
+                    help="exported *.safetensors, a Hugging Face GPT-2 directory, or a checkpoint directory")
+    ap.add_argument("--tokenizer", help="sentencepiece .model (default: the one the model names)")
+    ap.add_argument("--tag", help="checkpoint tag (default: the one in 'latest')")
+    ap.add_argument("--tp", type=int, default=None, help="tensor-parallel size (default: world size)")
+    ap.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+
+
+def load_for_text(path, *, tokenizer=None, hint: str = "--tokenizer", dtype: str | None = None, **kw) -> "Loaded":
+    """``load`` for commands that read and write text: a ValueError when no tokenizer is found
+    (``hint`` says how to give one) or when it has more tokens than the model."""
+    loaded = load(path, tokenizer=tokenizer, dtype=DTYPES[dtype] if dtype else None, **kw)
+    model, tok = loaded
+    if tok is None:
+        raise ValueError(f"{path}: no tokenizer recorded or found beside it; pass {hint}.")
+    if tok.vocab_size > model.cfg.vocab_size:
+        raise ValueError(f"{tok.path} has {tok.vocab_size} tokens but the model only {model.cfg.vocab_size}.")
+    return loaded
 
 
 @dataclass
