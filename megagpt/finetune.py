@@ -49,16 +49,11 @@ def load_finetune_run(path, overrides, world_size: int):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    from deepspeed.utils import logger as ds_logger
-
-    ds_logger.setLevel(logging.WARNING)
     from megagpt.finetuning.data import FinetuneDataError
     from megagpt.inference import WeightsError
-    from megagpt.train.engine import close_distributed, init_distributed, launch_world_size
+    from megagpt.train.engine import close_distributed, init_distributed, launch_world_size, quiet_deepspeed
+
+    quiet_deepspeed()
 
     try:
         if args.predict:  # the fine-tuned model carries its own config: no pretrained weights needed

@@ -30,14 +30,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import logging
-    import warnings
+    from megagpt.train.engine import close_distributed, init_distributed, launch_world_size, quiet_deepspeed
 
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    from deepspeed.utils import logger as ds_logger
-
-    ds_logger.setLevel(logging.WARNING)
-    from megagpt.train.engine import close_distributed, init_distributed, launch_world_size
+    quiet_deepspeed()
 
     try:
         run = validate_run(load_run_config(args.config, args.overrides), launch_world_size())

@@ -18,7 +18,6 @@ import argparse
 import io
 import json
 import os
-import pickle
 import re
 import shutil
 import sqlite3
@@ -26,7 +25,6 @@ import subprocess
 import sys
 import time
 import zipfile
-import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,15 +51,6 @@ def _wheel(cache: Path, key: str) -> Path:
         run([PY, "-m", "pip", "download", "--no-deps", "--quiet", "-d", cache, WHEELS[key]])
         found = sorted(cache.glob(f"{name}-*.whl")) + sorted(cache.glob(f"{name}-*.tar.gz"))
     return found[0]
-
-
-class _BunchUnpickler(pickle.Unpickler):
-    """gensim's mini_newsgroup is a pickled scikit-learn Bunch; read it as a plain dict."""
-
-    def find_class(self, module, name):
-        if name == "Bunch":
-            return dict
-        return super().find_class(module, name)
 
 
 def _write_wet(posts: list[str], path: Path) -> None:
@@ -101,8 +90,9 @@ def build_corpus(demo: Path) -> Path:
             if line.strip():
                 f.write(json.dumps({"url": f"https://news.example/lee/{i}", "text": line.strip(), "score": 3}) + "\n")
     # common_crawl stand-in: Usenet posts as a WET file
-    bunch = _BunchUnpickler(io.BytesIO(zlib.decompress(g.read(data + "mini_newsgroup"))),
-                            encoding="latin1").load()
+    from data_tools.build_eval_tasks import gensim_newsgroups
+
+    bunch = gensim_newsgroups(_wheel(cache, "gensim"))
     _write_wet([str(p) for p in bunch["data"]], raw / "common_crawl" / "usenet.warc.wet.gz")
     # books: one .txt per book of the KJV
     db = cache / "Bible.db"

@@ -58,6 +58,18 @@ def init_distributed() -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def quiet_deepspeed() -> None:
+    """Training entry points: DeepSpeed's info lines and torch.distributed's deprecation warnings
+    off the console, so the run's own lines stay readable."""
+    import logging
+    import warnings
+
+    from deepspeed.utils import logger as ds_logger
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    ds_logger.setLevel(logging.WARNING)
+
+
 def close_distributed() -> None:
     """Tear the process group down before the interpreter exits, so no communication thread is
     still alive while Python unloads (an abort, "terminate called without an active exception")."""
