@@ -17,6 +17,7 @@ from megagpt.config import ConfigError, RunConfig, zero_stage
 from megagpt.finetuning.data import Encoder, FinetuneTask, collate, epoch_order, load_finetune_task
 from megagpt.finetuning.model import FinetuneGPT
 from megagpt.train import checkpoint
+from megagpt.train.engine import dp_mean
 from megagpt.train.metrics import MetricsWriter
 
 
@@ -153,13 +154,6 @@ class FinetuneTrainer:
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.engine.device) for k, v in batch.items()}
 
-    def _dp_mean(self, t: torch.Tensor) -> torch.Tensor:
-        t = t.to(self.engine.device)
-        if self.dp > 1:
-            dist.all_reduce(t, group=self.ps.dp_group)
-            t = t / self.dp
-        return t.cpu()
-
     def _batch(self, rows) -> dict:
         if self.built.pipeline:  # fixed shapes
             return collate(rows, self.tok.eod_id, self.task.regression, length=self.max_length, choices=self.n_choices)
@@ -203,7 +197,7 @@ class FinetuneTrainer:
             self.engine.backward(loss)
             self.engine.step()
             sums += torch.stack([loss.detach().float().cpu(), task.float().cpu(), lm.float().cpu()])
-        mean = self._dp_mean(sums / self.gas)
+        mean = dp_mean(sums / self.gas, self.ps, self.engine.device)
         self.step += 1
         return float(mean[0]), float(mean[1]), float(mean[2]), tokens
 

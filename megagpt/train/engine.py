@@ -58,6 +58,16 @@ def init_distributed() -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def dp_mean(value: torch.Tensor, ps: ParallelState, device) -> torch.Tensor:
+    """``value`` averaged over the data-parallel group (on ``device``: NCCL groups have no CPU
+    backend), returned as float32 on the CPU."""
+    value = value.detach().float().to(device)
+    if ps.dp_size > 1:
+        dist.all_reduce(value, group=ps.dp_group)
+        value /= ps.dp_size
+    return value.cpu()
+
+
 def quiet_deepspeed() -> None:
     """Training entry points: DeepSpeed's info lines and torch.distributed's deprecation warnings
     off the console, so the run's own lines stay readable."""

@@ -15,7 +15,7 @@ from megagpt.data.gpt_dataset import (GPTDataset, micro_batches, range_tokens, s
 from megagpt.data.indexed import IndexedDataset
 from megagpt.model.flops import model_flops_per_token
 from megagpt.train import checkpoint
-from megagpt.train.engine import build_engine
+from megagpt.train.engine import build_engine, dp_mean
 from megagpt.train.metrics import MetricsWriter, device_peak_flops, format_line, peak_memory_bytes
 from megagpt.train.schedule import rampup_batch_size
 
@@ -120,12 +120,7 @@ class Trainer:
                                  rampup_tokens=tr.rampup_tokens, multiple=self.micro * self.dp)
 
     def _dp_mean(self, value: torch.Tensor) -> float:
-        # on the engine's device: NCCL groups have no CPU backend
-        value = value.detach().float().to(self.engine.device)
-        if self.dp > 1:
-            dist.all_reduce(value, group=self.ps.dp_group)
-            value /= self.dp
-        return float(value)
+        return float(dp_mean(value, self.ps, self.engine.device))
 
     def train_step(self, data) -> float:
         # Dropout streams are re-seeded from (seed, step) every step: a resumed run draws the same
