@@ -82,7 +82,7 @@ class MegagptLM(TemplateLM):
                 windows.append(w)
                 owner.append(i)
         totals = [0.0] * len(requests)
-        for i, s in zip(owner, self.ev.score(windows)):
+        for i, s in zip(owner, self.ev.score(windows, keep=False)):
             totals[i] += s.logprob
         for req, total in zip(requests, totals):
             self.cache_hook.add_partial("loglikelihood_rolling", (req.args[0],), total)

@@ -70,15 +70,18 @@ class Evaluator:
         return (ctx or [self.tok.eod_id]), whole[len(ctx):]
 
     # --- distributed primitives ------------------------------------------------------------
-    def score(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[Score]:
-        """Log-likelihoods of (context ids, continuation ids); repeated requests are scored once."""
+    def score(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *, keep: bool = True) -> list[Score]:
+        """Log-likelihoods of (context ids, continuation ids); repeated requests are scored once.
+        ``keep``: remember the scores for later calls (task requests recur across k; perplexity
+        windows do not, so a corpus is not kept in memory)."""
         keys = [(tuple(c), tuple(x)) for c, x in requests]
         todo = sorted({k for k in keys if k not in self._cache})
         mine = dp_share(len(todo), self.ps)
         local = dict(zip(mine, loglikelihood(self.model, [todo[i] for i in mine], batch_size=self.batch_size)))
-        for i, s in gather_dp(local, self.ps).items():
-            self._cache[todo[i]] = s
-        return [self._cache[k] for k in keys]
+        fresh = {todo[i]: s for i, s in gather_dp(local, self.ps).items()}
+        if keep:
+            self._cache.update(fresh)
+        return [fresh[k] if k in fresh else self._cache[k] for k in keys]
 
     def complete(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[str]:
         mine = dp_share(len(prompts), self.ps)
@@ -174,7 +177,7 @@ class Evaluator:
             n_bytes += len(text.encode("utf-8"))
             n_words += len(text.split())
             n_docs += 1
-        nll = -sum(s.logprob for s in self.score(reqs))
+        nll = -sum(s.logprob for s in self.score(reqs, keep=False))
         return {"docs": n_docs, "tokens": n_tokens, "bytes": n_bytes, "words": n_words, "nll": nll,
                 "token_ppl": math.exp(nll / n_tokens) if n_tokens else float("nan"),
                 "bits_per_byte": nll / math.log(2) / n_bytes if n_bytes else float("nan"),
