@@ -6,8 +6,9 @@ Three kinds of input become the same thing, a forest of messages with parent lin
   * Reddit-style JSON lines (``id``, ``parent_id`` with its ``t1_``/``t3_`` prefix, ``body``);
   * plain dialogues (chatterbot-corpus YAML ``conversations``, or JSONL ``{"turns": [...]}``),
     which are already linear.
-Every root-to-leaf path of a tree is a session. Orphans (a parent that is not in the input) start
-their own tree, duplicate ids keep the first message, and a cycle is broken where it closes; each
+Every root-to-leaf path of a tree is a session. A mail reply whose parent is not in the input but
+which quotes it (``> `` lines) gets that parent back from the quote, as its first turn; other
+orphans start their own tree, duplicate ids keep the first message, and a cycle is broken where it closes; each
 is counted, none stops the run.
 """
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Message:
     text: str
     author: str = ""
     where: str = ""  # file:line or file, for reports
+    quoted: str = ""  # mail: the parent's text as this reply quotes it (first-level '> ' lines)
 
 
 @dataclass
@@ -77,6 +79,10 @@ def build_forest(messages: Iterable[Message]) -> Forest:
             f.counts["duplicate_id"] += 1
             continue
         f.messages[m.id] = m
+    for m in list(f.messages.values()):
+        if m.parent is not None and m.parent not in f.messages and m.quoted:
+            f.messages[m.parent] = Message(m.parent, None, m.quoted, "", f"{m.where} (quoted)")
+            f.counts["parent_from_quote"] += 1
     for mid, m in f.messages.items():
         if m.parent is None:
             f.roots.append(mid)
@@ -135,19 +141,29 @@ def sessions(forest: Forest) -> Iterator[list[Message]]:
 # --- readers -------------------------------------------------------------------------------------
 def mail_body(msg) -> str:
     """The text a poster wrote: quoted lines, the quote's introduction and the signature removed."""
-    part = msg.get_body(preferencelist=("plain",)) if msg.is_multipart() else msg
-    try:
-        body = part.get_content() if part is not None else ""
-    except (LookupError, ValueError):
-        body = (part.get_payload(decode=True) or b"").decode("latin-1")
     lines = []
-    for line in str(body).splitlines():
+    for line in _plain(msg).splitlines():
         if line.strip() == "--" or line.startswith("-- "):
             break  # signature
         if line.lstrip().startswith(">") or _QUOTE_INTRO.match(line.strip()):
             continue
         lines.append(line)
     return " ".join(" ".join(lines).split())
+
+
+def quoted_text(body: str) -> str:
+    """The first-level quote of a reply (``> `` lines, not ``>>``), as one line of text."""
+    lines = [ln.lstrip()[1:] for ln in body.splitlines()
+             if ln.lstrip().startswith(">") and not ln.lstrip().startswith(">>")]
+    return " ".join(" ".join(lines).split())
+
+
+def _plain(msg) -> str:
+    part = msg.get_body(preferencelist=("plain",)) if msg.is_multipart() else msg
+    try:
+        return str(part.get_content()) if part is not None else ""
+    except (LookupError, ValueError):
+        return (part.get_payload(decode=True) or b"").decode("latin-1")
 
 
 def read_mail(paths: Iterable[Path]) -> Iterator[Message]:
@@ -164,38 +180,55 @@ def read_mail(paths: Iterable[Path]) -> Iterator[Message]:
                 continue
             refs = (m.get("References") or "").split()
             parent = (m.get("In-Reply-To") or "").strip().split()[-1:] or refs[-1:]
-            yield Message(mid, parent[0] if parent else None, mail_body(m), str(m.get("From") or ""), where)
+            yield Message(mid, parent[0] if parent else None, mail_body(m), str(m.get("From") or ""), where,
+                          quoted_text(_plain(m)) if parent else "")
 
 
-def read_reddit(path: Path) -> Iterator[Message]:
+def read_reddit(path: Path, counts: Counter | None = None) -> Iterator[Message]:
     """Reddit dump lines: comments (``parent_id`` t1_ = a comment, t3_ = the submission) and
-    submissions (``title`` + ``selftext``, no parent)."""
-    with open(path, encoding="utf-8") as f:
+    submissions (``title`` + ``selftext``, no parent). A line that is not such a JSON object is
+    skipped and counted as ``bad_record``."""
+    counts = Counter() if counts is None else counts
+    with open(path, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            obj = json.loads(line)
+            try:
+                obj = json.loads(line)
+                oid = str(obj["id"])
+            except (ValueError, KeyError, TypeError):
+                counts["bad_record"] += 1
+                continue
             if "body" in obj:
                 pid = obj.get("parent_id") or ""
-                yield Message("t1_" + str(obj["id"]), pid or None, str(obj["body"]), str(obj.get("author", "")),
-                              f"{path}:{n}")
+                yield Message("t1_" + oid, pid or None, str(obj["body"]), str(obj.get("author", "")), f"{path}:{n}")
             else:
-                text = " ".join(x for x in (obj.get("title"), obj.get("selftext")) if x)
-                yield Message("t3_" + str(obj["id"]), None, text, str(obj.get("author", "")), f"{path}:{n}")
+                text = " ".join(str(x) for x in (obj.get("title"), obj.get("selftext")) if x)
+                yield Message("t3_" + oid, None, text, str(obj.get("author", "")), f"{path}:{n}")
 
 
-def read_turn_lists(path: Path) -> Iterator[list[str]]:
-    """Linear dialogues: chatterbot-corpus YAML (``conversations``) or JSONL (``{"turns": [...]}``)."""
+def read_turn_lists(path: Path, counts: Counter | None = None) -> Iterator[list[str]]:
+    """Linear dialogues: chatterbot-corpus YAML (``conversations``) or JSONL (``{"turns": [...]}``).
+    A JSONL line without a list of turns is skipped and counted as ``bad_record``."""
+    counts = Counter() if counts is None else counts
     if path.suffix in (".yml", ".yaml"):
         import yaml
 
         for conv in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("conversations") or []:
             yield [str(t) for t in conv]
     else:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.strip():
-                    yield [str(t) for t in json.loads(line)["turns"]]
+                if not line.strip():
+                    continue
+                try:
+                    turns = json.loads(line)["turns"]
+                    if not isinstance(turns, list):
+                        raise TypeError
+                except (ValueError, KeyError, TypeError):
+                    counts["bad_record"] += 1
+                    continue
+                yield [str(t) for t in turns]
 
 
 # --- filters -------------------------------------------------------------------------------------

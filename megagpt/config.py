@@ -224,6 +224,9 @@ class DataConfig:
     seq_length: int | None = None  # default: model.n_positions
     seed: int = 1234
     tokenizer: str | None = None  # the sentencepiece model that made the shards; exports record it
+    # learn only the tokens marked 1 in each shard's <name>_mask_document sidecar (dialogue
+    # responses, data_tools/build_dialogues.py); the loss is averaged over those tokens
+    loss_mask: bool = False
 
     def validate(self) -> "DataConfig":
         for key in ("prefixes", "valid_prefixes"):

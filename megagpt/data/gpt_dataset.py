@@ -5,6 +5,9 @@ concatenated into one token stream; sample i is the ``seq_length + 1`` tokens st
 ``i * seq_length`` (inputs and shifted targets share the overlap token, as in Megatron). Samples
 are then shuffled. Everything is a deterministic function of (shards, split, seq_length,
 num_samples, seed), so the position in training is one number: the samples consumed.
+
+Shards opened with their loss mask (``indexed.MaskedShard``, ``data.loss_mask``) give samples of
+two rows, tokens and mask; the targets of masked-out tokens become -100, which the loss skips.
 """
 from __future__ import annotations
 
@@ -76,6 +79,7 @@ class GPTDataset:
         return self.num_samples
 
     def __getitem__(self, i: int) -> np.ndarray:
+        """``seq_length + 1`` tokens, or (2, seq_length + 1) tokens and mask from masked shards."""
         j = int(self._shuffle[i])
         pos = int(self._sample_doc[j])
         offset = j * self.seq_length - int(self._doc_starts[pos])
@@ -85,9 +89,9 @@ class GPTDataset:
             r = self._ranges[self._doc_shard[doc]]
             piece = r.shard.get(int(self._doc_local[doc]), offset, min(need, int(self._sizes[doc]) - offset))
             parts.append(piece)
-            need -= len(piece)
+            need -= piece.shape[-1]
             pos, offset = pos + 1, 0
-        return np.concatenate(parts).astype(np.int64)
+        return np.concatenate(parts, axis=-1).astype(np.int64)
 
 
 def micro_batches(dataset, consumed_samples: int, micro_batch: int, dp_rank: int,
@@ -103,13 +107,29 @@ def micro_batches(dataset, consumed_samples: int, micro_batch: int, dp_rank: int
     source_of = getattr(dataset, "source_of", lambda i: 0)
     while True:
         idx = [(start + dp_rank * micro_batch + k) % len(dataset) for k in range(micro_batch)]
-        batch = torch.from_numpy(np.stack([dataset[i] for i in idx]))
-        x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+        x, y = split_sample(torch.from_numpy(np.stack([dataset[i] for i in idx])))
         if with_source:
             yield x, y, torch.tensor([source_of(i) for i in idx])
         else:
             yield x, y
         start += step
+
+
+def split_sample(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of a batch of samples; with a mask row, targets whose token is masked
+    out are -100."""
+    if batch.dim() == 3:
+        tokens, mask = batch[:, 0], batch[:, 1]
+        y = tokens[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        return tokens[:, :-1].contiguous(), y.contiguous()
+    return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+
+
+def token_mean(token_loss: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean loss over the learned tokens (targets not -100; Megatron's loss-mask average), the
+    plain mean when nothing is masked; 0 for a batch with no learned token."""
+    n = (targets != -100).sum()
+    return token_loss.sum() / n.clamp(min=1)
 
 
 def source_counts(dataset, start: int, stop: int, n_sources: int) -> np.ndarray:

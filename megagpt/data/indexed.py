@@ -152,3 +152,32 @@ class IndexedDataset:
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.get(i)
+
+
+def mask_prefix(prefix: str | Path) -> str:
+    """The loss-mask sidecar of shard ``<name>_text_document``: ``<name>_mask_document``."""
+    p = str(prefix)
+    if not p.endswith("_text_document"):
+        raise ShardError(f"{p}: a shard trained with a loss mask must be named <name>_text_document, with its "
+                         f"mask in <name>_mask_document beside it (as data_tools/build_dialogues.py writes them).")
+    return p[:-len("_text_document")] + "_mask_document"
+
+
+class MaskedShard(IndexedDataset):
+    """A shard and its loss-mask sidecar (same document sizes; 1 on the tokens the model learns).
+    ``get`` returns two rows, tokens and mask, as int64."""
+
+    def __init__(self, prefix: str | Path):
+        super().__init__(prefix)
+        self.mask = IndexedDataset(mask_prefix(prefix))
+        if not np.array_equal(self.mask.sizes, self.sizes):
+            raise ShardError(f"{self.mask.prefix}.idx: its document sizes differ from {self.prefix}.idx "
+                             f"(not this shard's mask).")
+
+    def get(self, i: int, offset: int = 0, length: int | None = None) -> np.ndarray:
+        return np.stack([super().get(i, offset, length).astype(np.int64),
+                         self.mask.get(i, offset, length).astype(np.int64)])
+
+
+def open_shard(prefix: str | Path, loss_mask: bool = False) -> IndexedDataset:
+    return MaskedShard(prefix) if loss_mask else IndexedDataset(prefix)

@@ -20,7 +20,7 @@ import numpy as np
 
 from megagpt.config import ConfigError, check_value, load_file
 from megagpt.data.gpt_dataset import GPTDataset, range_tokens, split_documents
-from megagpt.data.indexed import IndexedDataset, ShardError, paths
+from megagpt.data.indexed import IndexedDataset, ShardError, open_shard, paths
 
 INDEX_VERSION = 1
 
@@ -44,6 +44,7 @@ class MixtureSpec:
     max_epochs: float = 4.0  # warn when a source is repeated more often than this
     cache_dir: Path | None = None
     raw: dict = field(default_factory=dict)
+    loss_mask: bool = False  # the run's data.loss_mask: open every shard with its mask sidecar
 
 
 _SPEC_KEYS = {"sources", "total_tokens", "seq_length", "seed", "valid_fraction", "max_epochs",
@@ -117,7 +118,7 @@ def _open_shards(spec: MixtureSpec) -> dict[str, list[IndexedDataset]]:
         shards = []
         for prefix in s.prefixes:
             try:
-                shards.append(IndexedDataset(prefix))
+                shards.append(open_shard(prefix, spec.loss_mask))
             except ShardError as e:
                 raise ConfigError(f"{spec.path}: source '{s.name}': {e}") from None
         out[s.name] = shards

@@ -11,8 +11,8 @@ import torch.distributed as dist
 
 from megagpt.config import ConfigError, RunConfig, zero_stage
 from megagpt.data.gpt_dataset import (GPTDataset, micro_batches, range_tokens, source_counts,
-                                      split_documents)
-from megagpt.data.indexed import IndexedDataset
+                                      split_documents, token_mean)
+from megagpt.data.indexed import ShardError, open_shard
 from megagpt.model.flops import model_flops_per_token
 from megagpt.train import checkpoint
 from megagpt.train.engine import build_engine, dp_mean
@@ -36,6 +36,7 @@ def build_datasets(run: RunConfig, train_samples: int, valid_samples: int):
         from megagpt.data import mixture
 
         spec = mixture.load_spec(d.mixture)
+        spec.loss_mask = d.loss_mask
         if spec.seq_length != run.seq_length:
             raise ConfigError(f"{d.mixture}: seq_length {spec.seq_length} differs from the run's "
                               f"{run.seq_length} (data.seq_length / model.n_positions).")
@@ -56,10 +57,14 @@ def build_datasets(run: RunConfig, train_samples: int, valid_samples: int):
             raise ConfigError(f"{d.mixture}: total_tokens gives {len(train)} samples but the run needs "
                               f"{train_samples} (train_iters x batch); raise total_tokens.")
         return train, None, {k: v for k, v in valid_by_source.items() if v is not None}
-    shards = [IndexedDataset(p) for p in d.prefixes]
+    try:
+        shards = [open_shard(p, d.loss_mask) for p in d.prefixes]
+        valid_shards = [open_shard(p, d.loss_mask) for p in d.valid_prefixes]
+    except ShardError as e:
+        raise ConfigError(f"data: {e}") from None
     if d.valid_prefixes:
         train_ranges, _ = split_documents(shards, 0.0)
-        valid_ranges, _ = split_documents([IndexedDataset(p) for p in d.valid_prefixes], 0.0)
+        valid_ranges, _ = split_documents(valid_shards, 0.0)
     else:
         train_ranges, valid_ranges = split_documents(shards, d.valid_fraction)
     train = GPTDataset(train_ranges, run.seq_length, train_samples, d.seed, name="train")
@@ -143,13 +148,15 @@ class Trainer:
                 # explicit boundary: DeepSpeed's own (micro_steps % gas) drifts once gas changes
                 self.engine.set_gradient_accumulation_boundary(k == gas - 1)
                 x, y, src = next(data)
-                token_loss = self.engine(x.to(self.engine.device), y.to(self.engine.device))
-                loss = token_loss.mean()
+                y = y.to(self.engine.device)
+                token_loss = self.engine(x.to(self.engine.device), y)
+                loss = token_mean(token_loss, y)
                 self.engine.backward(loss)
                 self.engine.step()
                 total += loss.detach().float().cpu()
                 if self.sources:
-                    per_sample = token_loss.detach().float().mean(dim=1).cpu()
+                    learned = (y != -100).sum(dim=1).clamp(min=1)
+                    per_sample = (token_loss.detach().float().sum(dim=1) / learned).cpu()
                     self._src_loss.index_add_(0, src, per_sample)
                     self._src_n.index_add_(0, src, torch.ones_like(per_sample))
             value = self._dp_mean(total / gas)
@@ -208,7 +215,8 @@ class Trainer:
         total = torch.zeros(())
         for _ in range(n):
             x, y = next(it)
-            total += self.engine(x.to(self.engine.device), y.to(self.engine.device)).mean().float().cpu()
+            y = y.to(self.engine.device)
+            total += token_mean(self.engine(x.to(self.engine.device), y), y).float().cpu()
         self.engine.train()
         return self._dp_mean(total / n)
 

@@ -11,6 +11,7 @@ from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 from torch.utils.checkpoint import checkpoint
 
 from megagpt.config import ModelConfig
+from megagpt.data.gpt_dataset import token_mean
 from megagpt.model.gpt import Block, Embedding, FinalNorm, LMHead
 from megagpt.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megagpt.parallel.state import ParallelState
@@ -29,15 +30,16 @@ def _head_forward(module: EmbeddingPipe, hidden):
 
 
 class PipeLoss:
-    """Mean vocab-parallel cross-entropy of the last stage's logits."""
+    """Mean vocab-parallel cross-entropy of the last stage's logits over the learned tokens
+    (targets not -100)."""
 
     def __init__(self, cfg: ModelConfig, ps: ParallelState):
         self.group = ps.tp_group
         self.vocab_start = cfg.padded_vocab_size(ps.tp_size) // ps.tp_size * ps.tp_rank
 
     def __call__(self, logits, targets):
-        return vocab_parallel_cross_entropy(logits, targets, vocab_start=self.vocab_start,
-                                            group=self.group).mean()
+        return token_mean(vocab_parallel_cross_entropy(logits, targets, vocab_start=self.vocab_start,
+                                                       group=self.group), targets)
 
 
 def _seed_build(spec: LayerSpec, seed: int) -> None:

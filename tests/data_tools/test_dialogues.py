@@ -42,8 +42,10 @@ def test_reddit_trees_orphans_cycles_duplicates(tmp_path):
             {"id": "c5", "parent_id": "t1_c6", "body": "one half of a loop"},
             {"id": "c6", "parent_id": "t1_c5", "body": "the other half"}]
     path = tmp_path / "rc.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    forest = build_forest(read_reddit(path))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"id": "c7", "body": "cut\n[1, 2]\n{"body": "no id"}\n')
+    bad = Counter()
+    forest = build_forest(read_reddit(path, bad))
+    assert bad == Counter(bad_record=3)  # a cut line, a JSON list, an object without id: skipped
     assert forest.counts == Counter(duplicate_id=1, orphan=1, cycle=1)
     assert _paths(forest) == sorted([("t3_s1", "t1_c1", "t1_c2"), ("t3_s1", "t1_c3"), ("t1_c4",),
                                      ("t1_c5", "t1_c6")])
@@ -54,8 +56,23 @@ def test_turn_lists(tmp_path):
     y.write_text("categories: [x]\nconversations:\n- - Hello there\n  - Hi, how are you?\n- - 你好\n  - 你好，很高兴认识你\n")
     assert list(read_turn_lists(y)) == [["Hello there", "Hi, how are you?"], ["你好", "你好，很高兴认识你"]]
     j = tmp_path / "d.jsonl"
-    j.write_text(json.dumps({"turns": ["a b", "c d"]}) + "\n")
-    assert list(read_turn_lists(j)) == [["a b", "c d"]]
+    j.write_text(json.dumps({"turns": ["a b", "c d"]}) + "\n" + '{"turns": "x"}\n{"turn\n')
+    bad = Counter()
+    assert list(read_turn_lists(j, bad)) == [["a b", "c d"]] and bad == Counter(bad_record=2)
+
+
+def test_orphan_reply_gets_its_parent_from_the_quote(tmp_path):
+    """A Usenet reply whose parent is missing from the input but quoted in it becomes a two-turn
+    session (the quote, then the reply); an orphan that quotes nothing stays a lone root."""
+    (tmp_path / "r").write_text("From: r@x\nMessage-ID: <r@x>\nReferences: <gone@x>\n\n"
+                                "In article <gone@x> ann writes:\n> Is the probe still sending\n> pictures home?\n"
+                                ">> an older quote\nYes, every day since March.\n")
+    (tmp_path / "s").write_text("From: s@x\nMessage-ID: <s@x>\nReferences: <gone2@x>\n\nNo quote in this one.\n")
+    forest = build_forest(read_mail(sorted(tmp_path.iterdir())))
+    assert forest.counts == Counter(parent_from_quote=1, orphan=1)
+    turns = sorted([m.text for m in s] for s in sessions(forest))
+    assert turns == [["Is the probe still sending pictures home?", "Yes, every day since March."],
+                     ["No quote in this one."]]
 
 
 EN = DialogueFilter()
@@ -123,3 +140,28 @@ def test_build_dialogues_masks_exactly_the_responses(tmp_path):
             assert len(ids) == len(m) and ids[-1] == tok.eod_id
             first = ids.index(tok.eod_id) + 1  # the opening turn and its EOD are context
             assert m == [0] * first + [1] * (len(ids) - first)
+
+
+def test_heldout_threads_are_the_same_forward_and_reverse(tmp_path):
+    """--heldout takes whole threads (every session of an opening turn) out of both the forward
+    and the reversed shards, and writes them front to back."""
+    from data_tools.build_dialogues import main, split_heldout
+    from data_tools.tokenizer import TokenizerConfig, train
+    from megagpt import jsonl
+    from megagpt.data.indexed import IndexedDataset
+
+    convs = [[f"opening number {i} about the weather", f"a reply {j} to it", "and one more turn"]
+             for i in range(30) for j in range(3)]
+    train_s, held = split_heldout(convs, 10)
+    assert len(held) == 12 and len(train_s) == 78  # four whole threads of three
+    assert not {s[0] for s in held} & {s[0] for s in train_s}
+    src = tmp_path / "c.jsonl"
+    jsonl.write(src, ({"turns": c} for c in convs))
+    tok = train([" ".join(t for c in convs for t in c)], tmp_path / "tok.model",
+                TokenizerConfig(vocab_size=300, sample_bytes=1_000_000))
+    for name, extra in (("fwd", []), ("bwd", ["--reverse"])):
+        assert main(["--turns", str(src), "--tokenizer", str(tok), "--out", str(tmp_path), "--name", name,
+                     "--heldout", "10", *extra]) == 0
+        assert len(IndexedDataset(tmp_path / f"{name}_text_document")) == 78
+    fwd, bwd = ([o["turns"] for _, _, o in jsonl.objects(tmp_path / f"{n}_heldout.jsonl")] for n in ("fwd", "bwd"))
+    assert fwd == bwd == held
