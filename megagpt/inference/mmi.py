@@ -10,6 +10,7 @@ which favours responses the history can be recovered from over bland ones.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from megagpt.inference.generation import SamplingParams, generate
@@ -61,14 +62,22 @@ def rerank(forward, backward, tok, turns: list[str], candidates: list[list[int]]
     out = []
     for c, f, b in zip(candidates, fwd, back):
         score = f.logprob if backward is None else b + weight * f.logprob
-        out.append(Candidate(tok.decode(c), c, f.logprob, b, score))
+        text = clean_reply(tok.decode(c))
+        # an empty reply says nothing about the history, yet P(history | nothing) can be high
+        out.append(Candidate(text, c, f.logprob, b, score if text or backward is None else float("-inf")))
     return out
+
+
+def clean_reply(text: str) -> str:
+    """A reply on one line, without the replacement characters of a multi-byte character whose
+    byte pieces were cut off (byte fallback)."""
+    return " ".join(text.replace("\ufffd", "").split())
 
 
 def reply(forward, tok, turns: list[str], params: SamplingParams, *, backward=None, n: int = 16,
           weight: float = 0.0) -> tuple[Candidate, list[Candidate]]:
     """(the chosen reply, every candidate). Without a backward model (or n=1) the first sample
-    is the reply, as plain sampling would give."""
+    is the reply, as plain sampling would give. Empty candidates lose to any other."""
     n_pos = forward.cfg.n_positions
     prompt = history_ids(tok, turns, max(1, n_pos - params.max_new_tokens))
     k = n if backward is not None else 1
@@ -79,3 +88,24 @@ def reply(forward, tok, turns: list[str], params: SamplingParams, *, backward=No
     if backward is None:
         return scored[0], scored
     return max(scored, key=lambda c: c.score), scored
+
+
+_UNITS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W\u3400-\u9fff\uf900-\ufaff]+")
+
+
+def units(text: str) -> list[str]:
+    """The words of a response for diversity counts: each CJK character is one, other words are
+    runs of letters and digits, lowercased."""
+    return _UNITS.findall(text.lower())
+
+
+def distinct(responses: list[str], n: int) -> float:
+    """distinct-n (Li et al. 2016): distinct n-grams over all n-grams of all responses."""
+    grams = [tuple(u[i:i + n]) for r in responses for u in [units(r)] for i in range(len(u) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def diversity(responses: list[str]) -> dict[str, float]:
+    """distinct-1, distinct-2 and the average length in words (characters for Chinese)."""
+    return {"distinct_1": distinct(responses, 1), "distinct_2": distinct(responses, 2),
+            "avg_len": sum(len(units(r)) for r in responses) / max(1, len(responses))}

@@ -59,6 +59,10 @@ def test_mmi_picks_the_best_backward_score(models):
     assert best.tokens == candidates[max(range(4), key=ref.__getitem__)]
     weighted = rerank(fwd, bwd, tok, turns, candidates, weight=1.0)
     assert [s.score for s in weighted] == pytest.approx([s.backward + s.forward for s in weighted])
+    # an empty reply (EOD at once) is scored but never chosen over a non-empty one
+    with_empty = rerank(fwd, bwd, tok, turns, [[]] + candidates)
+    assert with_empty[0].text == "" and with_empty[0].score == float("-inf") and with_empty[0].backward > -1e9
+    assert max(with_empty, key=lambda s: s.score).tokens == best.tokens
 
 
 def test_chat_in_a_pseudo_terminal(models):
@@ -105,3 +109,40 @@ def test_chat_from_a_file(models, tmp_path):
                        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("bot> ") == 2 and "1. Hello there" in r.stdout and "chat (sampling)" in r.stdout
+
+
+def test_distinct_n_by_hand():
+    from megagpt.inference.mmi import distinct, diversity, units
+
+    assert units("I don't know, 我不知道!") == ["i", "don", "t", "know", "我", "不", "知", "道"]
+    replies = ["i do not know", "i do not care", "我不知道"]
+    # unigrams: i do not know i do not care 我 不 知 道 -> 12, distinct 9
+    assert distinct(replies, 1) == pytest.approx(9 / 12)
+    # bigrams: (i do)(do not)(not know)(i do)(do not)(not care)(我不)(不知)(知道) -> 9, distinct 7
+    assert distinct(replies, 2) == pytest.approx(7 / 9)
+    assert diversity(replies)["avg_len"] == pytest.approx(4.0)
+    assert distinct([], 2) == 0.0
+
+
+def test_heldout_report(models, tmp_path):
+    """--heldout answers each session's history with a plain sample and the MMI choice, and the
+    printed and written figures are the diversity of those replies."""
+    import json
+
+    from megagpt.chat import main
+    from megagpt.inference.mmi import diversity
+
+    held = tmp_path / "heldout.jsonl"
+    sessions = [["Hello there", "Hi, how are you?"], ["What is AI?", "A field of science.", "Which one?", "Computing."],
+                ["你好", "你好，很高兴认识你"], ["Do you like books?", "Yes, very much."]]
+    held.write_text("".join(json.dumps({"turns": s}, ensure_ascii=False) + "\n" for s in sessions), encoding="utf-8")
+    out = tmp_path / "mmi.json"
+    assert main(["--model", str(models["forward"]), "--backward", str(models["backward"]), "--n", "4",
+                 "--max-new-tokens", "6", "--heldout", str(held), "--limit", "3", "--report", str(out)]) == 0
+    rep = json.loads(out.read_text(encoding="utf-8"))
+    assert rep["sessions"] == 3 and [r["reference"] for r in rep["replies"]] == [s[-1] for s in sessions[:3]]
+    assert rep["replies"][1]["history"] == sessions[1][:-1]
+    for k in ("reference", "sampling", "mmi"):
+        assert rep["figures"][k] == pytest.approx(diversity([r[k] for r in rep["replies"]]))
+    held.write_text('{"turns": ["only one"]}\n')
+    assert main(["--model", str(models["forward"]), "--heldout", str(held)]) == 2
