@@ -132,6 +132,8 @@ def main(argv=None) -> int:
         try:
             text = next(lines(source))
         except StopIteration:
+            if not interactive:
+                print(flush=True)  # end the last prompt's line
             break
         if not interactive:
             print(text, flush=True)

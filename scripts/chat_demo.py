@@ -154,7 +154,7 @@ def main() -> int:
     zh_out = chat / "zh"
     if not (zh_out / "zh_web_text_document.idx").is_file():
         run([PY, "data_tools/build_source.py", chinese_corpus(chat, cache), "--source", "zh_web", "--out", zh_out,
-             "--format", "jsonl", "--filters", "none", "--vocab-size", 8000, "--no-progress"])
+             "--format", "jsonl", "--filters", "none", "--vocab-size", 6000, "--no-progress"])
     zh_tok = zh_out / "tokenizer.model"
     zh_lm = train(chat, "zh_lm", zh_out / "zh_web_text_document", zh_tok, args.zh_steps, 0.002, ranks=args.ranks,
                   loss_mask=False)

@@ -72,6 +72,32 @@ def test_targets_are_masked_exactly(shards):
     assert learned > 0 and ignored > 0
 
 
+def test_mixture_sources_carry_their_masks(tmp_path, shards):
+    """A mixture with the run's loss_mask serves (tokens, mask) samples from every source, and a
+    source without a mask sidecar is refused naming the spec and the source."""
+    from megagpt.config import ConfigError
+    from megagpt.data import mixture
+
+    lone = write_pattern_shard(tmp_path / "lone_text_document", n_docs=50)
+    spec_path = tmp_path / "mix.yaml"
+    spec_path.write_text(f"total_tokens: 6400\nseq_length: 32\nsources:\n  half: {{prefixes: [{shards['half']}], weight: 0.5}}\n"
+                         f"  ones: {{prefixes: [{shards['ones']}], weight: 0.5}}\n")
+    spec = mixture.load_spec(spec_path)
+    spec.loss_mask = True
+    train, valid = mixture.load(spec, mixture.build(spec))
+    rows = [train[i] for i in range(40)]
+    assert all(r.shape == (2, 33) for r in rows)
+    masks = {k: [r[1] for i, r in enumerate(rows) if train.source_of(i) == k] for k in (0, 1)}
+    assert all(m.all() for m in masks[1])  # "ones" learns every token
+    assert masks[0] and not all(m.all() for m in masks[0])  # "half" does not
+    assert all(v is None or v[0].shape == (2, 33) for v in valid.values())
+    spec_path.write_text(f"total_tokens: 6400\nseq_length: 32\nsources:\n  lone: {{prefixes: [{lone}], weight: 1}}\n")
+    spec = mixture.load_spec(spec_path)
+    spec.loss_mask = True
+    with pytest.raises(ConfigError, match="source 'lone': .*lone_mask_document.bin: shard file not found"):
+        mixture.build(spec)
+
+
 def test_token_mean_is_the_masked_cross_entropy():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 7, 11, generator=g)
