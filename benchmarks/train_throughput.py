@@ -1,7 +1,25 @@
-"""Pretraining throughput through the DeepSpeed engine vs a plain torch loop over Hugging Face
-GPT-2, and model-state memory per rank with and without ZeRO-3 at dp=2. CPU by default.
+"""A whole training step through megagpt's loop and DeepSpeed vs a plain torch loop, and
+model-state memory per rank with and without ZeRO-3. CPU by default; unchanged on a GPU.
 
-    python benchmarks/train_throughput.py [--steps 6 --n-layer 6 --n-embd 384 --seq 256 --batch 8]
+    python benchmarks/train_throughput.py [--steps 8 --n-layer 6 --n-embd 384 --seq 256 --batch 8]
+    python benchmarks/train_throughput.py --memory-only --dp 2,4
+
+Like for like: dropout 0 everywhere, AdamW (betas 0.9/0.95, weight decay 0.1 on matrices only),
+gradient clipping at 1.0, the same batches. Rows:
+  plain loop              megagpt's GPT, loss.backward(), clip_grad_norm_, torch AdamW as nanoGPT
+                          builds it on this device (fused on a GPU, the default kernel on a CPU)
+  plain loop, fused AdamW the same with torch's fused AdamW
+  Trainer <config>        megagpt's Trainer.train_step (data stream, DeepSpeed forward/backward/
+                          step, loss averaging) with one of the shipped DeepSpeed JSONs
+  HF GPT-2 + AdamW        transformers' GPT2LMHeadModel in the plain loop
+Each row runs in a fresh process, one after the other: building a ZeRO-3 engine replaces
+torch.nn.functional.linear for the rest of its process, and a row must not pay for another's
+engine or memory. The first step of each row warms up and is not timed. MFU is against the
+measured CPU matmul peak, or the GPU's table peak.
+
+Memory: each rank's live tensors after a step, split into parameters, gradients (just before the
+optimizer step), optimizer states (Adam moments and ZeRO's fp32 master partitions) and the rest
+(buckets and buffers), plus the activations autograd saved during the forward pass.
 """
 from __future__ import annotations
 
@@ -9,9 +27,11 @@ import argparse
 import gc
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,142 +41,293 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import add_shape_args, median  # noqa: E402
 
+CONFIGS = {  # row label -> (DeepSpeed JSON, zero_optimization overrides)
+    "ZeRO-3, 50M buckets (before)": ("zero3.json", {"stage": 3, "reduce_bucket_size": 50_000_000,
+                                                    "stage3_prefetch_bucket_size": 50_000_000,
+                                                    "stage3_param_persistence_threshold": 100_000}),
+    "ZeRO-3": ("zero3.json", {}),
+    "ZeRO stage 0": ("zero3.json", {"stage": 0}),
+    "auto": ("auto.json", {}),
+}
 
-def _run_config(args, precision: str, stage: int):
-    from megagpt.config import (DataConfig, ParallelConfig, RunConfig, TrainConfig, load_file,
-                                model_config)
 
-    ds = load_file(ROOT / "ds_configs" / "zero3.json")
+def _device():
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def run_config(args, ds_file: str, zero: dict, precision: str, world: int, prefix: str):
+    from megagpt.config import (DataConfig, ParallelConfig, RunConfig, TrainConfig, load_file, model_config,
+                                validate_run)
+
+    ds = load_file(ROOT / "ds_configs" / ds_file)
     ds["train_micro_batch_size_per_gpu"] = args.batch
+    ds["gradient_accumulation_steps"] = 1
     ds["bf16"] = {"enabled": precision == "bf16"}
-    ds["zero_optimization"]["stage"] = stage
-    # buckets sized to this small model (the shipped 50M-element buckets would dwarf it)
-    ds["zero_optimization"].update(reduce_bucket_size=2_000_000, stage3_prefetch_bucket_size=2_000_000)
-    model = model_config(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                         n_positions=args.seq, vocab_size=args.vocab)
-    return RunConfig(model=model, parallel=ParallelConfig(), data=DataConfig(prefixes=["unused"]),
-                     train=TrainConfig(train_iters=args.steps, checkpoint_dir=None, tensorboard_dir=None),
-                     deepspeed=ds)
+    ds["zero_optimization"].update(zero)
+    model = model_config(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, n_positions=args.seq,
+                         vocab_size=args.vocab, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
+    run = RunConfig(model=model, parallel=ParallelConfig(), data=DataConfig(prefixes=[prefix], valid_fraction=0.0),
+                    train=TrainConfig(train_iters=args.steps + 1, checkpoint_dir=None, tensorboard_dir=None,
+                                      deepspeed_config=ds_file, log_interval=10 ** 9, eval_interval=10 ** 9),
+                    deepspeed=ds)
+    return validate_run(run, world)
 
 
-def _live_tensor_bytes() -> int:
-    """Bytes of every distinct tensor storage alive in this process (params, grads, optimizer
-    states, ZeRO partitions and buffers)."""
-    seen, total = set(), 0
-    for obj in gc.get_objects():
-        try:
-            if isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
-                st = obj.untyped_storage()
-                if st.data_ptr() and st.data_ptr() not in seen:
-                    seen.add(st.data_ptr())
-                    total += st.nbytes()
-        except Exception:
-            continue
-    return total
+def write_tokens(path: Path, args) -> str:
+    from megagpt.data.indexed import IndexedDatasetWriter, token_dtype
+
+    rng = np.random.default_rng(0)
+    prefix = str(path / "bench_text_document")
+    with IndexedDatasetWriter(prefix, token_dtype(args.vocab)) as w:
+        for _ in range((args.steps + 2) * args.batch * 2):
+            w.add_document(rng.integers(1, args.vocab, args.seq + 1))
+    return prefix
 
 
-def _megagpt_steps(args, precision, stage=3):
-    from megagpt.train.engine import build_engine
+class TrainerRow:
+    def __init__(self, run):
+        from megagpt.data.gpt_dataset import micro_batches
+        from megagpt.train.loop import Trainer
 
-    run = _run_config(args, precision, stage)
-    built = build_engine(run, total_tokens=10 ** 9)
-    eng = built.engine
-    g = torch.Generator().manual_seed(0)
-    times = []
-    for i in range(args.steps + 1):
-        x = torch.randint(0, args.vocab, (args.batch, args.seq), generator=g)
-        y = torch.randint(0, args.vocab, (args.batch, args.seq), generator=g)
-        eng.lr_scheduler.pending_tokens = args.batch * args.seq
-        t0 = time.perf_counter()
-        loss = eng(x, y).mean()
-        eng.backward(loss)
-        eng.step()
-        if i:  # the first step warms up
-            times.append(time.perf_counter() - t0)
-    del loss
-    gc.collect()
-    return times, _live_tensor_bytes(), run.model
+        self.trainer = Trainer(run)
+        self.data = micro_batches(self.trainer.train_ds, 0, self.trainer.micro, 0, 1, with_source=True)
+
+    def step(self):
+        self.trainer.train_step(self.data)
 
 
-def _hf_steps(args, precision):
-    from transformers import GPT2Config, GPT2LMHeadModel
+class PlainRow:
+    """The plain loop over megagpt's GPT (or HF GPT-2) with the same optimizer math."""
 
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                                       n_positions=args.seq, vocab_size=args.vocab)).train()
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=6e-4, betas=(0.9, 0.95), eps=1e-8)
-    g = torch.Generator().manual_seed(0)
-    times = []
-    for i in range(args.steps + 1):
-        x = torch.randint(0, args.vocab, (args.batch, args.seq), generator=g)
-        t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = model(x, labels=x).loss
+    def __init__(self, args, fused: bool | None, hf: bool = False, precision: str = "fp32", dataset=None):
+        from megagpt.data.gpt_dataset import micro_batches
+
+        torch.manual_seed(0)
+        dev = _device()
+        if hf:
+            from transformers import GPT2Config, GPT2LMHeadModel
+
+            self.model = GPT2LMHeadModel(GPT2Config(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+                                                    n_positions=args.seq, vocab_size=args.vocab, resid_pdrop=0.0,
+                                                    embd_pdrop=0.0, attn_pdrop=0.0))
+        else:
+            from megagpt.config import model_config
+            from megagpt.model import GPT
+
+            self.model = GPT(model_config(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+                                          n_positions=args.seq, vocab_size=args.vocab, embd_pdrop=0.0,
+                                          attn_pdrop=0.0, resid_pdrop=0.0))
+        self.model.to(dev).train()
+        self.hf, self.dev, self.precision = hf, dev, precision
+        decay = [p for p in self.model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
+        if fused is None:  # nanoGPT: fused where the device is CUDA, the default kernel elsewhere
+            fused = dev.type == "cuda"
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                                     lr=6e-4, betas=(0.9, 0.95), eps=1e-8, fused=fused or None)
+        self.data = micro_batches(dataset, 0, args.batch, 0, 1)
+
+    def step(self):
+        x, y = next(self.data)
+        x, y = x.to(self.dev), y.to(self.dev)
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            loss = self.model(x, labels=x).loss if self.hf else self.model(x, y).mean()  # HF shifts itself
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        float(loss)  # the loop reads its loss, as megagpt's does
+
+
+ROWS = ["plain loop", "plain loop, fused AdamW"] + [f"Trainer {k}" for k in CONFIGS] + ["HF GPT-2 + AdamW"]
+
+
+def one_row(args, name: str, precision: str, prefix: str) -> tuple[list[float], list[str]]:
+    """Median-ready step times of one row in this process, and the run's notes (auto choices)."""
+    from megagpt.data.gpt_dataset import GPTDataset, split_documents
+    from megagpt.data.indexed import IndexedDataset
+
+    ranges, _ = split_documents([IndexedDataset(prefix)], 0.0)
+    ds = GPTDataset(ranges, args.seq, (args.steps + 1) * args.batch, seed=1234)
+    notes: list[str] = []
+    if name.startswith("Trainer "):
+        row = TrainerRow(run_config(args, *CONFIGS[name[len("Trainer "):]], precision, 1, prefix))
+        notes = row.trainer.run.notes
+    else:
+        row = PlainRow(args, True if "fused" in name else None, hf=name.startswith("HF"), precision=precision,
+                       dataset=ds)
+    times = []
+    for i in range(args.steps + 1):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        row.step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         if i:
             times.append(time.perf_counter() - t0)
-    return times
+    return times, notes
 
 
-def _memory_worker(rank, world_size, args, stage):
-    times, live, _ = _megagpt_steps(args, "fp32", stage)
-    return live
+def throughput(args, precision: str, prefix: str) -> dict:
+    """{row: (times, notes)}, each row in a child process of this script."""
+    import json
+    import subprocess
+
+    out = {}
+    shape = ["--n-layer", args.n_layer, "--n-embd", args.n_embd, "--n-head", args.n_head, "--seq", args.seq,
+             "--batch", args.batch, "--vocab", args.vocab, "--steps", args.steps, "--threads", args.threads]
+    for name in ROWS:
+        from megagpt.train.engine import free_port
+
+        env = dict(os.environ, MASTER_PORT=str(free_port()))
+        r = subprocess.run([sys.executable, __file__, *map(str, shape), "--row", name, "--row-precision", precision,
+                            "--row-prefix", prefix], capture_output=True, text=True, env=env)
+        line = [ln for ln in r.stdout.splitlines() if ln.startswith("ROW ")]
+        if r.returncode or not line:
+            raise RuntimeError(f"row {name!r} failed:\n{r.stderr[-3000:]}")
+        out[name] = json.loads(line[-1][4:])
+    return out
+
+
+# --- memory ---------------------------------------------------------------------------------------
+def _storages(tensors) -> dict:
+    out = {}
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.device.type == _device().type:
+            st = t.untyped_storage()
+            if st.data_ptr():
+                out[st.data_ptr()] = st.nbytes()
+    return out
+
+
+def _live() -> dict:
+    return _storages(o for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+
+def memory_breakdown(engine) -> dict:
+    """Bytes per category on this rank, measured before and after the optimizer step."""
+    params = list(engine.module.parameters())
+    opt = engine.optimizer
+    p_st = _storages([getattr(p, "ds_tensor", p) for p in params] + [p.data for p in params])
+    master = _storages(getattr(opt, "fp32_partitioned_groups_flat", []) or [])
+    inner = getattr(opt, "optimizer", opt)
+    moments = _storages(v for st in inner.state.values() for v in st.values())
+    return {"params": sum(p_st.values()), "master": sum(v for k, v in master.items() if k not in p_st),
+            "moments": sum(moments.values()), "p_keys": set(p_st) | set(master) | set(moments)}
+
+
+def _memory_worker(rank, world_size, args, label, precision, prefix):
+    ds_file, zero = CONFIGS[label]
+    run = run_config(args, ds_file, zero, precision, world_size, prefix)
+    from megagpt.data.gpt_dataset import micro_batches
+    from megagpt.train.engine import build_engine
+
+    built = build_engine(run, total_tokens=10 ** 9)
+    eng = built.engine
+    from megagpt.data.gpt_dataset import GPTDataset, split_documents
+    from megagpt.data.indexed import IndexedDataset
+
+    ranges, _ = split_documents([IndexedDataset(prefix)], 0.0)
+    data = micro_batches(GPTDataset(ranges, args.seq, 64, seed=1), 0, args.batch, rank, world_size)
+    saved = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        saved[st.data_ptr()] = st.nbytes()
+        return t
+
+    for i in range(2):
+        x, y = next(data)
+        eng.lr_scheduler.pending_tokens = args.batch * args.seq
+        before = set(_live())
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = eng(x.to(eng.device), y.to(eng.device)).mean()
+        acts = sum(v for k, v in saved.items() if k not in before)
+        saved.clear()
+        eng.backward(loss)
+        grads = _storages([p.grad for p in eng.module.parameters() if p.grad is not None])
+        ipg = getattr(eng.optimizer, "_DeepSpeedZeroOptimizer_Stage3__param_id_to_grad_partition", None) or {}
+        grads.update(_storages(ipg.values()))
+        flat = getattr(eng.optimizer, "fp32_partitioned_groups_flat", []) or []
+        grads.update(_storages([f.grad for f in flat if f.grad is not None]))
+        eng.step()
+    del loss
+    gc.collect()
+    b = memory_breakdown(eng)
+    live = _live()
+    known = b.pop("p_keys")
+    other = sum(v for k, v in live.items() if k not in known)
+    return {"params": b["params"], "grads": sum(grads.values()), "optimizer": b["master"] + b["moments"],
+            "other after step": other, "activations": acts, "live after step": sum(live.values())}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_shape_args(ap, steps_flag="--steps", steps_default=5)
-    ap.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16")
+    add_shape_args(ap, steps_flag="--steps", steps_default=8)
+    ap.add_argument("--precisions", default="fp32", help="comma list of fp32, bf16")
+    ap.add_argument("--dp", default="2,4", help="data-parallel sizes for the memory table")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--memory-only", action="store_true")
+    ap.add_argument("--row", help=argparse.SUPPRESS)  # a child process: time this one row
+    ap.add_argument("--row-precision", help=argparse.SUPPRESS)
+    ap.add_argument("--row-prefix", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=os.environ.get("MASTER_PORT", "29611"))
-    import logging
+    from megagpt.train.engine import quiet_deepspeed
 
+    quiet_deepspeed()
     import deepspeed
-    from deepspeed.utils import logger
 
-    logger.setLevel(logging.WARNING)
-    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+    if args.row:
+        import json
+
+        times, notes = one_row(args, args.row, args.row_precision, args.row_prefix)
+        print("ROW " + json.dumps([times, notes]), flush=True)
+        return
+    from megagpt.config import model_config
     from megagpt.model.flops import model_flops_per_token
-    from megagpt.train.metrics import measured_cpu_peak
+    from megagpt.train.metrics import device_peak_flops
 
+    tmp = Path(tempfile.mkdtemp(prefix="megagpt_bench_"))
+    prefix = write_tokens(tmp, args)
+    cfg = model_config(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, n_positions=args.seq,
+                       vocab_size=args.vocab)
     tokens = args.batch * args.seq
-    rows = []
+    flops = model_flops_per_token(cfg, args.seq) * tokens
+    print(f"shape: {args.n_layer} layers, n_embd {args.n_embd}, ctx {args.seq}, vocab {args.vocab}, batch {args.batch}, "
+          f"threads {args.threads}, device {_device()}, {args.steps} timed steps per row (median), dropout 0")
     for precision in ([] if args.memory_only else args.precisions.split(",")):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        peak = measured_cpu_peak(dtype, seconds=1.0)
-        ours, _, cfg = _megagpt_steps(args, precision)
-        hf = _hf_steps(args, precision)
-        flops = model_flops_per_token(cfg, args.seq) * tokens
-        for name, ts in ((f"megagpt+DeepSpeed ZeRO-3 {precision}", ours), (f"HF GPT-2 + AdamW {precision}", hf)):
+        peak, source = device_peak_flops(dtype)
+        rows = throughput(args, precision, prefix)
+        times = {k: v[0] for k, v in rows.items()}
+        auto_notes = rows["Trainer auto"][1]
+        base = median(times["plain loop"])
+        print(f"\n{precision}: peak {peak / 1e12:.3f} TFLOP/s ({source}); auto chose: {'; '.join(auto_notes)}")
+        print(f"{'run':<44} {'step s':>7} {'vs plain':>8} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6}")
+        for name, ts in times.items():
             t = median(ts)
-            rows.append((name, t, tokens / t, flops / t / 1e12, flops / t / peak))
-    if rows:
-        print(f"shape: {args.n_layer} layers, n_embd {args.n_embd}, ctx {args.seq}, vocab {args.vocab}, "
-              f"batch {args.batch}, threads {args.threads}, {args.steps} timed steps (median)")
-        print(f"{'run':<36} {'step s':>7} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6}")
-    for name, t, tps, tf, mfu in rows:
-        print(f"{name:<36} {t:7.2f} {tps:9.0f} {tf:8.4f} {mfu:6.1%}")
+            print(f"{name:<44} {t:7.3f} {base / t:7.2f}x {tokens / t:9.0f} {flops / t / 1e12:8.4f} "
+                  f"{flops / t / peak:6.1%}")
+    if args.skip_memory:
+        return
+    from dist_harness import run_distributed
 
-    if not args.skip_memory:
-        from dist_harness import run_distributed
-
-        mem = {}
-        for stage in (0, 3):
-            mem[stage] = run_distributed(_memory_worker, 2, args, stage, use_deepspeed=True)
-        print("live tensor memory per rank after one step at dp=2 (params, grads, optimizer states):")
-        for stage, label in ((0, "no ZeRO (stage 0)"), (3, "ZeRO-3")):
-            print(f"  {label:<18} " + "  ".join(f"rank {r}: {b / 2 ** 20:8.1f} MiB" for r, b in enumerate(mem[stage])))
-        print(f"  ZeRO-3 / no ZeRO: {mem[3][0] / mem[0][0]:.2f}x")
+    print("\nmemory per rank after a step (MiB; rank 0; grads measured before the optimizer step):")
+    cols = ("params", "grads", "optimizer", "activations", "other after step", "live after step")
+    print(f"{'dp':>3} {'config':<30} " + " ".join(f"{c:>16}" for c in cols) + f" {'states vs stage 0':>18}")
+    for dp in (int(x) for x in args.dp.split(",")):
+        base_states = None
+        for label in ("ZeRO stage 0", "ZeRO-3", "ZeRO-3, 50M buckets (before)"):
+            m = run_distributed(_memory_worker, dp, args, label, "fp32", prefix, use_deepspeed=True)[0]
+            states = m["params"] + m["grads"] + m["optimizer"]
+            base_states = base_states or states
+            print(f"{dp:>3} {label:<30} " + " ".join(f"{m[c] / 2 ** 20:16.1f}" for c in cols) +
+                  f" {states / base_states:17.2f}x")
 
 
 if __name__ == "__main__":

@@ -252,7 +252,7 @@ class TrainConfig:
     """The run: schedule, logging, checkpoints. Optimizer, batch and precision live in the
     DeepSpeed JSON named by ``deepspeed_config``."""
 
-    deepspeed_config: str = "ds_configs/zero3.json"
+    deepspeed_config: str = "ds_configs/auto.json"
     train_iters: int = 100  # optimizer steps
     exit_after_iters: int | None = None  # stop (with a checkpoint) early; the schedule is unchanged
     seed: int = 1234
@@ -395,6 +395,7 @@ class RunConfig:
     deepspeed: dict  # the loaded ds_configs/*.json, with any ``deepspeed.*`` overrides applied
     finetune: FinetuneConfig | None = None  # only in fine-tuning run files
     model_keys: tuple = ()  # the model keys the run file (or an override) set explicitly
+    notes: list = field(default_factory=list)  # choices validate_run made ("auto" DeepSpeed values), for the log
 
     @property
     def seq_length(self) -> int:
@@ -501,6 +502,9 @@ def validate_run(run: RunConfig, world_size: int) -> RunConfig:
     if run.seq_length > run.model.n_positions:
         raise ConfigError(f"data.seq_length={run.seq_length} exceeds model.n_positions={run.model.n_positions}.")
     ds, name = run.deepspeed, run.train.deepspeed_config
+    from megagpt.train.autotune import resolve
+
+    run.notes = resolve(run, world_size)
     stage = zero_stage(ds)
     if par.pp_size > 1 and stage > 1:
         raise ConfigError(

@@ -141,6 +141,8 @@ class FinetuneTrainer:
         self.n_choices = max(len(e.seqs) for v in self.encoded.values() for e in v)
         self.engine, self.ps = self.built.engine, self.built.ps
         self.metrics = MetricsWriter(tr.tensorboard_dir, dist.get_rank() == 0)
+        for note in run.notes:
+            self.metrics.console(note)
         self.step, self.best = 0, None
         self.best_dir = Path(ft.best_dir or (Path(tr.checkpoint_dir or ".") / "best"))
         if not init:

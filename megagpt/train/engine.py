@@ -181,6 +181,26 @@ def build_3d(run: RunConfig, make_pipeline, scheduler, init_weights: bool, name_
     return Built(engine, ps, pipeline=True)
 
 
+def share_fp32_master(optimizer) -> int:
+    """fp32 training under ZeRO-3: let each sub-group's "fp32 master" partition be the parameter
+    partition itself, as DeepSpeed means to when the two have one dtype and device. Its check
+    compares a torch.device with a device name, which is never equal, so every rank would keep a
+    second fp32 copy of its partition (a quarter of fp32 model-state memory). The optimizer updates
+    the shared storage in place and DeepSpeed's copy back is a copy onto itself. Returns the bytes
+    freed."""
+    freed = 0
+    low = getattr(optimizer, "fp16_partitioned_groups_flat", None) or []
+    master = getattr(optimizer, "fp32_partitioned_groups_flat", None) or []
+    for lp, hp in zip(low, master):
+        if (lp.dtype == hp.dtype and lp.device == hp.device and lp.shape == hp.shape
+                and lp.untyped_storage().data_ptr() != hp.untyped_storage().data_ptr()):
+            with torch.no_grad():
+                lp.copy_(hp)  # equal already; keeps the optimizer's view authoritative
+            freed += hp.numel() * hp.element_size()
+            hp.data = lp.data
+    return freed
+
+
 def build_zero3(run: RunConfig, make_model, scheduler, init_weights: bool, gpt_of=lambda m: m) -> Built:
     """The zero3 layout's engine around ``make_model(ps)`` (built inside ``zero.Init`` when the
     DeepSpeed config asks for stage 3); ``gpt_of(model)`` is its GPT, which ``train.init_from``
@@ -202,4 +222,10 @@ def build_zero3(run: RunConfig, make_model, scheduler, init_weights: bool, gpt_o
     ps.seed(tr.seed)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=_param_groups(model.named_parameters()),
                                       config=ds, mpu=ps, lr_scheduler=scheduler)
+    if stage == 3:
+        share_fp32_master(engine.optimizer)
+    if stage == 0 and ps.dp_size == 1:
+        # one data-parallel rank: DeepSpeed would still flatten every gradient and all-reduce it
+        # over a group of one after each backward
+        engine.enable_backward_allreduce = False
     return Built(engine, ps, pipeline=False)

@@ -92,6 +92,8 @@ class Trainer:
         self.engine, self.ps = self.built.engine, self.built.ps
         self.is_logger = dist.get_rank() == 0
         self.metrics = MetricsWriter(tr.tensorboard_dir, self.is_logger)
+        for note in run.notes:
+            self.metrics.console(note)
         self.flops_per_token = model_flops_per_token(run.model, self.seq)
         self.dtype = _dtype(ds)
         self.peak, self.peak_source = device_peak_flops(self.dtype)

@@ -1,0 +1,139 @@
+"""DeepSpeed values left to megagpt: ``"auto"`` in the JSON's ``zero_optimization``.
+
+``stage: "auto"`` takes the lowest ZeRO stage whose model states and activations fit 80% of a
+rank's memory (the GPU's, or the host's divided among the local ranks), because every stage above
+0 adds communication or bookkeeping a model that fits does not need: with one data-parallel rank
+it is 0, as nothing can be sharded. The 3d layout's pipeline engine allows stages 0 and 1 only.
+Bucket sizes set to ``"auto"`` follow the rule of the Hugging Face DeepSpeed integration, from the
+hidden size h: reduce bucket h^2, ZeRO-3 prefetch bucket 0.9 h^2, persistence threshold 10 h
+(with floors, so a tiny model does not split its gradients into thousands of collectives). A
+number in the JSON always wins. Each choice is returned as a sentence for the run's log.
+
+Memory per rank (bytes), N = parameters / tp:
+  fp32:       params 4N, grads 4N, Adam moments 8N
+  bf16/fp16:  params 2N, grads 2N, fp32 master + moments 12N
+  stage 1 divides the optimizer states by dp, stage 2 also the grads, stage 3 also the params.
+Activations per layer follow Korthikanti et al. (2022): s b h (34 + 5 a s / h) bytes at 16 bits
+(doubled in fp32), divided by tp; with activation checkpointing only each layer's input
+(2 s b h) stays, plus one layer's worth during recomputation. The logits and their gradient add
+2 x 4 s b V / tp bytes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from megagpt.config import ConfigError, ModelConfig
+
+AUTO_BUCKETS = ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold",
+                "allgather_bucket_size")
+HEADROOM = 0.8  # the share of a rank's memory a choice may plan to use
+
+
+@dataclass
+class StateBytes:
+    params: float
+    grads: float
+    optimizer: float
+    activations: float
+
+    @property
+    def total(self) -> float:
+        return self.params + self.grads + self.optimizer + self.activations
+
+
+def state_bytes(cfg: ModelConfig, *, tp: int, dp: int, stage: int, half: bool, micro_batch: int, seq: int,
+                checkpointing: bool) -> StateBytes:
+    """Predicted bytes per rank of params, grads, optimizer states and activations."""
+    from megagpt.model.flops import param_count
+
+    n = param_count(cfg) / tp
+    p, g, o = (2 * n, 2 * n, 12 * n) if half else (4 * n, 4 * n, 8 * n)
+    if stage >= 1:
+        o /= dp
+    if stage >= 2:
+        g /= dp
+    if stage >= 3:
+        p /= dp
+    s, b, h, a = seq, micro_batch, cfg.n_embd, cfg.n_head
+    scale = 1.0 if half else 2.0
+    full_layer = s * b * h * (34 + 5 * a * s / h) * scale / tp
+    if checkpointing:
+        acts = cfg.n_layer * 2 * s * b * h * scale + full_layer
+    else:
+        acts = cfg.n_layer * full_layer
+    acts += 2 * 4 * s * b * cfg.vocab_size / tp
+    return StateBytes(p, g, o, acts)
+
+
+def rank_memory(local_ranks: int) -> tuple[float, str]:
+    """(bytes one rank may use, where the figure comes from)."""
+    import torch
+
+    if torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+        return float(total), f"{torch.cuda.get_device_name(0)}, {total / 2 ** 30:.0f} GiB"
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return total / max(1, local_ranks), f"host memory {total / 2 ** 30:.0f} GiB / {local_ranks} local ranks"
+
+
+def _local_ranks(world_size: int) -> int:
+    for var in ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return world_size
+
+
+def resolve(run, world_size: int, *, memory: tuple[float, str] | None = None) -> list[str]:
+    """Replace every ``"auto"`` in ``run.deepspeed["zero_optimization"]`` by a value; returns one
+    sentence per choice."""
+    ds = run.deepspeed
+    zero = ds.get("zero_optimization")
+    notes: list[str] = []
+    if not isinstance(zero, dict):
+        return notes
+    name = run.train.deepspeed_config
+    par, cfg = run.parallel, run.model
+    h = cfg.n_embd
+    rules = {"reduce_bucket_size": max(h * h, 500_000), "allgather_bucket_size": max(h * h, 500_000),
+             "stage3_prefetch_bucket_size": max(int(0.9 * h * h), 450_000),
+             "stage3_param_persistence_threshold": 10 * h}
+    sized = {k: rules[k] for k in AUTO_BUCKETS if zero.get(k) == "auto"}
+    zero.update(sized)
+    if sized:
+        notes.append("ZeRO buckets from n_embd=%d: %s" % (h, ", ".join(f"{k}={v}" for k, v in sized.items())))
+    for key, value in zero.items():
+        if value == "auto":
+            if key != "stage":
+                raise ConfigError(f"{name}: zero_optimization.{key} cannot be 'auto'; megagpt sizes "
+                                  f"{', '.join(AUTO_BUCKETS)} and the stage.")
+    if zero.get("stage") != "auto":
+        return notes
+    dp = par.dp_size(world_size)
+    half = bool((ds.get("bf16") or {}).get("enabled") or (ds.get("fp16") or {}).get("enabled"))
+    micro = ds.get("train_micro_batch_size_per_gpu") or 1
+    allowed = (0, 1) if par.layout == "3d" else (0, 1, 2, 3)
+    budget, where = memory or rank_memory(_local_ranks(world_size))
+    chosen, why = None, ""
+    if dp == 1:
+        chosen, why = 0, "one data-parallel rank: nothing to shard"
+    else:
+        for stage in allowed:
+            need = state_bytes(cfg, tp=par.tp_size, dp=dp, stage=stage, half=half, micro_batch=micro,
+                               seq=run.seq_length, checkpointing=run.train.activation_checkpointing)
+            if need.total <= HEADROOM * budget:
+                chosen = stage
+                why = (f"{need.total / 2 ** 30:.2f} GiB per rank predicted (model states "
+                       f"{(need.total - need.activations) / 2 ** 30:.2f}, activations "
+                       f"{need.activations / 2 ** 30:.2f}) fits {HEADROOM:.0%} of {where}")
+                break
+        if chosen is None:
+            chosen = allowed[-1]
+            need = state_bytes(cfg, tp=par.tp_size, dp=dp, stage=chosen, half=half, micro_batch=micro,
+                               seq=run.seq_length, checkpointing=run.train.activation_checkpointing)
+            why = (f"even stage {chosen} needs {need.total / 2 ** 30:.2f} GiB per rank, over {HEADROOM:.0%} of "
+                   f"{where}: expect to run out of memory (more data-parallel ranks, tp, activation "
+                   f"checkpointing, or a ZeRO offload config)")
+    zero["stage"] = chosen
+    notes.append(f"ZeRO stage {chosen} ({name}: stage 'auto'; dp={dp}): {why}")
+    return notes
