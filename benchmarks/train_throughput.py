@@ -139,7 +139,9 @@ class PlainRow:
         float(loss)  # the loop reads its loss, as megagpt's does
 
 
-ROWS = ["plain loop", "plain loop, fused AdamW"] + [f"Trainer {k}" for k in CONFIGS] + ["HF GPT-2 + AdamW"]
+ROWS = (["plain loop", "plain loop, fused AdamW"]
+        + [f"Trainer {k}" for k, (f, _) in CONFIGS.items() if (ROOT / "ds_configs" / f).is_file()]
+        + ["HF GPT-2 + AdamW"])
 
 
 def one_row(args, name: str, precision: str, prefix: str) -> tuple[list[float], list[str]]:
@@ -305,7 +307,7 @@ def main():
         peak, source = device_peak_flops(dtype)
         rows = throughput(args, precision, prefix)
         times = {k: v[0] for k, v in rows.items()}
-        auto_notes = rows["Trainer auto"][1]
+        auto_notes = rows.get("Trainer auto", [None, ["(no ds_configs/auto.json)"]])[1]
         base = median(times["plain loop"])
         print(f"\n{precision}: peak {peak / 1e12:.3f} TFLOP/s ({source}); auto chose: {'; '.join(auto_notes)}")
         print(f"{'run':<44} {'step s':>7} {'vs plain':>8} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6}")
