@@ -154,7 +154,7 @@ def one_row(args, name: str, precision: str, prefix: str) -> tuple[list[float], 
     notes: list[str] = []
     if name.startswith("Trainer "):
         row = TrainerRow(run_config(args, *CONFIGS[name[len("Trainer "):]], precision, 1, prefix))
-        notes = row.trainer.run.notes
+        notes = getattr(row.trainer.run, "notes", [])
     else:
         row = PlainRow(args, True if "fused" in name else None, hf=name.startswith("HF"), precision=precision,
                        dataset=ds)
