@@ -1,6 +1,12 @@
 """Data pipeline throughput per stage on one core, with datasketch's MinHashLSH side by side.
 
     python benchmarks/data_pipeline.py --docs 3000
+    python benchmarks/data_pipeline.py --real-only [--real demo/raw]
+
+``--real`` (default: the demo's raw corpus when it exists, else Python's own documentation from
+pydoc_data) times the filter stage the way build_source.py runs it -- clean, Gopher quality,
+Gopher repetition and MinHash signatures, one document after another through each step -- on
+real English text, in MB of input per second on one core.
 
 Generates an English-like corpus with planted near-duplicates (contiguous edits of 0-10% of the
 words), then times each stage in this one process and prints docs/s and MB/s. For dedup, both
@@ -58,12 +64,58 @@ def rate(name, t, docs, nbytes, rows):
     rows.append((name, t, docs / t, nbytes / 1e6 / t))
 
 
+def real_texts(where: str | None) -> tuple[list[Document], str]:
+    """Documents of real English text and what they are."""
+    root = Path(where) if where else Path(__file__).resolve().parents[1] / "demo" / "raw"
+    if root.is_dir():
+        from data_tools.readers import list_inputs
+
+        docs = []
+        for f in list_inputs([str(root)]):
+            if not f.name.startswith("."):
+                docs += list(read_file(f, f.parent.name, ErrorLog()))
+        return docs, f"{root} ({len(docs)} documents of the demo's raw sources)"
+    from pydoc_data.topics import topics
+
+    docs = [Document(t, k) for k, t in sorted(topics.items())]
+    return docs, f"pydoc_data help topics ({len(docs)} documents; no {root})"
+
+
+def filter_stage(docs: list[Document], cfg) -> dict:
+    """Seconds per step over ``docs`` (fresh copies), the whole stage's MB/s, and the kept ids."""
+    from data_tools.clean import clean
+
+    nbytes = sum(len(d.text.encode()) for d in docs)
+    steps = [("clean", lambda it, st: clean(it, st)), ("gopher_quality", GopherQuality()),
+             ("gopher_repetition", GopherRepetition()), ("minhash_signatures", dd.SignatureStep(cfg))]
+    it = iter([Document(d.text, d.id) for d in docs])
+    times = {}
+    for name, step in steps:
+        t0 = time.perf_counter()
+        out = list(step(it, Stats()))
+        times[name] = time.perf_counter() - t0
+        it = iter(out)
+    total = sum(times.values())
+    return {"bytes": nbytes, "times": times, "total": total, "kept": [d.id for d in out]}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--docs", type=int, default=3000)
     ap.add_argument("--bands", type=int, default=20)
     ap.add_argument("--rows", type=int, default=6)
+    ap.add_argument("--real", help="a directory of raw inputs (default: demo/raw, else pydoc_data)")
+    ap.add_argument("--real-only", action="store_true", help="only the filter stage on real text")
     a = ap.parse_args()
+    docs, what = real_texts(a.real)
+    r = filter_stage(docs, dd.DedupConfig(bands=a.bands, rows=a.rows))
+    mb = r["bytes"] / 1e6
+    print(f"filter stage on real text: {what}, {mb:.2f} MB, {len(r['kept'])} kept")
+    for name, t in r["times"].items():
+        print(f"  {name:<22}{t:8.3f} s{mb / t:9.2f} MB/s")
+    print(f"  {'whole stage':<22}{r['total']:8.3f} s{mb / r['total']:9.2f} MB/s per core")
+    if a.real_only:
+        return
     texts = corpus(a.docs)
     nbytes = sum(len(t.encode()) for t in texts)
     rows = []

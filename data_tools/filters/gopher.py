@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from data_tools.document import Document
 from data_tools.filters.base import Filter, duplicate_stats
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)
 
 _BULLETS = ("\u2022", "-", "*", "\u2023", "\u25e6", "\u2043", "\u2219", "\u25cf", "\u25aa")
 _PUNCT_STRIP = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\u2026\u201c\u201d\u2018\u2019"
@@ -102,32 +105,52 @@ class GopherRepetition(Filter):
         if chars / max(len(text), 1) > c.dup_line_char_frac:
             return "dup_line_char_frac"
         words = text.split()
-        total = sum(len(w) for w in words)
+        if not words:
+            return None
+        return self._ngram_rules(words)
+
+    def _ngram_rules(self, words: list[str]) -> str | None:
+        """The n-gram rules over integer keys: each word gets an id, each k-gram a 64-bit key
+        built from the (k-1)-gram's (numpy, no per-gram Python objects)."""
+        c = self.cfg
+        index: dict[str, int] = {}
+        ids = np.fromiter((index.setdefault(w, len(index)) for w in words), dtype=np.uint64, count=len(words))
+        lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+        total = int(lens.sum())
         if not total:
             return None
-        for k, thr in sorted(c.top_ngram_char_frac.items()):
-            k = int(k)
-            if len(words) < k:
-                continue
-            grams = Counter(zip(*(words[i:] for i in range(k))))
-            gram, count = grams.most_common(1)[0]
-            if count > 1 and sum(len(w) for w in gram) * count / total > thr:
-                return f"top_{k}gram"
+        cum = np.concatenate(([0], np.cumsum(lens)))
+        top = {int(k): v for k, v in c.top_ngram_char_frac.items()}
         dup = sorted((int(k), v) for k, v in c.dup_ngram_char_frac.items())
-        for n, (k, thr) in enumerate(dup):
-            if len(words) < k:
-                continue
-            grams = list(zip(*(words[i:] for i in range(k))))
-            counts = Counter(grams)
-            covered = bytearray(len(words))  # a word counts once even under overlapping repeats
-            for i, g in enumerate(grams):
-                if counts[g] > 1:
-                    covered[i:i + k] = b"\x01" * k
-            dup_chars = sum(len(w) for w, m in zip(words, covered) if m)
-            if dup_chars / total > thr:
-                return f"dup_{k}gram"
-            # words under a repeated longer n-gram are under repeated k-grams too, so the longer
-            # fractions can only be smaller: stop once none of the remaining thresholds is reachable
-            if all(dup_chars / total <= t for kk, t in dup[n + 1:] if kk > k):
-                break
+        need = max(list(top) + [k for k, _ in dup] + [1])
+        n = len(words)
+        keys = ids.copy()
+        dup_from = 0
+        for k in range(2, min(need, n) + 1):
+            with np.errstate(over="ignore"):
+                keys = (keys[:-1] ^ (keys[:-1] >> np.uint64(31))) * _MIX + ids[k - 1:] + np.uint64(1)
+            if k in top:
+                _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+                best = counts.max()
+                if best > 1:
+                    i = int(first[counts == best].min())  # Counter.most_common: the first seen of the ties
+                    if (cum[i + k] - cum[i]) * int(best) / total > top[k]:
+                        return f"top_{k}gram"
+            while dup_from < len(dup) and dup[dup_from][0] < k:
+                dup_from += 1
+            if dup_from < len(dup) and dup[dup_from][0] == k:
+                thr = dup[dup_from][1]
+                _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+                starts = np.flatnonzero(counts[inverse] > 1)
+                edge = np.zeros(n + 1, dtype=np.int64)  # a word counts once under overlapping repeats
+                edge[starts] += 1  # starts are distinct positions
+                edge[starts + k] -= 1
+                covered = np.cumsum(edge[:n]) > 0
+                frac = int(lens[covered].sum()) / total
+                if frac > thr:
+                    return f"dup_{k}gram"
+                # words under a repeated longer n-gram are under repeated k-grams too, so the longer
+                # fractions can only be smaller: stop once none of the remaining thresholds is reachable
+                if all(frac <= t for kk, t in dup[dup_from + 1:] if kk > k):
+                    break
         return None
