@@ -11,6 +11,7 @@ from data_tools.document import Document, Stats
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u3000\u202f\u205f]+")
 _BLANKS = re.compile(r"\n{3,}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_LINE_EDGES = re.compile(r"[^\S\n]*\n[^\S\n]*")  # whitespace around a line break (str.strip's whitespace)
 
 
 @dataclass
@@ -30,7 +31,9 @@ def clean_text(text: str, cfg: CleanConfig = CleanConfig()) -> str:
     if cfg.whitespace:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
         text = _CONTROL.sub("", text)
-        text = "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n"))
+        # every line's space runs become one space and its ends are stripped, in passes over the
+        # whole text (the text's own two ends go with the final strip)
+        text = _LINE_EDGES.sub("\n", _SPACES.sub(" ", text))
         text = _BLANKS.sub("\n\n", text).strip()
     return text
 

@@ -29,26 +29,59 @@ class GopherQualityConfig:
     stop_words: tuple[str, ...] = ("the", "be", "to", "of", "and", "that", "have", "with")
 
 
+def _class_of(pred) -> str:
+    """A regex character class (without brackets) of every code point for which ``pred`` holds."""
+    ranges, start = [], None
+    for cp in range(0x110000 + 1):
+        ok = cp < 0x110000 and not 0xD800 <= cp < 0xE000 and pred(chr(cp))
+        if ok and start is None:
+            start = cp
+        elif not ok and start is not None:
+            ranges.append(re.escape(chr(start)) + ("-" + re.escape(chr(cp - 1)) if cp - 1 > start else ""))
+            start = None
+    return "".join(ranges)
+
+
+_ALPHA_WORD = None  # words with a letter (str.isalpha), compiled on first use
+
+
+def _alpha_words(text: str) -> int:
+    """How many of ``text.split()``'s words hold at least one letter: each such word is one
+    match of non-space characters around a letter (``\\s`` is ``str.isspace``, as for split)."""
+    global _ALPHA_WORD
+    if _ALPHA_WORD is None:
+        _ALPHA_WORD = re.compile(r"\S*[" + _class_of(str.isalpha) + r"]\S*")
+    return len(_ALPHA_WORD.findall(text))
+
+
 class GopherQuality(Filter):
-    """Gopher's document quality heuristics."""
+    """Gopher's document quality heuristics. Word-level counts run as regular expressions over
+    the whole text (one match per qualifying word of ``text.split()``), not as Python loops."""
     name = "gopher_quality"
 
     def __init__(self, cfg: GopherQualityConfig = GopherQualityConfig()):
         self.cfg = cfg
         self.stop = set(cfg.stop_words)
+        punct = re.escape(_PUNCT_STRIP)
+        # words that are not pure punctuation (Gopher counts "non-symbol words")
+        self._real = re.compile(r"\S*[^\s" + punct + r"]\S*")
+        # a stop word with punctuation only around it; stop words that begin or end with such
+        # punctuation (or hold a space) can never equal a stripped word, so they are left out
+        usable = sorted((w for w in self.stop if w and w == w.strip(_PUNCT_STRIP) and not re.search(r"\s", w)),
+                        key=len, reverse=True)
+        self._stop = re.compile(r"(?<!\S)[" + punct + r"]*(" + "|".join(map(re.escape, usable)) + r")[" + punct
+                                + r"]*(?!\S)") if usable else None
 
     def check(self, doc: Document) -> str | None:
         c = self.cfg
         text = doc.text
-        words = text.split()
-        # words that are pure punctuation do not count as words (Gopher counts "non-symbol words")
-        real = [w for w in words if w.strip(_PUNCT_STRIP)]
+        real = self._real.findall(text)
         n = len(real)
         if n < c.min_words:
             return "few_words"
         if n > c.max_words:
             return "many_words"
-        mean_len = sum(len(w) for w in real) / n
+        mean_len = sum(map(len, real)) / n
         if not c.min_mean_word_length <= mean_len <= c.max_mean_word_length:
             return "mean_word_length"
         symbols = text.count("#") + text.count("...") + text.count("\u2026")
@@ -60,9 +93,10 @@ class GopherQuality(Filter):
                 return "bullet_lines"
             if sum(l.rstrip().endswith(("...", "\u2026")) for l in lines) / len(lines) > c.max_ellipsis_lines_ratio:
                 return "ellipsis_lines"
-        if sum(any(ch.isalpha() for ch in w) for w in words) / len(words) < c.min_alpha_words_ratio:
+        n_words = len(text.split())
+        if _alpha_words(text) / n_words < c.min_alpha_words_ratio:
             return "alpha_words"
-        found = {w.lower().strip(_PUNCT_STRIP) for w in words} & self.stop
+        found = set(self._stop.findall(text.lower())) if self._stop is not None else set()
         if len(found) < c.min_stop_words:
             return "stop_words"
         return None
@@ -114,7 +148,8 @@ class GopherRepetition(Filter):
         built from the (k-1)-gram's (numpy, no per-gram Python objects)."""
         c = self.cfg
         index: dict[str, int] = {}
-        ids = np.fromiter((index.setdefault(w, len(index)) for w in words), dtype=np.uint64, count=len(words))
+        # a word's id is the position of its first occurrence (map keeps the loop in C)
+        ids = np.fromiter(map(index.setdefault, words, range(len(words))), dtype=np.uint64, count=len(words))
         lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
         total = int(lens.sum())
         if not total:

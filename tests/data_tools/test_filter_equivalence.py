@@ -1,15 +1,17 @@
-"""The vectorised Gopher repetition rules decide exactly as the straightforward implementation
-they replaced (kept below as the reference) on real English prose: Python's own documentation
-(pydoc_data's help topics), cut into documents, and the same documents with repeated spans,
-lines and paragraphs planted to trip each rule."""
+"""The faster cleaning step and Gopher rules decide exactly as the straightforward code they
+replaced (kept below as the references): on real English prose -- Python's own documentation
+(pydoc_data's help topics) cut into documents -- on the same documents with repeated spans, lines
+and paragraphs planted to trip each repetition rule, and on documents mutated with Unicode
+whitespace, punctuation-only words, letters outside ASCII, digits and symbols."""
 import random
 import re
 from collections import Counter
 
 import pytest
 
+from data_tools.clean import _BLANKS, _CONTROL, _SPACES, clean_text
 from data_tools.document import Document
-from data_tools.filters import GopherRepetition, GopherRepetitionConfig
+from data_tools.filters import GopherQuality, GopherQualityConfig, GopherRepetition, GopherRepetitionConfig
 from data_tools.filters.base import duplicate_stats
 
 _PARAS = re.compile(r"\n{2,}")
@@ -51,6 +53,79 @@ def reference_repetition(text: str, c: GopherRepetitionConfig = GopherRepetition
         if sum(len(w) for w, m in zip(words, covered) if m) / total > thr:
             return f"dup_{k}gram"
     return None
+
+
+_PUNCT_STRIP = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\u2026\u201c\u201d\u2018\u2019"
+_BULLETS = ("\u2022", "-", "*", "\u2023", "\u25e6", "\u2043", "\u2219", "\u25cf", "\u25aa")
+
+
+def reference_quality(text: str, c: GopherQualityConfig = GopherQualityConfig()) -> str | None:
+    words = text.split()
+    real = [w for w in words if w.strip(_PUNCT_STRIP)]
+    n = len(real)
+    if n < c.min_words:
+        return "few_words"
+    if n > c.max_words:
+        return "many_words"
+    mean_len = sum(len(w) for w in real) / n
+    if not c.min_mean_word_length <= mean_len <= c.max_mean_word_length:
+        return "mean_word_length"
+    symbols = text.count("#") + text.count("...") + text.count("\u2026")
+    if symbols / n > c.max_symbol_word_ratio:
+        return "symbol_word_ratio"
+    lines = [ln for ln in text.split("\n") if ln.strip()]
+    if lines:
+        if sum(ln.lstrip().startswith(_BULLETS) for ln in lines) / len(lines) > c.max_bullet_lines_ratio:
+            return "bullet_lines"
+        if sum(ln.rstrip().endswith(("...", "\u2026")) for ln in lines) / len(lines) > c.max_ellipsis_lines_ratio:
+            return "ellipsis_lines"
+    if sum(any(ch.isalpha() for ch in w) for w in words) / len(words) < c.min_alpha_words_ratio:
+        return "alpha_words"
+    found = {w.lower().strip(_PUNCT_STRIP) for w in words} & set(c.stop_words)
+    if len(found) < c.min_stop_words:
+        return "stop_words"
+    return None
+
+
+def reference_whitespace(text: str) -> str:
+    """The whitespace part of clean_text as it was: line by line."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROL.sub("", text)
+    text = "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n"))
+    return _BLANKS.sub("\n\n", text).strip()
+
+
+ODD = ["\u00a0", "\u2003", "\u3000", "\x0b", "\x0c", "\x1c", "\x1f", "\u2028", "\u2029", "\x85", "\t", "\r",
+       "\r\n", " \n ", "\n\n\n\n", "--", "...", "\u2026", "#", "'", "\u201c\u201d", "\u00b2", "\u2460", "\u00aa",
+       "\u0130", "\u03a3", "\u4e2d\u6587", "\u00e9t\u00e9", "12345", "_", "\u2022 item", "THE", "'the'", "(and)", "\ufb01"]
+
+
+def mutated(docs: list[str], rng: random.Random) -> list[str]:
+    out = []
+    for d in docs:
+        w = d.split(" ")
+        for _ in range(rng.randint(1, 30)):
+            w.insert(rng.randrange(len(w) + 1), rng.choice(ODD))
+        out.append(rng.choice([" ", "", "\n"]).join(w) if rng.random() < 0.3 else " ".join(w))
+    return out
+
+
+def test_quality_and_whitespace_decide_as_before():
+    docs = real_documents()
+    corpus = docs + mutated(docs, random.Random(2)) + mutated(docs, random.Random(3))
+    f = GopherQuality()
+    reasons = Counter()
+    for i, t in enumerate(corpus):
+        want = reference_quality(t)
+        assert f.check(Document(t, str(i))) == want, (i, t[:200])
+        reasons[want] += 1
+        if t.isascii():  # no ftfy step: the whole of clean_text is the whitespace part
+            assert clean_text(t) == reference_whitespace(t), (i, t[:200])
+        else:
+            from data_tools.clean import CleanConfig
+
+            assert clean_text(t, CleanConfig(fix_mojibake=False, nfc=False)) == reference_whitespace(t), (i, t[:200])
+    assert reasons[None] > 100 and len(reasons) >= 4, reasons
 
 
 def real_documents() -> list[str]:
