@@ -8,10 +8,13 @@ from typing import Iterator
 
 from data_tools.document import Document, Stats
 
-_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u3000\u202f\u205f]+")
+_SPACE_CHARS = " \t\u00a0\u2000-\u200a\u3000\u202f\u205f"
+# the runs whose replacement by one space changes something: not a lone plain space
+_SPACE_RUNS = re.compile(f" [{_SPACE_CHARS}]+|[{_SPACE_CHARS[1:]}][{_SPACE_CHARS}]*")
 _BLANKS = re.compile(r"\n{3,}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_LINE_EDGES = re.compile(r"[^\S\n]*\n[^\S\n]*")  # whitespace around a line break (str.strip's whitespace)
+# characters one of ftfy's fixes may act on; an ASCII segment without them comes back unchanged
+_FTFY_NEEDED = re.compile(r"[^\t\n\x20-\x7e]|&")
 
 
 @dataclass
@@ -21,19 +24,39 @@ class CleanConfig:
     whitespace: bool = True
 
 
+def fix_text(text: str, normalization: str | None = "NFC") -> str:
+    """``ftfy.fix_text(text, normalization=...)``, segment by segment exactly as ftfy walks the
+    text (a line, or ``max_decode_length`` characters, at a time; HTML unescaping off from the
+    first segment holding '<'), but handing ftfy only the segments it could change: plain ASCII
+    lines without '&', escapes or control characters, most of real text, are taken as they are."""
+    import ftfy
+
+    config = ftfy.TextFixerConfig(normalization=normalization, explain=False)
+    out, pos, n = [], 0, len(text)
+    while pos < n:
+        end = text.find("\n", pos) + 1 or n
+        if end - pos > config.max_decode_length:
+            end = pos + config.max_decode_length
+        segment = text[pos:end]
+        if config.unescape_html == "auto" and "<" in segment:
+            config = config._replace(unescape_html=False)
+        out.append(ftfy.fix_and_explain(segment, config)[0] if _FTFY_NEEDED.search(segment) else segment)
+        pos = end
+    return "".join(out)
+
+
 def clean_text(text: str, cfg: CleanConfig = CleanConfig()) -> str:
     if cfg.fix_mojibake and not text.isascii():
         # ftfy only matters for non-ASCII text; skipping it for ASCII saves most of its cost
-        import ftfy
-        text = ftfy.fix_text(text, normalization="NFC" if cfg.nfc else None)
+        text = fix_text(text, "NFC" if cfg.nfc else None)
     elif cfg.nfc and not text.isascii():
         text = unicodedata.normalize("NFC", text)
     if cfg.whitespace:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
         text = _CONTROL.sub("", text)
-        # every line's space runs become one space and its ends are stripped, in passes over the
-        # whole text (the text's own two ends go with the final strip)
-        text = _LINE_EDGES.sub("\n", _SPACES.sub(" ", text))
+        # every run of spaces becomes one space (one pass over the whole text), then each line's
+        # ends are stripped
+        text = "\n".join([line.strip() for line in _SPACE_RUNS.sub(" ", text).split("\n")])
         text = _BLANKS.sub("\n\n", text).strip()
     return text
 

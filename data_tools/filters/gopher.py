@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,46 +43,48 @@ def _class_of(pred) -> str:
     return "".join(ranges)
 
 
-_ALPHA_WORD = None  # words with a letter (str.isalpha), compiled on first use
+_LETTER = None  # any letter (str.isalpha), compiled on first use
 
 
-def _alpha_words(text: str) -> int:
-    """How many of ``text.split()``'s words hold at least one letter: each such word is one
-    match of non-space characters around a letter (``\\s`` is ``str.isspace``, as for split)."""
-    global _ALPHA_WORD
-    if _ALPHA_WORD is None:
-        _ALPHA_WORD = re.compile(r"\S*[" + _class_of(str.isalpha) + r"]\S*")
-    return len(_ALPHA_WORD.findall(text))
+def _has_letter(word: str) -> bool:
+    global _LETTER
+    if _LETTER is None:
+        _LETTER = re.compile("[" + _class_of(str.isalpha) + "]")
+    return _LETTER.search(word) is not None
 
 
 class GopherQuality(Filter):
-    """Gopher's document quality heuristics. Word-level counts run as regular expressions over
-    the whole text (one match per qualifying word of ``text.split()``), not as Python loops."""
+    """Gopher's document quality heuristics. The word-level rules look at each distinct word once
+    (``Counter`` over ``text.split()``), not at every occurrence."""
     name = "gopher_quality"
 
     def __init__(self, cfg: GopherQualityConfig = GopherQualityConfig()):
         self.cfg = cfg
         self.stop = set(cfg.stop_words)
-        punct = re.escape(_PUNCT_STRIP)
-        # words that are not pure punctuation (Gopher counts "non-symbol words")
-        self._real = re.compile(r"\S*[^\s" + punct + r"]\S*")
-        # a stop word with punctuation only around it; stop words that begin or end with such
-        # punctuation (or hold a space) can never equal a stripped word, so they are left out
-        usable = sorted((w for w in self.stop if w and w == w.strip(_PUNCT_STRIP) and not re.search(r"\s", w)),
-                        key=len, reverse=True)
-        self._stop = re.compile(r"(?<!\S)[" + punct + r"]*(" + "|".join(map(re.escape, usable)) + r")[" + punct
-                                + r"]*(?!\S)") if usable else None
 
     def check(self, doc: Document) -> str | None:
         c = self.cfg
         text = doc.text
-        real = self._real.findall(text)
-        n = len(real)
+        words = text.split()
+        counts = Counter(words)
+        symbol_words = symbol_chars = no_letter = 0
+        found = set()
+        for w, k in counts.items():
+            stripped = w.strip(_PUNCT_STRIP)
+            if not stripped:  # pure punctuation: not a word for Gopher's counts
+                symbol_words += k
+                symbol_chars += k * len(w)
+            if not _has_letter(w):
+                no_letter += k
+            lw = w.lower().strip(_PUNCT_STRIP)
+            if lw in self.stop:
+                found.add(lw)
+        n = len(words) - symbol_words
         if n < c.min_words:
             return "few_words"
         if n > c.max_words:
             return "many_words"
-        mean_len = sum(map(len, real)) / n
+        mean_len = (sum(map(len, words)) - symbol_chars) / n
         if not c.min_mean_word_length <= mean_len <= c.max_mean_word_length:
             return "mean_word_length"
         symbols = text.count("#") + text.count("...") + text.count("\u2026")
@@ -93,10 +96,8 @@ class GopherQuality(Filter):
                 return "bullet_lines"
             if sum(l.rstrip().endswith(("...", "\u2026")) for l in lines) / len(lines) > c.max_ellipsis_lines_ratio:
                 return "ellipsis_lines"
-        n_words = len(text.split())
-        if _alpha_words(text) / n_words < c.min_alpha_words_ratio:
+        if (len(words) - no_letter) / len(words) < c.min_alpha_words_ratio:
             return "alpha_words"
-        found = set(self._stop.findall(text.lower())) if self._stop is not None else set()
         if len(found) < c.min_stop_words:
             return "stop_words"
         return None

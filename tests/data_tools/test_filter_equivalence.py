@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from data_tools.clean import _BLANKS, _CONTROL, _SPACES, clean_text
+from data_tools.clean import _BLANKS, _CONTROL, clean_text
 from data_tools.document import Document
 from data_tools.filters import GopherQuality, GopherQualityConfig, GopherRepetition, GopherRepetitionConfig
 from data_tools.filters.base import duplicate_stats
@@ -87,6 +87,9 @@ def reference_quality(text: str, c: GopherQualityConfig = GopherQualityConfig())
     return None
 
 
+_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u3000\u202f\u205f]+")
+
+
 def reference_whitespace(text: str) -> str:
     """The whitespace part of clean_text as it was: line by line."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -126,6 +129,33 @@ def test_quality_and_whitespace_decide_as_before():
 
             assert clean_text(t, CleanConfig(fix_mojibake=False, nfc=False)) == reference_whitespace(t), (i, t[:200])
     assert reasons[None] > 100 and len(reasons) >= 4, reasons
+
+
+def test_fix_text_equals_ftfy_on_what_it_fixes():
+    """clean.fix_text hands ftfy only the lines it could change, and equals ftfy.fix_text on
+    text with mojibake, HTML entities before and after a '<', terminal escapes, controls, curly
+    quotes, ligatures, full-width letters and line separators."""
+    import ftfy
+
+    from data_tools.clean import fix_text
+
+    rng = random.Random(4)
+    extra = ["&amp;", "&lt;x&gt;", "<b>", "\x1b[31m", "Ã©", "â€™", "\x80", "\x00", "\x7f", "\uff21", "\u2019",
+             "caf\u0065\u0301", "\ufb02", "\u00a0", "\u2028", "\r", "&#233;", "\ud7ff"]
+    docs = [d.replace(" ", "\n", 3) for d in real_documents()[:200]]
+    corpus = []
+    for d in docs:
+        w = d.split(" ")
+        for _ in range(rng.randint(0, 12)):
+            w.insert(rng.randrange(len(w) + 1), rng.choice(extra + ODD))
+        corpus.append(" ".join(w))
+    changed = 0
+    for t in corpus:
+        for norm in ("NFC", None):
+            want = ftfy.fix_text(t, normalization=norm)
+            assert fix_text(t, norm) == want, t[:300]
+            changed += want != t
+    assert changed > 100  # ftfy had work to do
 
 
 def real_documents() -> list[str]:
