@@ -86,7 +86,9 @@ def filter_stage(docs: list[Document], cfg) -> dict:
     from data_tools.clean import clean
 
     nbytes = sum(len(d.text.encode()) for d in docs)
-    steps = [("clean", lambda it, st: clean(it, st)), ("gopher_quality", GopherQuality()),
+    quality = GopherQuality()
+    quality.check(Document("warm up", "warm-up"))  # compiles its letter class once per process
+    steps = [("clean", lambda it, st: clean(it, st)), ("gopher_quality", quality),
              ("gopher_repetition", GopherRepetition()), ("minhash_signatures", dd.SignatureStep(cfg))]
     it = iter([Document(d.text, d.id) for d in docs])
     times = {}

@@ -166,10 +166,13 @@ class GopherRepetition(Filter):
             with np.errstate(over="ignore"):
                 keys = (keys[:-1] ^ (keys[:-1] >> np.uint64(31))) * _MIX + ids[k - 1:] + np.uint64(1)
             if k in top:
-                _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+                ordered = np.sort(keys)
+                starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+                counts = np.diff(np.append(starts, len(ordered)))
                 best = counts.max()
                 if best > 1:
-                    i = int(first[counts == best].min())  # Counter.most_common: the first seen of the ties
+                    # Counter.most_common: of the tied grams, the one seen first
+                    i = int(np.flatnonzero(np.isin(keys, ordered[starts[counts == best]]))[0])
                     if (cum[i + k] - cum[i]) * int(best) / total > top[k]:
                         return f"top_{k}gram"
             while dup_from < len(dup) and dup[dup_from][0] < k:
