@@ -178,7 +178,21 @@ def build_3d(run: RunConfig, make_pipeline, scheduler, init_weights: bool, name_
     ps.seed(tr.seed)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=_param_groups(model.named_parameters()),
                                       config=run.deepspeed, lr_scheduler=scheduler)
+    if zero_stage(run.deepspeed) == 0:
+        keep_grad_norm(engine)
     return Built(engine, ps, pipeline=True)
+
+
+def keep_grad_norm(engine) -> None:
+    """Without ZeRO and in fp32, DeepSpeed clips the gradients but drops the norm it measured,
+    so ``get_global_grad_norm()`` (``train/grad_norm``) would stay None: keep it."""
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    def clip():
+        engine._global_grad_norm = clip_grad_norm_(parameters=engine.module.parameters(),
+                                                   max_norm=engine.gradient_clipping(), mpu=engine.mpu)
+
+    engine.clip_fp32_gradients = clip
 
 
 def share_fp32_master(optimizer) -> int:
@@ -224,6 +238,8 @@ def build_zero3(run: RunConfig, make_model, scheduler, init_weights: bool, gpt_o
                                       config=ds, mpu=ps, lr_scheduler=scheduler)
     if stage == 3:
         share_fp32_master(engine.optimizer)
+    if stage == 0:
+        keep_grad_norm(engine)
     if stage == 0 and ps.dp_size == 1:
         # one data-parallel rank: DeepSpeed would still flatten every gradient and all-reduce it
         # over a group of one after each backward

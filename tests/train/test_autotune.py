@@ -116,3 +116,36 @@ def test_fp32_zero3_keeps_one_copy_of_each_partition(shard):
     a step updates it in place."""
     for shared, moved, same in run_distributed(_shared_master_worker, 2, shard, use_deepspeed=True):
         assert shared and moved and same
+
+
+def _grad_norm_worker(rank, world_size, layout, shard):
+    import torch
+
+    from megagpt.train.engine import build_engine
+
+    extra = ["parallel.layout=3d", "parallel.pp_size=2"] if layout == "3d" else []
+    run = _run(world_size, f"data.prefixes=[{shard}]", *extra, *no_dropout())
+    assert run.deepspeed["zero_optimization"]["stage"] == 0
+    built = build_engine(run, total_tokens=10 ** 6)
+    eng = built.engine
+    x = torch.randint(1, 96, (run.deepspeed["train_micro_batch_size_per_gpu"], 32))
+    eng.lr_scheduler.pending_tokens = x.numel()
+    if built.pipeline:
+        eng.train_batch(data_iter=iter([(x, x)] * eng.gradient_accumulation_steps()))
+        return float(eng.get_global_grad_norm())
+    eng.set_gradient_accumulation_boundary(True)
+    eng.backward(eng(x, x).mean())
+    want = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in eng.module.parameters()])).item()
+    eng.step()
+    return float(eng.get_global_grad_norm()), want
+
+
+@pytest.mark.parametrize("layout,world", [("zero3", 1), ("3d", 2)])
+def test_stage_zero_logs_the_gradient_norm(shard, layout, world):
+    """Without ZeRO, DeepSpeed clips but forgets the norm; train/grad_norm needs it."""
+    out = run_distributed(_grad_norm_worker, world, layout, shard, use_deepspeed=True)[0]
+    if layout == "3d":
+        assert out > 0
+    else:
+        got, want = out
+        assert got == pytest.approx(want, rel=1e-5) and got > 0
