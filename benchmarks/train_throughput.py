@@ -194,9 +194,9 @@ def throughput(args, precision: str, prefix: str) -> dict:
 
 # --- memory ---------------------------------------------------------------------------------------
 def _storages(tensors) -> dict:
-    out = {}
+    out, kind = {}, _device().type
     for t in tensors:
-        if isinstance(t, torch.Tensor) and t.device.type == _device().type:
+        if isinstance(t, torch.Tensor) and t.device.type == kind:
             st = t.untyped_storage()
             if st.data_ptr():
                 out[st.data_ptr()] = st.nbytes()

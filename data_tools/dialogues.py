@@ -139,10 +139,11 @@ def sessions(forest: Forest) -> Iterator[list[Message]]:
 
 
 # --- readers -------------------------------------------------------------------------------------
-def mail_body(msg) -> str:
-    """The text a poster wrote: quoted lines, the quote's introduction and the signature removed."""
+def mail_body(body: str) -> str:
+    """The text a poster wrote in a plain-text body: quoted lines, the quote's introduction and
+    the signature removed."""
     lines = []
-    for line in _plain(msg).splitlines():
+    for line in body.splitlines():
         if line.strip() == "--" or line.startswith("-- "):
             break  # signature
         if line.lstrip().startswith(">") or _QUOTE_INTRO.match(line.strip()):
@@ -180,8 +181,9 @@ def read_mail(paths: Iterable[Path]) -> Iterator[Message]:
                 continue
             refs = (m.get("References") or "").split()
             parent = (m.get("In-Reply-To") or "").strip().split()[-1:] or refs[-1:]
-            yield Message(mid, parent[0] if parent else None, mail_body(m), str(m.get("From") or ""), where,
-                          quoted_text(_plain(m)) if parent else "")
+            body = _plain(m)  # decoded once, for the reply's own text and for its quote
+            yield Message(mid, parent[0] if parent else None, mail_body(body), str(m.get("From") or ""), where,
+                          quoted_text(body) if parent else "")
 
 
 def read_reddit(path: Path, counts: Counter | None = None) -> Iterator[Message]:

@@ -118,7 +118,7 @@ def resolve(run, world_size: int, *, memory: tuple[float, str] | None = None) ->
     if dp == 1:
         chosen, why = 0, "one data-parallel rank: nothing to shard"
     else:
-        for stage in allowed:
+        for stage in allowed:  # after the loop, need is the last (highest) stage's
             need = state_bytes(cfg, tp=par.tp_size, dp=dp, stage=stage, half=half, micro_batch=micro,
                                seq=run.seq_length, checkpointing=run.train.activation_checkpointing)
             if need.total <= HEADROOM * budget:
@@ -129,8 +129,6 @@ def resolve(run, world_size: int, *, memory: tuple[float, str] | None = None) ->
                 break
         if chosen is None:
             chosen = allowed[-1]
-            need = state_bytes(cfg, tp=par.tp_size, dp=dp, stage=chosen, half=half, micro_batch=micro,
-                               seq=run.seq_length, checkpointing=run.train.activation_checkpointing)
             why = (f"even stage {chosen} needs {need.total / 2 ** 30:.2f} GiB per rank, over {HEADROOM:.0%} of "
                    f"{where}: expect to run out of memory (more data-parallel ranks, tp, activation "
                    f"checkpointing, or a ZeRO offload config)")

@@ -208,8 +208,6 @@ def share_fp32_master(optimizer) -> int:
     for lp, hp in zip(low, master):
         if (lp.dtype == hp.dtype and lp.device == hp.device and lp.shape == hp.shape
                 and lp.untyped_storage().data_ptr() != hp.untyped_storage().data_ptr()):
-            with torch.no_grad():
-                lp.copy_(hp)  # equal already; keeps the optimizer's view authoritative
             freed += hp.numel() * hp.element_size()
             hp.data = lp.data
     return freed
