@@ -277,6 +277,9 @@ class TrainConfig:
     # start from these weights (an export, a Hugging Face GPT-2 directory, another run's
     # checkpoint) when checkpoint_dir has nothing to resume: fine-tuning, continued pretraining
     init_from: str | None = None
+    # resume from this checkpoint (a universal one, a run's checkpoint directory or one tag, saved
+    # in any layout) when checkpoint_dir has nothing to resume: weights, optimizer, step, data position
+    resume_from: str | None = None
     # zero/few-shot task files (megagpt/eval) scored every eval_interval on the consolidated weights
     eval_tasks: list = field(default_factory=list)
     eval_task_shots: list = field(default_factory=lambda: [0])  # k values; "max": as many as fit
@@ -295,6 +298,9 @@ class TrainConfig:
             raise ConfigError(f"train.save_failure must be 'stop' or 'warn', got {self.save_failure!r}.")
         if not isinstance(self.resume_fallback, bool):
             raise ConfigError(f"train.resume_fallback must be true or false, got {self.resume_fallback!r}.")
+        if self.init_from and self.resume_from:
+            raise ConfigError("train.init_from (weights only, a fresh run) and train.resume_from (a run "
+                              "continued) exclude each other; set one.")
         if self.export_path is not None and not str(self.export_path).endswith(".safetensors"):
             raise ConfigError(f"train.export_path={self.export_path!r} must name a .safetensors file "
                               f"(the weights; their config goes to a .json beside it).")

@@ -5,6 +5,11 @@ a megagpt safetensors export and/or a Hugging Face directory.
     python megagpt/export.py --model model.safetensors --hf-dir gpt2-mine/      # transformers-ready
     python megagpt/export.py --from-hf gpt2-local/ --out gpt2.safetensors       # then train.init_from
     deepspeed --num_gpus 8 megagpt/export.py --config run.yaml --out model.safetensors   # via the engine
+    python megagpt/export.py --model checkpoints/run --universal ckpt_universal/  # any layout resumes it
+
+``--universal`` writes the layout-free training checkpoint (``megagpt.train.universal``: fp32
+weights and both Adam moments one file per tensor, step, schedule and data position) that
+``train.resume_from`` continues in any tp/pp/dp and ZeRO stage.
 
 ``--model`` reads a checkpoint offline, whatever tp/pp/dp it was saved with (one process, no
 launcher); ``--config`` instead rebuilds the training engine (same world size as training) and
@@ -59,11 +64,25 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer", help="sentencepiece .model to record / convert (default: the source's)")
     ap.add_argument("--out", help="write a megagpt export (*.safetensors + .json)")
     ap.add_argument("--hf-dir", help="write a Hugging Face GPT-2 directory")
+    ap.add_argument("--universal", help="write a layout-free training checkpoint (weights, optimizer, step) "
+                                        "from a checkpoint directory (--model)")
     ap.add_argument("overrides", nargs="*", help="run-file overrides (with --config)")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.universal:
+        if not args.model or args.out or args.hf_dir:
+            ap.error("--universal takes --model CHECKPOINT_DIR and no other output")
+        from megagpt.train.universal import write_universal
+
+        try:
+            out = write_universal(args.model, args.tag, args.universal)
+        except (ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote universal checkpoint {out}", flush=True)
+        return 0
     if not (args.out or args.hf_dir):
-        ap.error("give --out and/or --hf-dir")
+        ap.error("give --out and/or --hf-dir (or --universal)")
     if args.config:
         if args.hf_dir:
             ap.error("--hf-dir reads a checkpoint offline: use --model CHECKPOINT_DIR instead of --config")

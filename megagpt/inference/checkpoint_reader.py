@@ -111,10 +111,19 @@ def _optim_states(tag_dir: Path, m: int, dp: int, key: str) -> list[tuple[Path, 
     return out
 
 
-def _zero3_masters(tag_dir: Path, m: int, shapes: list[dict], dp: int) -> dict[str, torch.Tensor]:
-    """Model-parallel rank ``m``'s fp32 masters from the ZeRO-3 flat partitions of ``dp`` ranks."""
-    flats = [(f, torch.cat([g.reshape(-1) for g in osd["fp32_flat_groups"]]))
-             for f, osd in _optim_states(tag_dir, m, dp, "fp32_flat_groups")]
+def _zero3_flat(osd: dict, key: str | None) -> torch.Tensor:
+    """A ZeRO-3 rank's flat partition: the fp32 masters (``key`` None) or an optimizer state laid
+    out like them (one tensor per sub-group, in sub-group order)."""
+    if key is None:
+        return torch.cat([g.reshape(-1) for g in osd["fp32_flat_groups"]])
+    state = osd["optimizer_state_dict"]["state"]
+    return torch.cat([state[i][key].reshape(-1) for i in sorted(state)])
+
+
+def _zero3_masters(tag_dir: Path, m: int, shapes: list[dict], dp: int, key: str | None = None) -> dict[str, torch.Tensor]:
+    """Model-parallel rank ``m``'s fp32 masters (or optimizer state ``key``) from the ZeRO-3 flat
+    partitions of ``dp`` ranks."""
+    flats = [(f, _zero3_flat(osd, key)) for f, osd in _optim_states(tag_dir, m, dp, "fp32_flat_groups")]
     params = [(n, torch.Size(s)) for group in shapes for n, s in group.items()]
     need = sum(-(-s.numel() // dp) for _, s in params)  # ceil: equal pieces, the last one padded
     for f, flat in flats:
@@ -129,13 +138,21 @@ def _zero3_masters(tag_dir: Path, m: int, shapes: list[dict], dp: int) -> dict[s
     return out
 
 
-def _zero12_masters(tag_dir: Path, m: int, shapes: list[dict], dp: int) -> dict[str, torch.Tensor]:
-    """Model-parallel rank ``m``'s fp32 masters from the ZeRO-1/2 partitions of ``dp`` ranks."""
+def _zero12_partition(osd: dict, g: int, key: str | None) -> torch.Tensor:
+    """A ZeRO-1/2 rank's partition of parameter group ``g``: fp32 masters or optimizer state ``key``."""
+    if key is None:
+        return osd["single_partition_of_fp32_groups"][g].reshape(-1)
+    return osd["base_optimizer_state"]["state"][g][key].reshape(-1)
+
+
+def _zero12_masters(tag_dir: Path, m: int, shapes: list[dict], dp: int, key: str | None = None) -> dict[str, torch.Tensor]:
+    """Model-parallel rank ``m``'s fp32 masters (or optimizer state ``key``) from the ZeRO-1/2
+    partitions of ``dp`` ranks."""
     states = _optim_states(tag_dir, m, dp, "single_partition_of_fp32_groups")
     pads = states[0][1].get("param_alignment_paddings")
     out = {}
     for g, group in enumerate(shapes):
-        flat = torch.cat([osd["single_partition_of_fp32_groups"][g].reshape(-1) for _, osd in states])
+        flat = torch.cat([_zero12_partition(osd, g, key) for _, osd in states])
         offset = 0
         for j, (name, shape) in enumerate(group.items()):
             n = torch.Size(shape).numel()
@@ -162,6 +179,139 @@ def _layer_files(tag_dir: Path, t: int, cfg: ModelConfig) -> dict[str, torch.Ten
     return out
 
 
+OPTIMIZER_KEYS = ("exp_avg", "exp_avg_sq")  # Adam's moments, as torch and DeepSpeed name them
+
+
+def _optimizer_param_names(state: dict, cfg: ModelConfig, tp: int, pipeline: bool, f: Path) -> list[str]:
+    """The names of a no-ZeRO optimizer's parameters in its state's index order: recorded by the
+    trainer (``param_names``), or for the zero3 layout the order the trainer groups a GPT's
+    parameters in (matrices first), rebuilt on the meta device."""
+    names = state.get("param_names")
+    if names is not None:
+        return [n for group in names for n in group]
+    if pipeline:
+        raise WeightsError(f"{f}: no parameter names for the optimizer state (a pipeline checkpoint saved "
+                           f"before megagpt recorded them); resume it in the layout it was saved with.")
+    from megagpt.model.gpt import GPT
+    from megagpt.parallel.state import ParallelState
+
+    with torch.device("meta"):
+        model = GPT(cfg, ParallelState(tp_size=tp))
+    params = list(model.named_parameters())
+    return [n for n, p in params if p.dim() >= 2] + [n for n, p in params if p.dim() < 2]
+
+
+class SavedCheckpoint:
+    """One tag of a training checkpoint, opened offline: its model config, layout and the DeepSpeed
+    bookkeeping of its first model file; ``tensors(key)`` assembles whole tensors from its shards."""
+
+    def __init__(self, ckpt_dir: str | Path, tag: str | None = None, *, model_cfg: ModelConfig | None = None):
+        ckpt_dir = Path(ckpt_dir)
+        self.tag = tag = tag or latest(ckpt_dir)
+        self.dir = tag_dir = ckpt_dir / tag
+        if not tag_dir.is_dir():
+            raise WeightsError(f"{tag_dir}: no such checkpoint.")
+        self.cfg, self.saved = _model_config(tag_dir, model_cfg)
+        self.stage3 = (tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt").is_file()
+        self.model_file = ("zero_pp_rank_0_mp_rank_{:02d}_model_states.pt" if self.stage3
+                           else "mp_rank_{:02d}_model_states.pt")
+        if not self.stage3 and not (tag_dir / self.model_file.format(0)).is_file():
+            raise WeightsError(f"{tag_dir}: no DeepSpeed model files (mp_rank_00_model_states.pt or "
+                               f"zero_pp_rank_0_mp_rank_00_model_states.pt).")
+        self.main = main = _load(tag_dir / self.model_file.format(0))
+        self.pipeline = (tag_dir / "layer_00-model_00-model_states.pt").is_file()
+        self.mp, self.dp = mp, dp = main["mp_world_size"], main["dp_world_size"]
+        dims = main.get("checkpoint_parallel_dimensions") or {}
+        if "pp_degree" in dims:
+            pp = dims["pp_degree"]
+        else:  # written by an older DeepSpeed: one layer_00 file per TP rank
+            pp = mp // len(list(tag_dir.glob("layer_00-model_*-model_states.pt"))) if self.pipeline else 1
+        self.pp, self.tp = pp, tp = pp, mp // pp
+        if tp * pp != mp:
+            raise WeightsError(f"{tag_dir / self.model_file.format(0)}: mp_world_size={mp} is not a multiple of "
+                               f"pp_degree={pp} (a mismatched file).")
+        if self.cfg.n_head % tp:
+            raise WeightsError(f"{tag_dir}: saved with tp={tp}, which does not divide model.n_head="
+                               f"{self.cfg.n_head}; pass the run's model config.")
+        self.zero_stage = zero_stage(main.get("ds_config") or {})
+        # fp32 masters when ZeRO kept them; optimizer files deleted by hand leave the module weights
+        self.masters = self.stage3 or (main.get("param_shapes") is not None
+                                       and any(tag_dir.glob("*zero_pp_rank_*_mp_rank_*_optim_states.pt")))
+        self.meta = {"tag": tag, "step": self.saved.get("step", main.get("step", main.get("global_steps"))),
+                     "layout": "3d" if self.pipeline else "zero3", "tp": tp, "pp": pp, "dp": dp,
+                     "zero_stage": self.zero_stage, "weights": "fp32 master" if self.masters else "module",
+                     "tokenizer": self.saved.get("tokenizer")}
+
+    def _local(self, m: int, state: dict, key: str | None) -> dict[str, torch.Tensor]:
+        """Model-parallel rank ``m``'s tensors under its own parameter names."""
+        if self.masters:
+            merge = _zero3_masters if self.stage3 else _zero12_masters
+            return merge(self.dir, m, state["param_shapes"], self.dp, key)
+        if key is not None:
+            f = self.dir / self.model_file.format(m)
+            opt = state.get("optimizer")
+            if not opt or not opt.get("state"):
+                raise WeightsError(f"{f}: holds no optimizer state (saved without one, or its ZeRO optimizer "
+                                   f"files were deleted).")
+            names = _optimizer_param_names(state, self.cfg, self.tp, self.pipeline, f)
+            if len(names) != len(opt["state"]):
+                raise WeightsError(f"{f}: {len(opt['state'])} optimizer states for {len(names)} named "
+                                   f"parameters (a mismatched file).")
+            return {n: opt["state"][i][key] for i, n in enumerate(names)}
+        if self.pipeline:
+            return _layer_files(self.dir, m, self.cfg) if m < self.tp else {}
+        return state["module"]
+
+    def tensors(self, key: str | None = None) -> dict[str, torch.Tensor]:
+        """Whole fp32 tensors under megagpt's names (``full_state_dict`` order, the token embedding at
+        the real vocabulary size): the weights (``key`` None) or Adam's ``exp_avg``/``exp_avg_sq``."""
+        cfg, tp, tag_dir = self.cfg, self.tp, self.dir
+        if self.pipeline:
+            from megagpt.train.pipeline import pipeline_param_name
+        parts: list[dict[str, torch.Tensor]] = [{} for _ in range(tp)]
+        for m in range(self.mp):  # pipeline stage by stage, so the first stage's tied embedding wins
+            state = self.main if m == 0 else _load(tag_dir / self.model_file.format(m))
+            for name, t in self._local(m, state, key).items():
+                if self.pipeline:
+                    name = pipeline_param_name(name, cfg.n_layer)
+                if name is not None:
+                    parts[m % tp].setdefault(name, t)
+
+        expected = _expected(cfg, tp)
+        full = {}
+        for name, (shape, partition) in expected.items():
+            for t, part in enumerate(parts):
+                if name not in part:
+                    raise WeightsError(f"{tag_dir}: no {name} for tp rank {t}; the model config does not match "
+                                       f"this checkpoint (pass the run's model config).")
+                if part[name].shape != shape:
+                    raise WeightsError(f"{tag_dir}: {name} has shape {tuple(part[name].shape)} at tp rank {t} but "
+                                       f"the model config gives {tuple(shape)}; pass the run's model config.")
+            shards = [part[name].float() for part in parts]
+            whole = unshard_tensors(shards, *partition) if partition else shards[0]
+            full[name] = (whole[:cfg.vocab_size] if name == WTE else whole).clone()  # no view of a file
+        extra = sorted(set(parts[0]) - set(expected))
+        if extra:
+            raise WeightsError(f"{tag_dir}: parameters the model config does not have ({', '.join(extra[:3])}); "
+                               f"pass the run's model config.")
+        return full
+
+    def optimizer_step(self) -> int:
+        """Adam's step count (bias correction), which can differ from the training step."""
+        m = 0
+        if self.masters:
+            f, osd = _optim_states(self.dir, m, self.dp,
+                                   "fp32_flat_groups" if self.stage3 else "single_partition_of_fp32_groups")[0]
+            inner = osd.get("optimizer_state_dict") if self.stage3 else osd.get("base_optimizer_state")
+        else:
+            f, inner = self.dir / self.model_file.format(m), self.main.get("optimizer")
+        state = (inner or {}).get("state") or {}
+        steps = {float(s["step"]) for s in state.values() if "step" in s}
+        if len(steps) != 1:
+            raise WeightsError(f"{f}: no single Adam step count in its optimizer state ({sorted(steps)}).")
+        return int(steps.pop())
+
+
 def read_checkpoint(ckpt_dir: str | Path, tag: str | None = None, *,
                     model_cfg: ModelConfig | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
     """(model config, full state dict, meta) of checkpoint ``tag`` (default: the one in ``latest``).
@@ -170,73 +320,5 @@ def read_checkpoint(ckpt_dir: str | Path, tag: str | None = None, *,
     megagpt's names, the token embedding at the real vocabulary size. ``meta``: tag, step, layout,
     tp, pp, dp, zero_stage, weights ("fp32 master" or "module"), tokenizer. ``model_cfg`` is needed
     only for checkpoints without ``megagpt.json``."""
-    ckpt_dir = Path(ckpt_dir)
-    tag = tag or latest(ckpt_dir)
-    tag_dir = ckpt_dir / tag
-    if not tag_dir.is_dir():
-        raise WeightsError(f"{tag_dir}: no such checkpoint.")
-    cfg, saved = _model_config(tag_dir, model_cfg)
-    stage3 = (tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt").is_file()
-    model_file = "zero_pp_rank_0_mp_rank_{:02d}_model_states.pt" if stage3 else "mp_rank_{:02d}_model_states.pt"
-    if not stage3 and not (tag_dir / model_file.format(0)).is_file():
-        raise WeightsError(f"{tag_dir}: no DeepSpeed model files (mp_rank_00_model_states.pt or "
-                           f"zero_pp_rank_0_mp_rank_00_model_states.pt).")
-    main = _load(tag_dir / model_file.format(0))
-    pipeline = (tag_dir / "layer_00-model_00-model_states.pt").is_file()
-    mp, dp = main["mp_world_size"], main["dp_world_size"]
-    dims = main.get("checkpoint_parallel_dimensions") or {}
-    if "pp_degree" in dims:
-        pp = dims["pp_degree"]
-    else:  # written by an older DeepSpeed: one layer_00 file per TP rank
-        pp = mp // len(list(tag_dir.glob("layer_00-model_*-model_states.pt"))) if pipeline else 1
-    tp = mp // pp
-    if tp * pp != mp:
-        raise WeightsError(f"{tag_dir / model_file.format(0)}: mp_world_size={mp} is not a multiple of "
-                           f"pp_degree={pp} (a mismatched file).")
-    if cfg.n_head % tp:
-        raise WeightsError(f"{tag_dir}: saved with tp={tp}, which does not divide model.n_head={cfg.n_head}; "
-                           f"pass the run's model config.")
-    stage = zero_stage(main.get("ds_config") or {})
-    # fp32 masters when ZeRO kept them; optimizer files deleted by hand leave the module weights
-    masters = stage3 or (main.get("param_shapes") is not None
-                         and any(tag_dir.glob("*zero_pp_rank_*_mp_rank_*_optim_states.pt")))
-
-    if pipeline:
-        from megagpt.train.pipeline import pipeline_param_name
-    parts: list[dict[str, torch.Tensor]] = [{} for _ in range(tp)]
-    for m in range(mp):  # pipeline stage by stage, so the first stage's tied embedding wins
-        state = main if m == 0 else _load(tag_dir / model_file.format(m))
-        if masters:
-            merge = _zero3_masters if stage3 else _zero12_masters
-            local = merge(tag_dir, m, state["param_shapes"], dp)
-        elif pipeline:
-            local = _layer_files(tag_dir, m, cfg) if m < tp else {}
-        else:
-            local = state["module"]
-        for name, t in local.items():
-            if pipeline:
-                name = pipeline_param_name(name, cfg.n_layer)
-            if name is not None:
-                parts[m % tp].setdefault(name, t)
-
-    expected = _expected(cfg, tp)
-    full = {}
-    for name, (shape, partition) in expected.items():
-        for t, part in enumerate(parts):
-            if name not in part:
-                raise WeightsError(f"{tag_dir}: no {name} for tp rank {t}; the model config does not match "
-                                   f"this checkpoint (pass the run's model config).")
-            if part[name].shape != shape:
-                raise WeightsError(f"{tag_dir}: {name} has shape {tuple(part[name].shape)} at tp rank {t} but the "
-                                   f"model config gives {tuple(shape)}; pass the run's model config.")
-        shards = [part[name].float() for part in parts]
-        whole = unshard_tensors(shards, *partition) if partition else shards[0]
-        full[name] = (whole[:cfg.vocab_size] if name == WTE else whole).clone()  # no view of a file
-    extra = sorted(set(parts[0]) - set(expected))
-    if extra:
-        raise WeightsError(f"{tag_dir}: parameters the model config does not have ({', '.join(extra[:3])}); "
-                           f"pass the run's model config.")
-    meta = {"tag": tag, "step": saved.get("step", main.get("step", main.get("global_steps"))),
-            "layout": "3d" if pipeline else "zero3", "tp": tp, "pp": pp, "dp": dp, "zero_stage": stage,
-            "weights": "fp32 master" if masters else "module", "tokenizer": saved.get("tokenizer")}
-    return cfg, full, meta
+    saved = SavedCheckpoint(ckpt_dir, tag, model_cfg=model_cfg)
+    return saved.cfg, saved.tensors(), saved.meta

@@ -223,12 +223,23 @@ def save(engine, ckpt_dir: str | Path, step: int, client_state: dict, ps, keep_l
     return tag
 
 
+def saved_layout(tag_dir: Path) -> dict | None:
+    """layout, tp, pp, dp and zero_stage a tag was saved with (None: no megagpt.json)."""
+    try:
+        meta = json.loads((tag_dir / "megagpt.json").read_text())
+        return {k: meta[k] for k in ("layout", "tp", "pp", "dp", "zero_stage")}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def load(engine, ckpt_dir: str | Path, ps, *, verify_level: str = "full", fallback: bool = True,
-         log=None) -> dict | None:
+         log=None, layout: dict | None = None, reshard=None) -> dict | None:
     """Restore the newest whole checkpoint; returns its client state (None if there is none).
 
     Rank 0 verifies (sizes, and hashes with ``verify_level='full'``) and every rank loads the tag
-    it chose. ``log(line)`` receives a line per broken checkpoint passed over."""
+    it chose. ``log(line)`` receives a line per broken checkpoint passed over. When ``layout``
+    (this run's layout, tp, pp, dp, zero_stage) differs from the tag's, ``reshard(tag)`` loads it
+    instead of DeepSpeed (which only resumes the layout it saved); without one that is an error."""
     choice = [None, [], None]
     if dist.get_rank() == 0:
         try:
@@ -244,6 +255,14 @@ def load(engine, ckpt_dir: str | Path, ps, *, verify_level: str = "full", fallba
     for line in skipped:
         if log is not None:
             log(f"{line} Resuming from {tag} instead.")
+    saved = saved_layout(Path(ckpt_dir) / tag) if layout is not None else None
+    if saved is not None and saved != layout:
+        if reshard is None:
+            from megagpt.train.universal import describe
+
+            raise CheckpointError(f"{Path(ckpt_dir) / tag}: saved as {describe(saved)} but this run is "
+                                  f"{describe(layout)}; resume it in the layout it was saved with.")
+        return reshard(tag)
     path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     if path is None:
         raise CheckpointError(f"{ckpt_dir}/{tag}: DeepSpeed could not load this checkpoint.")

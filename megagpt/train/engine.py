@@ -88,18 +88,36 @@ def close_distributed() -> None:
 
 
 def _param_groups(named_params):
-    """GPT-3 decays weight matrices only: biases and LayerNorm gains go in a no-decay group."""
-    decay, no_decay = [], []
-    for _, p in named_params:
-        if not p.requires_grad:
-            continue
-        shape = getattr(p, "ds_shape", p.shape)  # ZeRO-3 partitioned params keep their shape here
-        (decay if len(shape) >= 2 else no_decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """GPT-3 decays weight matrices only: biases and LayerNorm gains go in a no-decay group
+    (ZeRO-3 partitioned parameters keep their shape in ``ds_shape``)."""
+    named = dict(named_params)
+    decay, no_decay = param_group_names(named.items())
+    return [{"params": [named[n] for n in decay]}, {"params": [named[n] for n in no_decay], "weight_decay": 0.0}]
 
 
 _ARCH = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "ffn_dim", "ln_position",
          "attention", "local_window", "layer_norm_epsilon")
+
+
+def arch_mismatch(saved, model) -> str | None:
+    """The first architecture field where weights made for model config ``saved`` do not fit
+    ``model``, as "key=X but model.key=Y" (None when they fit)."""
+    for key in _ARCH:
+        if key == "local_window" and saved.attention != "alternating":
+            continue
+        if getattr(saved, key) != getattr(model, key):
+            return f"{key}={getattr(saved, key)!r} but model.{key}={getattr(model, key)!r}"
+    return None
+
+
+def param_group_names(named_params) -> list[list[str]]:
+    """The names of ``_param_groups``' groups, in the optimizer's order (saved with a checkpoint so
+    a no-ZeRO optimizer state, indexed by position, can be read by name)."""
+    decay, no_decay = [], []
+    for name, p in named_params:
+        if p.requires_grad:
+            (decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay).append(name)
+    return [decay, no_decay]
 
 
 def load_initial_weights(named_params, run: RunConfig, ps: ParallelState, name_map=None) -> None:
@@ -110,12 +128,10 @@ def load_initial_weights(named_params, run: RunConfig, ps: ParallelState, name_m
     from megagpt.model.convert import local_shard
 
     cfg, full, _ = read_weights(run.train.init_from)
-    for key in _ARCH:
-        if key == "local_window" and cfg.attention != "alternating":
-            continue
-        if getattr(cfg, key) != getattr(run.model, key):
-            raise ConfigError(f"train.init_from={run.train.init_from} has {key}={getattr(cfg, key)!r} but "
-                              f"model.{key}={getattr(run.model, key)!r}; make the run's model match the weights.")
+    problem = arch_mismatch(cfg, run.model)
+    if problem:
+        raise ConfigError(f"train.init_from={run.train.init_from} has {problem}; make the run's model match "
+                          f"the weights.")
     with torch.no_grad():
         for name, p in named_params:
             key = name_map(name) if name_map else name
@@ -129,7 +145,7 @@ def _starts_fresh(run: RunConfig) -> bool:
     from megagpt.train.checkpoint import latest_tag
 
     tr = run.train
-    return not (tr.resume and tr.checkpoint_dir and latest_tag(tr.checkpoint_dir) is not None)
+    return not (tr.resume and ((tr.checkpoint_dir and latest_tag(tr.checkpoint_dir) is not None) or tr.resume_from))
 
 
 @dataclass

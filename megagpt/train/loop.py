@@ -15,7 +15,7 @@ from megagpt.data.gpt_dataset import (GPTDataset, micro_batches, range_tokens, s
 from megagpt.data.indexed import ShardError, open_shard
 from megagpt.model.flops import model_flops_per_token
 from megagpt.train import checkpoint
-from megagpt.train.engine import build_engine, dp_mean
+from megagpt.train.engine import build_engine, dp_mean, param_group_names
 from megagpt.train.metrics import MetricsWriter, device_peak_flops, format_line, peak_memory_bytes
 from megagpt.train.schedule import rampup_batch_size
 
@@ -98,12 +98,17 @@ class Trainer:
         self.dtype = _dtype(ds)
         self.peak, self.peak_source = device_peak_flops(self.dtype)
         self.step, self.consumed, self.tokens = 0, 0, 0
-        if tr.resume and tr.checkpoint_dir:
-            state = checkpoint.load(self.engine, tr.checkpoint_dir, self.ps, verify_level=tr.verify_checkpoint,
-                                    fallback=tr.resume_fallback, log=self._fallback_note)
+        if tr.resume:
+            state, source = None, tr.checkpoint_dir
+            if tr.checkpoint_dir:
+                state = checkpoint.load(self.engine, tr.checkpoint_dir, self.ps, verify_level=tr.verify_checkpoint,
+                                        fallback=tr.resume_fallback, log=self._fallback_note,
+                                        layout=self.layout(), reshard=self._reshard)
+            if state is None and tr.resume_from:
+                state, source = self._resume_from(tr.resume_from), tr.resume_from
             if state is not None:
                 self.step, self.consumed, self.tokens = state["step"], state["consumed_samples"], state["tokens"]
-                self.metrics.console(f"resumed from {tr.checkpoint_dir} at step {self.step} "
+                self.metrics.console(f"resumed from {source} at step {self.step} "
                                      f"({self.consumed} samples, {self.tokens} tokens)")
         self.train_ds, self.valid_ds, self.valid_by_source = build_datasets(
             run, train_samples=tr.train_iters * self.full_batch,
@@ -111,6 +116,37 @@ class Trainer:
         self.sources = list(getattr(self.train_ds, "names", []))
         self._reset_source_window()
         self._src_tokens = source_counts(self.train_ds, 0, self.consumed, len(self.sources)) * self.seq
+
+    def layout(self) -> dict:
+        return {"layout": self.run.parallel.layout, "tp": self.ps.tp_size, "pp": self.ps.pp_size, "dp": self.dp,
+                "zero_stage": zero_stage(self.run.deepspeed)}
+
+    def _reshard(self, tag: str) -> dict:
+        """A checkpoint of ``checkpoint_dir`` saved in another layout: through its universal form."""
+        from megagpt.train import universal
+
+        root = universal.ensure_universal(self.run.train.checkpoint_dir, tag)
+        return universal.load_into(self.built, self.run, root, log=self.metrics.console)
+
+    def _resume_from(self, source: str) -> dict:
+        """``train.resume_from``: a universal checkpoint, a run's checkpoint directory (its
+        ``latest``) or one tag of it, in any layout."""
+        from pathlib import Path
+
+        from megagpt.train import universal
+
+        path = Path(source)
+        if not universal.is_universal(path):
+            if checkpoint.latest_tag(path) is not None:
+                path = path / checkpoint.latest_tag(path)
+            if not (path / "megagpt.json").is_file():
+                raise ConfigError(f"train.resume_from={source}: not a universal checkpoint, a checkpoint "
+                                  f"directory with 'latest', or a checkpoint tag.")
+            why = checkpoint.verify(path, self.run.train.verify_checkpoint)
+            if why:
+                raise ConfigError(f"train.resume_from={source}: {why}")
+            path = universal.ensure_universal(path.parent, path.name)
+        return universal.load_into(self.built, self.run, path, log=self.metrics.console)
 
     def _fallback_note(self, line: str) -> None:
         """A broken checkpoint passed over: on the console and in TensorBoard's text tab."""
@@ -261,7 +297,8 @@ class Trainer:
                     "tokens": self.tokens, "tokenizer": run.data.tokenizer}
             try:
                 checkpoint.save(self.engine, tr.checkpoint_dir, self.step,
-                                {"step": self.step, "consumed_samples": self.consumed, "tokens": self.tokens},
+                                {"step": self.step, "consumed_samples": self.consumed, "tokens": self.tokens,
+                                 "param_names": param_group_names(self.engine.module.named_parameters())},
                                 self.ps, tr.keep_last, meta=meta)
             except checkpoint.SaveError as e:
                 if tr.save_failure != "warn":
