@@ -33,6 +33,19 @@ def fix_text(text: str, normalization: str | None = "NFC") -> str:
 
     config = ftfy.TextFixerConfig(normalization=normalization, explain=False)
     out, pos, n = [], 0, len(text)
+    if n <= config.max_decode_length:  # every segment is a line: jump from one that needs ftfy to the next
+        first_lt = text.find("<")
+        no_html = config._replace(unescape_html=False) if config.unescape_html == "auto" else config
+        while (m := _FTFY_NEEDED.search(text, pos)) is not None:
+            start = text.rfind("\n", 0, m.start()) + 1
+            end = text.find("\n", m.start()) + 1 or n
+            out.append(text[pos:start])
+            # HTML unescaping is off from the first line holding '<' on, that line included
+            segment_config = no_html if 0 <= first_lt < end else config
+            out.append(ftfy.fix_and_explain(text[start:end], segment_config)[0])
+            pos = end
+        out.append(text[pos:])
+        return "".join(out)
     while pos < n:
         end = text.find("\n", pos) + 1 or n
         if end - pos > config.max_decode_length:

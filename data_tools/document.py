@@ -17,6 +17,14 @@ class Document:
     title: str | None = None
     meta: dict = field(default_factory=dict)
 
+    def split_words(self) -> list[str]:
+        """``self.text.split()``, split once per text and shared by the filters that only read it
+        (recomputed when ``text`` is replaced). Callers must not modify the list."""
+        cached = self.__dict__.get("_split")
+        if cached is None or cached[0] is not self.text:
+            cached = self.__dict__["_split"] = (self.text, self.text.split())
+        return cached[1]
+
     def to_json(self) -> dict:
         d = {"id": self.id, "source": self.source, "text": self.text}
         if self.url is not None:

@@ -43,14 +43,18 @@ def _class_of(pred) -> str:
     return "".join(ranges)
 
 
-_LETTER = None  # any letter (str.isalpha), compiled on first use
+_WORD_CLASSES = None  # (pure punctuation, no letter) word patterns, compiled on first use
+_P = "".join(map(re.escape, _PUNCT_STRIP))
+# words are joined by single spaces; a match is a whole word: no non-space character either side
+_WHOLE = "(?<![^ ]){}(?![^ ])"
 
 
-def _has_letter(word: str) -> bool:
-    global _LETTER
-    if _LETTER is None:
-        _LETTER = re.compile("[" + _class_of(str.isalpha) + "]")
-    return _LETTER.search(word) is not None
+def _word_classes():
+    global _WORD_CLASSES
+    if _WORD_CLASSES is None:
+        _WORD_CLASSES = (re.compile(_WHOLE.format(f"[{_P}]+")),
+                         re.compile(_WHOLE.format("[^ " + _class_of(str.isalpha) + "]+")))
+    return _WORD_CLASSES
 
 
 class GopherQuality(Filter):
@@ -61,24 +65,24 @@ class GopherQuality(Filter):
     def __init__(self, cfg: GopherQualityConfig = GopherQualityConfig()):
         self.cfg = cfg
         self.stop = set(cfg.stop_words)
+        # a stop word with punctuation stripped from its ends, in any case
+        self._stop = re.compile(_WHOLE.format(f"[{_P}]*({'|'.join(map(re.escape, cfg.stop_words))})[{_P}]*"))
 
     def check(self, doc: Document) -> str | None:
         c = self.cfg
         text = doc.text
-        words = text.split()
+        words = doc.split_words()
         counts = Counter(words)
+        # each rule over the distinct words at once: one regex scan of them joined by spaces
+        punct_only, no_letter_word = _word_classes()
+        joined = " ".join(counts)
         symbol_words = symbol_chars = no_letter = 0
-        found = set()
-        for w, k in counts.items():
-            stripped = w.strip(_PUNCT_STRIP)
-            if not stripped:  # pure punctuation: not a word for Gopher's counts
-                symbol_words += k
-                symbol_chars += k * len(w)
-            if not _has_letter(w):
-                no_letter += k
-            lw = w.lower().strip(_PUNCT_STRIP)
-            if lw in self.stop:
-                found.add(lw)
+        for w in punct_only.findall(joined):  # pure punctuation: not a word for Gopher's counts
+            symbol_words += counts[w]
+            symbol_chars += counts[w] * len(w)
+        for w in no_letter_word.findall(joined):
+            no_letter += counts[w]
+        found = set(self._stop.findall(joined.lower()))
         n = len(words) - symbol_words
         if n < c.min_words:
             return "few_words"
@@ -139,7 +143,7 @@ class GopherRepetition(Filter):
             return "dup_line_frac"
         if chars / max(len(text), 1) > c.dup_line_char_frac:
             return "dup_line_char_frac"
-        words = text.split()
+        words = doc.split_words()
         if not words:
             return None
         return self._ngram_rules(words)

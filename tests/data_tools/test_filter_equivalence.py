@@ -156,6 +156,23 @@ def test_fix_text_equals_ftfy_on_what_it_fixes():
             assert fix_text(t, norm) == want, t[:300]
             changed += want != t
     assert changed > 100  # ftfy had work to do
+    # a '<' on a line ftfy is not given still turns HTML unescaping off for the lines after it
+    for t in ("x < y\nfish &amp; chips caf\u00e9", "fish &amp; chips caf\u00e9\nx < y\n&lt;b&gt; \u00e9"):
+        assert fix_text(t) == ftfy.fix_text(t), t
+
+
+def test_ascii_words_equal_the_unicode_path():
+    """dedup.words' bytes path for ASCII text gives what str.lower/translate/split gives."""
+    import string
+
+    from data_tools.dedup import _PUNCT, words
+
+    rng = random.Random(5)
+    alphabet = string.printable + "\x1c\x1d\x1e\x1f\x0b\x0c"
+    docs = [d for d in real_documents() if d.isascii()]
+    assert len(docs) > 200
+    for d in docs + ["".join(rng.choice(alphabet) for _ in range(400)) for _ in range(300)]:
+        assert words(d) == d.lower().translate(_PUNCT).split()
 
 
 def real_documents() -> list[str]:
