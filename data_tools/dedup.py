@@ -55,8 +55,12 @@ class DedupConfig:
 
 
 # punctuation becomes a word break; str.translate + split is ~2.5x faster than re.findall(r"\w+")
-_PUNCT = str.maketrans({c: " " for c in string.punctuation + "\u2018\u2019\u201c\u201d\u2026\u2013"
-                        "\u2014\u00ab\u00bb\u00bf\u00a1\u3001\u3002\uff0c\uff01\uff1f\uff1a\uff1b"})
+_WIDE_PUNCT = ("\u2018\u2019\u201c\u201d\u2026\u2013\u2014\u00ab\u00bb\u00bf\u00a1\u3001\u3002\uff0c\uff01"
+               "\uff1f\uff1a\uff1b")
+_PUNCT = str.maketrans({c: " " for c in string.punctuation + _WIDE_PUNCT})
+# the same on UTF-8 bytes: ASCII punctuation through a table, the rest as byte sequences (UTF-8
+# is self-synchronising: a character's bytes never match across a character boundary)
+_WIDE_PUNCT_UTF8 = tuple(c.encode() for c in _WIDE_PUNCT)
 _WORD_HASH: dict[str, int] = {}   # Zipf: most words seen before; a dict hit is ~4x cheaper than xxh64
 _WORD_HASH_MAX = 1 << 20
 
@@ -68,7 +72,11 @@ def words(text: str) -> list[str]:
     """Lowercased words with punctuation removed (the unit of shingles and exact hashes)."""
     if text.isascii():  # the same, through bytes: a 256-entry table instead of a dict per character
         return text.encode().lower().translate(_PUNCT_ASCII).decode().split()
-    return text.lower().translate(_PUNCT).split()
+    b = text.lower().encode().translate(_PUNCT_ASCII)
+    for seq in _WIDE_PUNCT_UTF8:
+        if seq in b:
+            b = b.replace(seq, b" ")
+    return b.decode().split()
 
 
 def normalize(text: str) -> str:

@@ -49,7 +49,12 @@ _P = "".join(map(re.escape, _PUNCT_STRIP))
 _WHOLE = "(?<![^ ]){}(?![^ ])"
 
 
+_ASCII_NO_LETTER = re.compile(_WHOLE.format("[^ A-Za-z]+"))
+
+
 def _word_classes():
+    """(pure punctuation, no letter at all) whole-word patterns; the second for any text (every
+    code point str.isalpha accepts, compiled once: slow to build, then as fast as a small class)."""
     global _WORD_CLASSES
     if _WORD_CLASSES is None:
         _WORD_CLASSES = (re.compile(_WHOLE.format(f"[{_P}]+")),
@@ -80,7 +85,7 @@ class GopherQuality(Filter):
         for w in punct_only.findall(joined):  # pure punctuation: not a word for Gopher's counts
             symbol_words += counts[w]
             symbol_chars += counts[w] * len(w)
-        for w in no_letter_word.findall(joined):
+        for w in (_ASCII_NO_LETTER if joined.isascii() else no_letter_word).findall(joined):
             no_letter += counts[w]
         found = set(self._stop.findall(joined.lower()))
         n = len(words) - symbol_words

@@ -161,8 +161,8 @@ def test_fix_text_equals_ftfy_on_what_it_fixes():
         assert fix_text(t) == ftfy.fix_text(t), t
 
 
-def test_ascii_words_equal_the_unicode_path():
-    """dedup.words' bytes path for ASCII text gives what str.lower/translate/split gives."""
+def test_words_through_bytes_equal_str_translate():
+    """dedup.words' bytes paths give what str.lower/translate/split gives, ASCII or not."""
     import string
 
     from data_tools.dedup import _PUNCT, words
@@ -171,7 +171,10 @@ def test_ascii_words_equal_the_unicode_path():
     alphabet = string.printable + "\x1c\x1d\x1e\x1f\x0b\x0c"
     docs = [d for d in real_documents() if d.isascii()]
     assert len(docs) > 200
-    for d in docs + ["".join(rng.choice(alphabet) for _ in range(400)) for _ in range(300)]:
+    wide = "\u2018\u2019\u201c\u201d\u2026\u2013\u2014\u00ab\u00bb\u00bf\u00a1\u3001\u3002\uff0c\uff01\uff1f\uff1a\uff1b" \
+        "\u00e9\u00c9\u0130\u03a3\u4e2d\u6587\u2028\u00a0\u3000\U0001f600"
+    odd = ["".join(rng.choice(alphabet + wide) for _ in range(400)) for _ in range(300)]
+    for d in docs + mutated(docs, rng) + odd:
         assert words(d) == d.lower().translate(_PUNCT).split()
 
 
