@@ -7,6 +7,16 @@ if ! command -v mpirun >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; th
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev) \
         >/dev/null 2>&1 || echo "warning: could not install OpenMPI (mpirun); mpirun launches will not work" >&2
 fi
+# Multi-node launches: DeepSpeed's default runner is pdsh over ssh (sshd is only needed on the
+# nodes it reaches, and by scripts/loopback_cluster.py for the two-host test on one machine).
+missing=()
+command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
+[ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1 || missing+=(openssh-server)
+command -v pdsh >/dev/null 2>&1 || missing+=(pdsh)
+if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") \
+        >/dev/null 2>&1 || echo "warning: could not install ${missing[*]}; multi-node (ssh/pdsh) launches will not work" >&2
+fi
 [ -d .venv ] || python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
