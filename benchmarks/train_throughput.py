@@ -17,14 +17,14 @@ torch.nn.functional.linear for the rest of its process, and a row must not pay f
 engine or memory. The first step of each row warms up and is not timed. MFU is against the
 measured CPU matmul peak, or the GPU's table peak.
 
-Memory: each rank's live tensors after a step, split into parameters, gradients (just before the
-optimizer step), optimizer states (Adam moments and ZeRO's fp32 master partitions) and the rest
-(buckets and buffers), plus the activations autograd saved during the forward pass.
+Memory: each rank's live tensors, split into parameters, gradients (at the end of backward, before
+DeepSpeed reduces them), optimizer states (Adam moments and ZeRO's fp32 master partitions) and the
+rest after the step (buckets and buffers), plus the activations autograd saved during the forward
+pass; megagpt/train/memory.py measures (the same code checks megagpt/plan.py's predictions).
 """
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 import tempfile
@@ -193,75 +193,28 @@ def throughput(args, precision: str, prefix: str) -> dict:
 
 
 # --- memory ---------------------------------------------------------------------------------------
-def _storages(tensors) -> dict:
-    out, kind = {}, _device().type
-    for t in tensors:
-        if isinstance(t, torch.Tensor) and t.device.type == kind:
-            st = t.untyped_storage()
-            if st.data_ptr():
-                out[st.data_ptr()] = st.nbytes()
-    return out
-
-
-def _live() -> dict:
-    return _storages(o for o in gc.get_objects() if isinstance(o, torch.Tensor))
-
-
-def memory_breakdown(engine) -> dict:
-    """Bytes per category on this rank, measured before and after the optimizer step."""
-    params = list(engine.module.parameters())
-    opt = engine.optimizer
-    p_st = _storages([getattr(p, "ds_tensor", p) for p in params] + [p.data for p in params])
-    master = _storages(getattr(opt, "fp32_partitioned_groups_flat", []) or [])
-    inner = getattr(opt, "optimizer", opt)
-    moments = _storages(v for st in inner.state.values() for v in st.values())
-    return {"params": sum(p_st.values()), "master": sum(v for k, v in master.items() if k not in p_st),
-            "moments": sum(moments.values()), "p_keys": set(p_st) | set(master) | set(moments)}
-
-
 def _memory_worker(rank, world_size, args, label, precision, prefix):
+    """One rank's bytes by category (megagpt.train.memory.measure) over two training steps."""
     ds_file, zero = CONFIGS[label]
     run = run_config(args, ds_file, zero, precision, world_size, prefix)
-    from megagpt.data.gpt_dataset import micro_batches
-    from megagpt.train.engine import build_engine
-
-    built = build_engine(run, total_tokens=10 ** 9)
-    eng = built.engine
-    from megagpt.data.gpt_dataset import GPTDataset, split_documents
+    from megagpt.data.gpt_dataset import GPTDataset, micro_batches, split_documents
     from megagpt.data.indexed import IndexedDataset
+    from megagpt.train.engine import build_engine
+    from megagpt.train.memory import measure
 
+    eng = build_engine(run, total_tokens=10 ** 9).engine
     ranges, _ = split_documents([IndexedDataset(prefix)], 0.0)
     data = micro_batches(GPTDataset(ranges, args.seq, 64, seed=1), 0, args.batch, rank, world_size)
-    saved = {}
 
-    def pack(t):
-        st = t.untyped_storage()
-        saved[st.data_ptr()] = st.nbytes()
-        return t
-
-    for i in range(2):
+    def step():
         x, y = next(data)
         eng.lr_scheduler.pending_tokens = args.batch * args.seq
-        before = set(_live())
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = eng(x.to(eng.device), y.to(eng.device)).mean()
-        acts = sum(v for k, v in saved.items() if k not in before)
-        saved.clear()
-        eng.backward(loss)
-        grads = _storages([p.grad for p in eng.module.parameters() if p.grad is not None])
-        ipg = getattr(eng.optimizer, "_DeepSpeedZeroOptimizer_Stage3__param_id_to_grad_partition", None) or {}
-        grads.update(_storages(ipg.values()))
-        flat = getattr(eng.optimizer, "fp32_partitioned_groups_flat", []) or []
-        grads.update(_storages([f.grad for f in flat if f.grad is not None]))
+        eng.backward(eng(x.to(eng.device), y.to(eng.device)).mean())
         eng.step()
-    del loss
-    gc.collect()
-    b = memory_breakdown(eng)
-    live = _live()
-    known = b.pop("p_keys")
-    other = sum(v for k, v in live.items() if k not in known)
-    return {"params": b["params"], "grads": sum(grads.values()), "optimizer": b["master"] + b["moments"],
-            "other after step": other, "activations": acts, "live after step": sum(live.values())}
+
+    m = measure(eng, step)
+    return {"params": m["params"], "grads": m["grads"], "optimizer": m["optimizer"], "other after step": m["other"],
+            "activations": m["activations"], "live after step": m["live"]}
 
 
 def main():
@@ -319,7 +272,7 @@ def main():
         return
     from dist_harness import run_distributed
 
-    print("\nmemory per rank after a step (MiB; rank 0; grads measured before the optimizer step):")
+    print("\nmemory per rank (MiB; rank 0; grads at the end of backward, the rest after the step):")
     cols = ("params", "grads", "optimizer", "activations", "other after step", "live after step")
     print(f"{'dp':>3} {'config':<30} " + " ".join(f"{c:>16}" for c in cols) + f" {'states vs stage 0':>18}")
     for dp in (int(x) for x in args.dp.split(",")):
