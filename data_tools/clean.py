@@ -24,11 +24,40 @@ class CleanConfig:
     whitespace: bool = True
 
 
+_FTFY_INERT = None  # (characters one of ftfy's fixers rewrites, its mojibake test), built on first use
+
+
+def _ftfy_inert():
+    """What decides, exactly, that ``ftfy.fix_and_explain`` returns a segment unchanged: none of the
+    characters its character-level fixers act on (taken from ftfy's own tables: HTML's '&', C1
+    controls, ligatures, width forms, curly quotes, line separators, surrogates, terminal escapes,
+    control characters) and no mojibake by its ``is_bad`` (the gate of its encoding fix)."""
+    global _FTFY_INERT
+    if _FTFY_INERT is None:
+        from ftfy import chardata, fixes
+        from ftfy.badness import is_bad
+
+        chars = set("&\r\u2028\u2029\x85\x1b") | {chr(c) for c in range(0x80, 0xA0)}
+        for table in (chardata.LIGATURES, chardata.WIDTH_MAP, chardata.CONTROL_CHARS):
+            chars.update(map(chr, table))
+        pattern = "[" + "".join(map(re.escape, sorted(chars))) + "]|" + "|".join(
+            r.pattern for r in (chardata.SINGLE_QUOTE_RE, chardata.DOUBLE_QUOTE_RE, fixes.SURROGATE_RE))
+        _FTFY_INERT = (re.compile(pattern), is_bad)
+    return _FTFY_INERT
+
+
+def _ftfy_would_keep(segment: str, normalization: str | None) -> bool:
+    acted_on, is_bad = _ftfy_inert()
+    return (acted_on.search(segment) is None and not is_bad(segment)
+            and (normalization is None or unicodedata.is_normalized(normalization, segment)))
+
+
 def fix_text(text: str, normalization: str | None = "NFC") -> str:
     """``ftfy.fix_text(text, normalization=...)``, segment by segment exactly as ftfy walks the
     text (a line, or ``max_decode_length`` characters, at a time; HTML unescaping off from the
     first segment holding '<'), but handing ftfy only the segments it could change: plain ASCII
-    lines without '&', escapes or control characters, most of real text, are taken as they are."""
+    lines without '&', escapes or control characters, most of real text, are taken as they are, and
+    so are lines that ``_ftfy_would_keep`` shows ftfy would return unchanged."""
     import ftfy
 
     config = ftfy.TextFixerConfig(normalization=normalization, explain=False)
@@ -41,8 +70,12 @@ def fix_text(text: str, normalization: str | None = "NFC") -> str:
             end = text.find("\n", m.start()) + 1 or n
             out.append(text[pos:start])
             # HTML unescaping is off from the first line holding '<' on, that line included
-            segment_config = no_html if 0 <= first_lt < end else config
-            out.append(ftfy.fix_and_explain(text[start:end], segment_config)[0])
+            segment = text[start:end]
+            if _ftfy_would_keep(segment, normalization):  # most lines with accents or dashes
+                out.append(segment)
+            else:
+                segment_config = no_html if 0 <= first_lt < end else config
+                out.append(ftfy.fix_and_explain(segment, segment_config)[0])
             pos = end
         out.append(text[pos:])
         return "".join(out)
