@@ -88,6 +88,7 @@ def main(argv=None) -> int:
         if dist.get_rank() == 0 and losses:
             print(f"done: {len(losses)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}; best "
                   f"{trainer.best if trainer.best is not None else float('nan'):.4f} in {trainer.best_dir}", flush=True)
+        dist.barrier()  # no rank tears the group down while a peer is still in a collective
         return 0
     except (ConfigError, FinetuneDataError, CheckpointError, SaveError) as e:
         if dist.get_rank() == 0:

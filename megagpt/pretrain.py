@@ -51,6 +51,7 @@ def main(argv=None) -> int:
         losses = trainer.train()
         if trainer.is_logger and losses:
             print(f"done: {len(losses)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}", flush=True)
+        dist.barrier()  # no rank tears the group down while a peer is still in a collective
         return 0
     except (ConfigError, ShardError, CheckpointError, SaveError) as e:
         # errors the user can fix (shards, mixture, checkpoint, a save on a full disk), seen by
