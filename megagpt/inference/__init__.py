@@ -95,6 +95,10 @@ def read_weights(path: str | Path, *, tag: str | None = None, model_cfg=None):
 
         cfg, full, tok = read_hf_dir(p)
         return cfg, full, {"tokenizer": str(tok) if tok else None, "format": "hf"}
+    if (p / "universal.json").is_file():  # a layout-free training checkpoint: its fp32 weights
+        from megagpt.train.universal import read_weights as read_universal
+
+        return read_universal(p)
     if (p / "megagpt.json").is_file() or _is_checkpoint_dir(p):
         from megagpt.inference.checkpoint_reader import read_checkpoint
 
@@ -106,8 +110,8 @@ def read_weights(path: str | Path, *, tag: str | None = None, model_cfg=None):
         from megagpt.inference.weights import read_export
 
         return read_export(p / "model.safetensors")
-    raise WeightsError(f"{p}: not a megagpt export, a Hugging Face GPT-2 directory (config.json) or a "
-                       f"training checkpoint directory (latest / global_step*).")
+    raise WeightsError(f"{p}: not a megagpt export, a Hugging Face GPT-2 directory (config.json), a "
+                       f"training checkpoint directory (latest / global_step*) or a universal one (universal.json).")
 
 
 def build_empty(cfg, ps=None):

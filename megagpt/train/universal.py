@@ -101,6 +101,17 @@ def read_info(path: str | Path) -> dict:
     return info
 
 
+def read_weights(root: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
+    """(model config, full fp32 state dict, meta): what ``megagpt.load`` needs from a universal
+    checkpoint (the masters the optimizer held)."""
+    root = Path(root)
+    info = read_info(root)
+    cfg = model_config_from_dict(info["model"]).validate()
+    full = {name: _read_param(root, name, "fp32") for name in info["params"]}
+    return cfg, full, {"step": info["step"], "tokenizer": info.get("tokenizer"), "format": "universal",
+                       **info["saved_layout"]}
+
+
 def _read_param(root: Path, name: str, key: str) -> torch.Tensor:
     from safetensors import safe_open
 

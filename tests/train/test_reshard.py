@@ -126,6 +126,13 @@ def test_universal_export_and_refusals(tmp_path, shard):
         for name, t in saved.tensors(None if key == "fp32" else key).items():
             assert torch.equal(_read_param(out, name, key), t)
 
+    # megagpt.load / read_weights take it like any other weights source
+    from megagpt.inference import read_weights
+
+    cfg, full, meta = read_weights(out)
+    assert cfg == saved.cfg and meta["format"] == "universal" and meta["step"] == SAVED_AT
+    assert all(torch.equal(full[n], t) for n, t in saved.tensors().items())
+
     # a resume into a model of another shape is refused, naming the field
     from megagpt.config import ConfigError
 
