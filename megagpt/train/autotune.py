@@ -9,61 +9,21 @@ hidden size h: reduce bucket h^2, ZeRO-3 prefetch bucket 0.9 h^2, persistence th
 (with floors, so a tiny model does not split its gradients into thousands of collectives). A
 number in the JSON always wins. Each choice is returned as a sentence for the run's log.
 
-Memory per rank (bytes), N = parameters / tp:
-  fp32:       params 4N, grads 4N, Adam moments 8N
-  bf16/fp16:  params 2N, grads 2N, fp32 master + moments 12N
-  stage 1 divides the optimizer states by dp, stage 2 also the grads, stage 3 also the params.
-Activations per layer follow Korthikanti et al. (2022): s b h (34 + 5 a s / h) bytes at 16 bits
-(doubled in fp32), divided by tp; with activation checkpointing only each layer's input
-(2 s b h) stays, plus one layer's worth during recomputation. The logits and their gradient add
-2 x 4 s b V / tp bytes.
+The memory per rank is ``megagpt.train.memory.predict``, the model the layout planner uses and
+tests/train/test_plan.py checks against measured runs: the real per-rank parameter shapes, what
+DeepSpeed allocates at each stage (fp32 masters and moments, a bf16 run's fp32 gradient copy at
+stage 0, partition padding, persistent parameters, buckets), the activations this code saves and
+the transient buffers at the peak.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-
-from megagpt.config import ConfigError, ModelConfig
+from megagpt.config import ConfigError
+from megagpt.train.memory import persistence_threshold, predict, reduce_bucket
 
 AUTO_BUCKETS = ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold",
                 "allgather_bucket_size")
 HEADROOM = 0.8  # the share of a rank's memory a choice may plan to use
-
-
-@dataclass
-class StateBytes:
-    params: float
-    grads: float
-    optimizer: float
-    activations: float
-
-    @property
-    def total(self) -> float:
-        return self.params + self.grads + self.optimizer + self.activations
-
-
-def state_bytes(cfg: ModelConfig, *, tp: int, dp: int, stage: int, half: bool, micro_batch: int, seq: int,
-                checkpointing: bool) -> StateBytes:
-    """Predicted bytes per rank of params, grads, optimizer states and activations."""
-    from megagpt.model.flops import param_count
-
-    n = param_count(cfg) / tp
-    p, g, o = (2 * n, 2 * n, 12 * n) if half else (4 * n, 4 * n, 8 * n)
-    if stage >= 1:
-        o /= dp
-    if stage >= 2:
-        g /= dp
-    if stage >= 3:
-        p /= dp
-    s, b, h, a = seq, micro_batch, cfg.n_embd, cfg.n_head
-    scale = 1.0 if half else 2.0
-    full_layer = s * b * h * (34 + 5 * a * s / h) * scale / tp
-    if checkpointing:
-        acts = cfg.n_layer * 2 * s * b * h * scale + full_layer
-    else:
-        acts = cfg.n_layer * full_layer
-    acts += 2 * 4 * s * b * cfg.vocab_size / tp
-    return StateBytes(p, g, o, acts)
 
 
 def rank_memory(local_ranks: int) -> tuple[float, str]:
@@ -95,9 +55,9 @@ def resolve(run, world_size: int, *, memory: tuple[float, str] | None = None) ->
     name = run.train.deepspeed_config
     par, cfg = run.parallel, run.model
     h = cfg.n_embd
-    rules = {"reduce_bucket_size": max(h * h, 500_000), "allgather_bucket_size": max(h * h, 500_000),
+    rules = {"reduce_bucket_size": reduce_bucket(cfg), "allgather_bucket_size": reduce_bucket(cfg),
              "stage3_prefetch_bucket_size": max(int(0.9 * h * h), 450_000),
-             "stage3_param_persistence_threshold": 10 * h}
+             "stage3_param_persistence_threshold": persistence_threshold(cfg)}
     sized = {k: rules[k] for k in AUTO_BUCKETS if zero.get(k) == "auto"}
     zero.update(sized)
     if sized:
@@ -118,14 +78,20 @@ def resolve(run, world_size: int, *, memory: tuple[float, str] | None = None) ->
     if dp == 1:
         chosen, why = 0, "one data-parallel rank: nothing to shard"
     else:
+        import torch
+
+        precision = "bf16" if (ds.get("bf16") or {}).get("enabled") else "fp16" if half else "fp32"
         for stage in allowed:  # after the loop, need is the last (highest) stage's
-            need = state_bytes(cfg, tp=par.tp_size, dp=dp, stage=stage, half=half, micro_batch=micro,
-                               seq=run.seq_length, checkpointing=run.train.activation_checkpointing)
+            need = predict(cfg, seq=run.seq_length, micro_batch=micro, tp=par.tp_size, pp=par.pp_size, dp=dp,
+                           zero=stage, micro_batches=ds.get("gradient_accumulation_steps") or 1,
+                           precision=precision, checkpointing=run.train.activation_checkpointing,
+                           device="cuda" if torch.cuda.is_available() else "cpu")
             if need.total <= HEADROOM * budget:
                 chosen = stage
-                why = (f"{need.total / 2 ** 30:.2f} GiB per rank predicted (model states "
-                       f"{(need.total - need.activations) / 2 ** 30:.2f}, activations "
-                       f"{need.activations / 2 ** 30:.2f}) fits {HEADROOM:.0%} of {where}")
+                states = need.params + need.grads + need.optimizer
+                why = (f"{need.total / 2 ** 30:.2f} GiB per rank predicted (model states {states / 2 ** 30:.2f}, "
+                       f"activations {need.activations / 2 ** 30:.2f}, buffers {need.buffers / 2 ** 30:.2f}) "
+                       f"fits {HEADROOM:.0%} of {where}")
                 break
         if chosen is None:
             chosen = allowed[-1]
