@@ -178,18 +178,30 @@ class GopherRepetition(Filter):
                 ordered = np.sort(keys)
                 starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
                 counts = np.diff(np.append(starts, len(ordered)))
-                best = counts.max()
-                if best > 1:
+                best = int(counts.max())
+                # the rule needs the first-seen of the most frequent grams only when even the
+                # longest k-gram of the text repeated that often could pass the threshold
+                if best > 1 and best * int((cum[k:] - cum[:-k]).max()) / total > top[k]:
+                    tied = ordered[starts[counts == best]]
                     # Counter.most_common: of the tied grams, the one seen first
-                    i = int(np.flatnonzero(np.isin(keys, ordered[starts[counts == best]]))[0])
-                    if (cum[i + k] - cum[i]) * int(best) / total > top[k]:
+                    i = int(np.argmax(keys == tied[0])) if len(tied) == 1 else \
+                        int(np.flatnonzero(np.isin(keys, tied))[0])
+                    if (cum[i + k] - cum[i]) * best / total > top[k]:
                         return f"top_{k}gram"
             while dup_from < len(dup) and dup[dup_from][0] < k:
                 dup_from += 1
             if dup_from < len(dup) and dup[dup_from][0] == k:
                 thr = dup[dup_from][1]
-                _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-                starts = np.flatnonzero(counts[inverse] > 1)
+                # the positions whose k-gram occurs more than once: equal neighbours once sorted
+                order = np.argsort(keys)
+                same = keys[order]
+                same = same[1:] == same[:-1]
+                repeated = np.zeros(len(keys), dtype=bool)
+                repeated[1:] = same
+                repeated[:-1] |= same
+                mask = np.empty(len(keys), dtype=bool)
+                mask[order] = repeated
+                starts = np.flatnonzero(mask)
                 edge = np.zeros(n + 1, dtype=np.int64)  # a word counts once under overlapping repeats
                 edge[starts] += 1  # starts are distinct positions
                 edge[starts + k] -= 1
