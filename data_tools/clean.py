@@ -61,33 +61,25 @@ def fix_text(text: str, normalization: str | None = "NFC") -> str:
     import ftfy
 
     config = ftfy.TextFixerConfig(normalization=normalization, explain=False)
+    no_html = config._replace(unescape_html=False) if config.unescape_html == "auto" else config
+    chunk, first_lt = config.max_decode_length, text.find("<")
     out, pos, n = [], 0, len(text)
-    if n <= config.max_decode_length:  # every segment is a line: jump from one that needs ftfy to the next
-        first_lt = text.find("<")
-        no_html = config._replace(unescape_html=False) if config.unescape_html == "auto" else config
-        while (m := _FTFY_NEEDED.search(text, pos)) is not None:
-            start = text.rfind("\n", 0, m.start()) + 1
-            end = text.find("\n", m.start()) + 1 or n
-            out.append(text[pos:start])
-            # HTML unescaping is off from the first line holding '<' on, that line included
-            segment = text[start:end]
-            if _ftfy_would_keep(segment, normalization):  # most lines with accents or dashes
-                out.append(segment)
-            else:
-                segment_config = no_html if 0 <= first_lt < end else config
-                out.append(ftfy.fix_and_explain(segment, segment_config)[0])
-            pos = end
-        out.append(text[pos:])
-        return "".join(out)
-    while pos < n:
-        end = text.find("\n", pos) + 1 or n
-        if end - pos > config.max_decode_length:
-            end = pos + config.max_decode_length
-        segment = text[pos:end]
-        if config.unescape_html == "auto" and "<" in segment:
-            config = config._replace(unescape_html=False)
-        out.append(ftfy.fix_and_explain(segment, config)[0] if _FTFY_NEEDED.search(segment) else segment)
+    # jump from one segment that needs ftfy to the next: the segment holding a match is its line,
+    # or, in a line longer than max_decode_length, that line's piece of the match
+    while (m := _FTFY_NEEDED.search(text, pos)) is not None:
+        line_start = text.rfind("\n", 0, m.start()) + 1
+        line_end = text.find("\n", m.start()) + 1 or n
+        start = line_start + (m.start() - line_start) // chunk * chunk
+        end = min(start + chunk, line_end)
+        out.append(text[pos:start])
+        segment = text[start:end]
+        if _ftfy_would_keep(segment, normalization):  # most lines with accents or dashes
+            out.append(segment)
+        else:
+            # HTML unescaping is off from the first segment holding '<' on, that segment included
+            out.append(ftfy.fix_and_explain(segment, no_html if 0 <= first_lt < end else config)[0])
         pos = end
+    out.append(text[pos:])
     return "".join(out)
 
 

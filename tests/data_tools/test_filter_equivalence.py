@@ -161,6 +161,22 @@ def test_fix_text_equals_ftfy_on_what_it_fixes():
         assert fix_text(t) == ftfy.fix_text(t), t
 
 
+def test_fix_text_equals_ftfy_on_a_line_longer_than_its_segments():
+    """A line over ftfy's max_decode_length (a million characters) is fixed in pieces of that
+    length, each piece on its own, as ftfy.fix_text walks it."""
+    import ftfy
+
+    from data_tools.clean import fix_text
+
+    rng = random.Random(6)
+    words = ["plain", "caf\u00e9", "\u2019s", "&amp;", "<b>", "\u00c3\u00a9", "na\u00efve", "x", "\ufb01ne", "\u2014"]
+    line = " ".join(rng.choice(words) for _ in range(300_000))
+    assert len(line) > ftfy.TextFixerConfig().max_decode_length
+    text = "short \u2019 line &amp;\n" + line + "\nafter &amp; \u00e9\n"
+    want = ftfy.fix_text(text)
+    assert want != text and fix_text(text) == want
+
+
 def test_words_through_bytes_equal_str_translate():
     """dedup.words' bytes paths give what str.lower/translate/split gives, ASCII or not."""
     import string
