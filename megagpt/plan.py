@@ -73,7 +73,7 @@ from megagpt.config import (PRESETS, ConfigError, DataConfig, ModelConfig, Paral
                             RunConfig, TrainConfig, load_run_config, model_config, validate_run)
 from megagpt.model.flops import model_flops_per_token, param_count  # noqa: E402
 from megagpt.train.autotune import HEADROOM  # noqa: E402
-from megagpt.train.memory import Prediction, predict, stage_params  # noqa: E402
+from megagpt.train.memory import Prediction, precision_of, predict, stage_params  # noqa: E402
 
 GIB = 2 ** 30
 # GPT-3 (Brown et al. 2020) Table 2.1: batch size in tokens, at context 2048 -> sequences
@@ -541,8 +541,7 @@ def problem_from_args(args) -> tuple[Problem, dict | None, str | None]:
         except ConfigError as e:
             verdict = str(e)
         ds = run.deepspeed
-        precision = "bf16" if (ds.get("bf16") or {}).get("enabled") else \
-            "fp16" if (ds.get("fp16") or {}).get("enabled") else "fp32"
+        precision = precision_of(ds)
         dp = run.parallel.dp_size(world) or 1
         micro = ds.get("train_micro_batch_size_per_gpu", 1)
         batch = args.global_batch or ds.get("train_batch_size") or micro * ds.get("gradient_accumulation_steps", 1) * dp

@@ -194,11 +194,11 @@ def _optimizer_param_names(state: dict, cfg: ModelConfig, tp: int, pipeline: boo
                            f"before megagpt recorded them); resume it in the layout it was saved with.")
     from megagpt.model.gpt import GPT
     from megagpt.parallel.state import ParallelState
+    from megagpt.train.engine import param_group_names
 
     with torch.device("meta"):
         model = GPT(cfg, ParallelState(tp_size=tp))
-    params = list(model.named_parameters())
-    return [n for n, p in params if p.dim() >= 2] + [n for n, p in params if p.dim() < 2]
+    return [n for group in param_group_names(model.named_parameters()) for n in group]
 
 
 class SavedCheckpoint:

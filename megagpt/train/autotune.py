@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from megagpt.config import ConfigError
-from megagpt.train.memory import persistence_threshold, predict, reduce_bucket
+from megagpt.train.memory import device_type, persistence_threshold, precision_of, predict, reduce_bucket
 
 AUTO_BUCKETS = ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold",
                 "allgather_bucket_size")
@@ -70,7 +70,6 @@ def resolve(run, world_size: int, *, memory: tuple[float, str] | None = None) ->
     if zero.get("stage") != "auto":
         return notes
     dp = par.dp_size(world_size)
-    half = bool((ds.get("bf16") or {}).get("enabled") or (ds.get("fp16") or {}).get("enabled"))
     micro = ds.get("train_micro_batch_size_per_gpu") or 1
     allowed = (0, 1) if par.layout == "3d" else (0, 1, 2, 3)
     budget, where = memory or rank_memory(_local_ranks(world_size))
@@ -78,14 +77,11 @@ def resolve(run, world_size: int, *, memory: tuple[float, str] | None = None) ->
     if dp == 1:
         chosen, why = 0, "one data-parallel rank: nothing to shard"
     else:
-        import torch
-
-        precision = "bf16" if (ds.get("bf16") or {}).get("enabled") else "fp16" if half else "fp32"
         for stage in allowed:  # after the loop, need is the last (highest) stage's
             need = predict(cfg, seq=run.seq_length, micro_batch=micro, tp=par.tp_size, pp=par.pp_size, dp=dp,
                            zero=stage, micro_batches=ds.get("gradient_accumulation_steps") or 1,
-                           precision=precision, checkpointing=run.train.activation_checkpointing,
-                           device="cuda" if torch.cuda.is_available() else "cpu")
+                           precision=precision_of(ds), checkpointing=run.train.activation_checkpointing,
+                           device=device_type())
             if need.total <= HEADROOM * budget:
                 chosen = stage
                 states = need.params + need.grads + need.optimizer

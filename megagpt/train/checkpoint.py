@@ -223,11 +223,22 @@ def save(engine, ckpt_dir: str | Path, step: int, client_state: dict, ps, keep_l
     return tag
 
 
+LAYOUT_KEYS = ("layout", "tp", "pp", "dp", "zero_stage")  # what DeepSpeed's own load needs unchanged
+
+
+def layout_of(run, ps) -> dict:
+    """The layout a run trains in, as ``megagpt.json`` records it (``LAYOUT_KEYS``)."""
+    from megagpt.config import zero_stage
+
+    return {"layout": run.parallel.layout, "tp": ps.tp_size, "pp": ps.pp_size, "dp": ps.dp_size,
+            "zero_stage": zero_stage(run.deepspeed)}
+
+
 def saved_layout(tag_dir: Path) -> dict | None:
-    """layout, tp, pp, dp and zero_stage a tag was saved with (None: no megagpt.json)."""
+    """The layout a tag was saved with (None: no megagpt.json)."""
     try:
         meta = json.loads((tag_dir / "megagpt.json").read_text())
-        return {k: meta[k] for k in ("layout", "tp", "pp", "dp", "zero_stage")}
+        return {k: meta[k] for k in LAYOUT_KEYS}
     except (OSError, ValueError, KeyError):
         return None
 

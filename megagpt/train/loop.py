@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megagpt.config import ConfigError, RunConfig, zero_stage
+from megagpt.config import ConfigError, RunConfig
 from megagpt.data.gpt_dataset import (GPTDataset, micro_batches, range_tokens, source_counts,
                                       split_documents, token_mean)
 from megagpt.data.indexed import ShardError, open_shard
@@ -21,11 +21,9 @@ from megagpt.train.schedule import rampup_batch_size
 
 
 def _dtype(ds_config: dict) -> torch.dtype:
-    if (ds_config.get("bf16") or {}).get("enabled"):
-        return torch.bfloat16
-    if (ds_config.get("fp16") or {}).get("enabled"):
-        return torch.float16
-    return torch.float32
+    from megagpt.train.memory import precision_of
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision_of(ds_config)]
 
 
 def build_datasets(run: RunConfig, train_samples: int, valid_samples: int):
@@ -103,7 +101,7 @@ class Trainer:
             if tr.checkpoint_dir:
                 state = checkpoint.load(self.engine, tr.checkpoint_dir, self.ps, verify_level=tr.verify_checkpoint,
                                         fallback=tr.resume_fallback, log=self._fallback_note,
-                                        layout=self.layout(), reshard=self._reshard)
+                                        layout=checkpoint.layout_of(run, self.ps), reshard=self._reshard)
             if state is None and tr.resume_from:
                 state, source = self._resume_from(tr.resume_from), tr.resume_from
             if state is not None:
@@ -116,10 +114,6 @@ class Trainer:
         self.sources = list(getattr(self.train_ds, "names", []))
         self._reset_source_window()
         self._src_tokens = source_counts(self.train_ds, 0, self.consumed, len(self.sources)) * self.seq
-
-    def layout(self) -> dict:
-        return {"layout": self.run.parallel.layout, "tp": self.ps.tp_size, "pp": self.ps.pp_size, "dp": self.dp,
-                "zero_stage": zero_stage(self.run.deepspeed)}
 
     def _reshard(self, tag: str) -> dict:
         """A checkpoint of ``checkpoint_dir`` saved in another layout: through its universal form."""
@@ -137,15 +131,13 @@ class Trainer:
 
         path = Path(source)
         if not universal.is_universal(path):
-            if checkpoint.latest_tag(path) is not None:
-                path = path / checkpoint.latest_tag(path)
+            latest = checkpoint.latest_tag(path)
+            if latest is not None:
+                path = path / latest
             if not (path / "megagpt.json").is_file():
                 raise ConfigError(f"train.resume_from={source}: not a universal checkpoint, a checkpoint "
                                   f"directory with 'latest', or a checkpoint tag.")
-            why = checkpoint.verify(path, self.run.train.verify_checkpoint)
-            if why:
-                raise ConfigError(f"train.resume_from={source}: {why}")
-            path = universal.ensure_universal(path.parent, path.name)
+            path = universal.ensure_universal(path.parent, path.name, verify_level=self.run.train.verify_checkpoint)
         return universal.load_into(self.built, self.run, path, log=self.metrics.console)
 
     def _fallback_note(self, line: str) -> None:
@@ -291,9 +283,7 @@ class Trainer:
         tr = self.run.train
         if tr.checkpoint_dir:
             run = self.run
-            meta = {"model": asdict(run.model), "layout": run.parallel.layout, "tp": self.ps.tp_size,
-                    "pp": self.ps.pp_size, "dp": self.dp, "zero_stage": zero_stage(run.deepspeed),
-                    "step": self.step,
+            meta = {"model": asdict(run.model), **checkpoint.layout_of(run, self.ps), "step": self.step,
                     "tokens": self.tokens, "tokenizer": run.data.tokenizer}
             try:
                 checkpoint.save(self.engine, tr.checkpoint_dir, self.step,

@@ -71,6 +71,14 @@ from dataclasses import dataclass
 from megagpt.config import ModelConfig
 
 
+def precision_of(ds_config: dict) -> str:
+    """"bf16", "fp16" or "fp32": what a DeepSpeed config trains in (``predict``'s ``precision``)."""
+    for name in ("bf16", "fp16"):
+        if (ds_config.get(name) or {}).get("enabled"):
+            return name
+    return "fp32"
+
+
 def device_type() -> str:
     import torch
 

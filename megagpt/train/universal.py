@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from megagpt.config import ConfigError, ModelConfig, model_config_from_dict, zero_stage
+from megagpt.config import ConfigError, ModelConfig, model_config_from_dict
 from megagpt.inference.checkpoint_reader import OPTIMIZER_KEYS, SavedCheckpoint
 from megagpt.inference.weights import WeightsError
 
@@ -58,7 +58,15 @@ def write_universal(ckpt_dir: str | Path, tag: str | None, out: str | Path, *,
     One tensor kind at a time is held whole in memory (4 bytes per parameter)."""
     from safetensors.torch import save_file
 
+    from dataclasses import asdict
+
+    from megagpt.train.checkpoint import LAYOUT_KEYS
+
     saved = SavedCheckpoint(ckpt_dir, tag, model_cfg=model_cfg)
+    main = saved.main
+    if main.get("step") is None:
+        raise WeightsError(f"{saved.dir}: its model file holds no training step (not a megagpt pretraining "
+                           f"checkpoint).")
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -70,20 +78,12 @@ def write_universal(ckpt_dir: str | Path, tag: str | None, out: str | Path, *,
             save_file({"t": t.contiguous()}, str(f))
         names = list(tensors)
         del tensors
-    main = saved.main
-    info = {"format": FORMAT, "version": VERSION, "source": str(saved.dir), "model": saved.saved.get("model"),
-            "saved_layout": {k: saved.meta[k] for k in ("layout", "tp", "pp", "dp", "zero_stage")},
+    info = {"format": FORMAT, "version": VERSION, "source": str(saved.dir), "model": asdict(saved.cfg),
+            "saved_layout": {k: saved.meta[k] for k in LAYOUT_KEYS},
             "step": main.get("step"), "consumed_samples": main.get("consumed_samples"), "tokens": main.get("tokens"),
             "optimizer_step": saved.optimizer_step(), "lr_scheduler": main.get("lr_scheduler"),
             "tokenizer": saved.meta.get("tokenizer"), "params": names,
             **{k: main.get(k) for k in _DS_COUNTERS}}
-    if info["model"] is None:
-        from dataclasses import asdict
-
-        info["model"] = asdict(saved.cfg)
-    if info["step"] is None:
-        raise WeightsError(f"{saved.dir}: its model file holds no training step (not a megagpt pretraining "
-                           f"checkpoint).")
     (tmp / INFO).write_text(json.dumps(info, indent=1) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
@@ -190,6 +190,7 @@ def load_into(built, run, root: str | Path, log=None) -> dict:
     """Load universal checkpoint ``root`` into a freshly built engine of any layout; returns the
     trainer's client state (step, consumed_samples, tokens). Every rank reads its own slices."""
     from megagpt.model.convert import local_shard
+    from megagpt.train.checkpoint import layout_of
     from megagpt.train.engine import arch_mismatch
 
     root = Path(root)
@@ -201,12 +202,8 @@ def load_into(built, run, root: str | Path, log=None) -> dict:
                           f"trained with.")
     engine, ps, cfg = built.engine, built.ps, run.model
     _ensure_adam_state(engine.optimizer)
-    cache: dict[str, dict[str, torch.Tensor]] = {}
     for name, p in _named_params(built, cfg):
-        if name not in cache:  # the pipeline's tied embedding appears on two stages
-            cache.clear()
-            cache[name] = {key: _read_param(root, name, key) for key in KEYS}
-        values = {key: local_shard(name, t, p, cfg, ps) for key, t in cache[name].items()}
+        values = {key: local_shard(name, _read_param(root, name, key), p, cfg, ps) for key in KEYS}
         shape = getattr(p, "ds_shape", p.shape)
         if values["fp32"].shape != shape:
             raise WeightsError(f"{_param_file(root, name, 'fp32')}: shape {tuple(values['fp32'].shape)} here "
@@ -224,22 +221,26 @@ def load_into(built, run, root: str | Path, log=None) -> dict:
         if info.get(k) is not None:
             setattr(engine, k, info[k])
     if log is not None and dist.get_rank() == 0:
-        now = {"layout": run.parallel.layout, "tp": ps.tp_size, "pp": ps.pp_size, "dp": ps.dp_size,
-               "zero_stage": zero_stage(run.deepspeed)}
-        log(f"resharded {root} (saved as {describe(info['saved_layout'])}) into {describe(now)}: weights, fp32 "
+        log(f"resharded {root} (saved as {describe(info['saved_layout'])}) into {describe(layout_of(run, ps))}: weights, fp32 "
             f"masters, Adam moments and step, LR schedule and data position carried over; per-rank RNG "
             f"streams were not restored, so dropout masks follow the new layout"
             + ("; fp16's dynamic loss scale restarts" if (run.deepspeed.get("fp16") or {}).get("enabled") else ""))
     return {"step": info["step"], "consumed_samples": info["consumed_samples"], "tokens": info["tokens"]}
 
 
-def ensure_universal(ckpt_dir: str | Path, tag: str) -> Path:
-    """``<tag>/universal``, written from the tag's DeepSpeed files by global rank 0 if not there yet
-    (every rank calls this; the others wait). A failure on rank 0 reaches every rank."""
+def ensure_universal(ckpt_dir: str | Path, tag: str, verify_level: str = "none") -> Path:
+    """``<tag>/universal``, written from the tag's DeepSpeed files by global rank 0 if not there yet,
+    after checking them against the tag's manifest at ``verify_level`` (every rank calls this; the
+    others wait). A failure on rank 0 reaches every rank."""
+    from megagpt.train.checkpoint import verify
+
     out = Path(ckpt_dir) / tag / "universal"
     error = [None]
     if dist.get_rank() == 0 and not is_universal(out):
         try:
+            why = verify(Path(ckpt_dir) / tag, verify_level)
+            if why:
+                raise WeightsError(why)
             write_universal(ckpt_dir, tag, out)
         except (ValueError, OSError) as e:
             error[0] = f"{Path(ckpt_dir) / tag}: cannot be converted for another layout ({e})"
