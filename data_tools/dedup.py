@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 import numpy as np
 import xxhash
 
+from data_tools import native
 from data_tools.document import Document, Stats
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -99,9 +100,25 @@ def word_hashes(ws: list[str]) -> np.ndarray:
     return np.array(out, dtype=np.uint64)
 
 
+def minhash_input(text: str, n: int = 5) -> tuple[int, np.ndarray]:
+    """(exact hash, shingle hashes with repeats) of ``text``: what SignatureStep records, through
+    the compiled kernel when it is built (one pass, no word objects)."""
+    kernels = native.kernels
+    got = kernels.minhash_input(text, n, string.punctuation, _WIDE_PUNCT) if kernels is not None else None
+    if got is not None:
+        return got[0], np.frombuffer(got[1], dtype=np.uint64)
+    ws = words(text)  # also for a text without words: its shingle is the hash of the text itself
+    return xxhash.xxh64_intdigest(" ".join(ws).encode()), shingle_hashes(text, n, unique=False, ws=ws)
+
+
 def shingle_hashes(text: str, n: int = 5, unique: bool = True, ws: list[str] | None = None) -> np.ndarray:
     """uint64 hashes of the word n-grams of ``text`` (sorted and unique unless ``unique=False``:
     MinHash does not need it and the sort is a third of the cost). ``ws``: its words if known."""
+    if ws is None and native.kernels is not None:
+        got = native.kernels.minhash_input(text, n, string.punctuation, _WIDE_PUNCT)
+        if got is not None:
+            h = np.frombuffer(got[1], dtype=np.uint64)
+            return np.unique(h) if unique else h.copy()
     ws = words(text) if ws is None else ws
     if not ws:
         return np.array([xxhash.xxh64_intdigest(text.encode())], dtype=np.uint64)
@@ -191,10 +208,9 @@ class SignatureStep:
     def _flush(self, docs, stats):
         if not docs:
             return
-        ws = [words(d.text) for d in docs]  # split once for the exact hash and the shingles
-        ex = np.array([xxhash.xxh64_intdigest(" ".join(w).encode()) for w in ws], dtype=np.uint64)
-        sig = self.hasher.band_hashes(self.hasher.signatures(
-            [shingle_hashes(d.text, self.cfg.ngram, unique=False, ws=w) for d, w in zip(docs, ws)]))
+        ex, shingles = zip(*(minhash_input(d.text, self.cfg.ngram) for d in docs))
+        ex = np.array(ex, dtype=np.uint64)
+        sig = self.hasher.band_hashes(self.hasher.signatures(list(shingles)))
         self.rows.append(np.concatenate([ex[:, None], sig], axis=1))
         stats.count(self.name, "documents", len(docs))
         yield from docs

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from data_tools import native
 from data_tools.document import Document
 from data_tools.filters.base import Filter, duplicate_stats
 
@@ -63,8 +64,9 @@ def _word_classes():
 
 
 class GopherQuality(Filter):
-    """Gopher's document quality heuristics. The word-level rules look at each distinct word once
-    (``Counter`` over ``text.split()``), not at every occurrence."""
+    """Gopher's document quality heuristics. The word-level counts come from one pass of the
+    compiled kernel over the text, or, without it, from each distinct word once (``Counter``
+    over ``text.split()``)."""
     name = "gopher_quality"
 
     def __init__(self, cfg: GopherQualityConfig = GopherQualityConfig()):
@@ -72,10 +74,18 @@ class GopherQuality(Filter):
         self.stop = set(cfg.stop_words)
         # a stop word with punctuation stripped from its ends, in any case
         self._stop = re.compile(_WHOLE.format(f"[{_P}]*({'|'.join(map(re.escape, cfg.stop_words))})[{_P}]*"))
+        # the compiled kernel strips a word's punctuation ends before comparing: the same as the
+        # pattern above for stop words that neither start nor end with punctuation
+        ok = all(w and w[0] not in _PUNCT_STRIP and w[-1] not in _PUNCT_STRIP and len(w) <= 64
+                 for w in cfg.stop_words) and len(cfg.stop_words) <= 64
+        self._native_stop = tuple(cfg.stop_words) if ok else None
 
-    def check(self, doc: Document) -> str | None:
-        c = self.cfg
-        text = doc.text
+    def word_counts(self, doc: Document) -> tuple[int, int, int, int, int, int]:
+        """(words, their characters, pure-punctuation words, their characters, words without a
+        letter, distinct stop words found): everything the word-level rules compare."""
+        kernels = native.kernels
+        if kernels is not None and self._native_stop:
+            return kernels.gopher_words(doc.text, _PUNCT_STRIP, self._native_stop)
         words = doc.split_words()
         counts = Counter(words)
         # each rule over the distinct words at once: one regex scan of them joined by spaces
@@ -88,12 +98,18 @@ class GopherQuality(Filter):
         for w in (_ASCII_NO_LETTER if joined.isascii() else no_letter_word).findall(joined):
             no_letter += counts[w]
         found = set(self._stop.findall(joined.lower()))
-        n = len(words) - symbol_words
+        return len(words), sum(map(len, words)), symbol_words, symbol_chars, no_letter, len(found)
+
+    def check(self, doc: Document) -> str | None:
+        c = self.cfg
+        text = doc.text
+        n_words, chars, symbol_words, symbol_chars, no_letter, n_found = self.word_counts(doc)
+        n = n_words - symbol_words
         if n < c.min_words:
             return "few_words"
         if n > c.max_words:
             return "many_words"
-        mean_len = (sum(map(len, words)) - symbol_chars) / n
+        mean_len = (chars - symbol_chars) / n
         if not c.min_mean_word_length <= mean_len <= c.max_mean_word_length:
             return "mean_word_length"
         symbols = text.count("#") + text.count("...") + text.count("\u2026")
@@ -105,9 +121,9 @@ class GopherQuality(Filter):
                 return "bullet_lines"
             if sum(l.rstrip().endswith(("...", "\u2026")) for l in lines) / len(lines) > c.max_ellipsis_lines_ratio:
                 return "ellipsis_lines"
-        if (len(words) - no_letter) / len(words) < c.min_alpha_words_ratio:
+        if (n_words - no_letter) / n_words < c.min_alpha_words_ratio:
             return "alpha_words"
-        if len(found) < c.min_stop_words:
+        if n_found < c.min_stop_words:
             return "stop_words"
         return None
 
@@ -148,10 +164,18 @@ class GopherRepetition(Filter):
             return "dup_line_frac"
         if chars / max(len(text), 1) > c.dup_line_char_frac:
             return "dup_line_char_frac"
+        kernels = native.kernels
+        if kernels is not None:
+            return kernels.gopher_ngrams(text, *self._rules())
         words = doc.split_words()
         if not words:
             return None
         return self._ngram_rules(words)
+
+    def _rules(self) -> tuple[tuple, tuple]:
+        """The (k, threshold) pairs of the top and duplicate n-gram rules."""
+        return tuple((int(k), float(v)) for k, v in sorted(self.cfg.top_ngram_char_frac.items())), \
+            tuple((int(k), float(v)) for k, v in sorted(self.cfg.dup_ngram_char_frac.items()))
 
     def _ngram_rules(self, words: list[str]) -> str | None:
         """The n-gram rules over integer keys: each word gets an id, each k-gram a 64-bit key
@@ -210,7 +234,8 @@ class GopherRepetition(Filter):
                 if frac > thr:
                     return f"dup_{k}gram"
                 # words under a repeated longer n-gram are under repeated k-grams too, so the longer
-                # fractions can only be smaller: stop once none of the remaining thresholds is reachable
-                if all(frac <= t for kk, t in dup[dup_from + 1:] if kk > k):
+                # fractions can only be smaller: stop once none of the remaining thresholds is
+                # reachable and no top n-gram rule is left
+                if all(frac <= t for kk, t in dup[dup_from + 1:] if kk > k) and all(kk <= k for kk in top):
                     break
         return None

@@ -2,19 +2,31 @@
 replaced (kept below as the references): on real English prose -- Python's own documentation
 (pydoc_data's help topics) cut into documents -- on the same documents with repeated spans, lines
 and paragraphs planted to trip each repetition rule, and on documents mutated with Unicode
-whitespace, punctuation-only words, letters outside ASCII, digits and symbols."""
+whitespace, punctuation-only words, letters outside ASCII, digits and symbols. The Gopher rules
+are checked through the compiled kernels (when built) and through the numpy/Python code."""
 import random
 import re
 from collections import Counter
 
 import pytest
 
+from data_tools import native
 from data_tools.clean import _BLANKS, _CONTROL, clean_text
 from data_tools.document import Document
 from data_tools.filters import GopherQuality, GopherQualityConfig, GopherRepetition, GopherRepetitionConfig
 from data_tools.filters.base import duplicate_stats
 
 _PARAS = re.compile(r"\n{2,}")
+
+
+@pytest.fixture(params=["compiled", "python"])
+def filter_path(request, monkeypatch):
+    """Runs a test through the compiled kernels, then through the numpy/Python code."""
+    if request.param == "python":
+        monkeypatch.setattr(native, "kernels", None)
+    elif native.kernels is None:
+        pytest.skip("compiled kernels not built")
+    return request.param
 
 
 def reference_repetition(text: str, c: GopherRepetitionConfig = GopherRepetitionConfig()) -> str | None:
@@ -113,7 +125,7 @@ def mutated(docs: list[str], rng: random.Random) -> list[str]:
     return out
 
 
-def test_quality_and_whitespace_decide_as_before():
+def test_quality_and_whitespace_decide_as_before(filter_path):
     docs = real_documents()
     corpus = docs + mutated(docs, random.Random(2)) + mutated(docs, random.Random(3))
     f = GopherQuality()
@@ -230,7 +242,7 @@ def planted(docs: list[str], rng: random.Random) -> list[str]:
     return out
 
 
-def test_vectorised_repetition_rules_decide_as_before():
+def test_vectorised_repetition_rules_decide_as_before(filter_path):
     docs = real_documents()
     assert len(docs) > 300
     corpus = docs + planted(docs, random.Random(0)) + planted(docs, random.Random(1))
@@ -249,6 +261,6 @@ def test_vectorised_repetition_rules_decide_as_before():
     # 4-gram, 3-gram and 2-gram stay under their top-n-gram thresholds
     (["alpha", "bravo", "charl", "delta", "echos"] * 2 + [f"w{100 + i}" for i in range(60)], "dup_5gram"),
 ])
-def test_tiny_and_edge_documents(words, reason):
+def test_tiny_and_edge_documents(words, reason, filter_path):
     text = " ".join(words)
     assert GopherRepetition().check(Document(text, "d")) == reference_repetition(text) == reason
