@@ -6,7 +6,9 @@
 ``--real`` (default: the demo's raw corpus when it exists, else Python's own documentation from
 pydoc_data) times the filter stage the way build_source.py runs it -- clean, Gopher quality,
 Gopher repetition and MinHash signatures, one document after another through each step -- on
-real English text, in MB of input per second on one core.
+real English text, in MB of input per second on one core, with the compiled kernels
+(data_tools/_native.c) beside the numpy/Python code they replace, and whether both keep the same
+documents.
 
 Generates an English-like corpus with planted near-duplicates (contiguous edits of 0-10% of the
 words), then times each stage in this one process and prints docs/s and MB/s. For dedup, both
@@ -30,6 +32,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from data_tools import dedup as dd  # noqa: E402
+from data_tools import native  # noqa: E402
 from data_tools.clean import clean  # noqa: E402
 from data_tools.document import Document, ErrorLog, Stats  # noqa: E402
 from data_tools.filters import (C4Filter, FineWebFilter, GopherQuality, GopherRepetition,  # noqa: E402
@@ -110,12 +113,30 @@ def main():
     ap.add_argument("--real-only", action="store_true", help="only the filter stage on real text")
     a = ap.parse_args()
     docs, what = real_texts(a.real)
-    r = filter_stage(docs, dd.DedupConfig(bands=a.bands, rows=a.rows))
-    mb = r["bytes"] / 1e6
-    print(f"filter stage on real text: {what}, {mb:.2f} MB, {len(r['kept'])} kept")
-    for name, t in r["times"].items():
-        print(f"  {name:<22}{t:8.3f} s{mb / t:9.2f} MB/s")
-    print(f"  {'whole stage':<22}{r['total']:8.3f} s{mb / r['total']:9.2f} MB/s per core")
+    cfg = dd.DedupConfig(bands=a.bands, rows=a.rows)
+    # the same documents through the compiled kernels and, as the baseline, the numpy/Python code
+    runs = {}
+    kernels = native.kernels
+    for label, k in (("numpy/Python", None), ("compiled", kernels)):
+        if label == "compiled" and kernels is None:
+            continue
+        native.kernels = k
+        runs[label] = filter_stage(docs, cfg)
+    native.kernels = kernels
+    base = runs["numpy/Python"]
+    mb = base["bytes"] / 1e6
+    print(f"filter stage on real text: {what}, {mb:.2f} MB, one core, MB/s of input")
+    print(f"  {'step':<22}" + "".join(f"{label:>16}" for label in runs))
+    for name in base["times"]:
+        print(f"  {name:<22}" + "".join(f"{mb / r['times'][name]:16.2f}" for r in runs.values()))
+    print(f"  {'whole stage':<22}" + "".join(f"{mb / r['total']:16.2f}" for r in runs.values()))
+    print(f"  {'seconds':<22}" + "".join(f"{r['total']:16.3f}" for r in runs.values()))
+    print(f"  {'documents kept':<22}" + "".join(f"{len(r['kept']):16d}" for r in runs.values()))
+    if "compiled" in runs:
+        same = runs["compiled"]["kept"] == base["kept"]
+        print(f"  same kept ids: {same}; speed-up {base['total'] / runs['compiled']['total']:.2f}x")
+    else:
+        print("  (compiled kernels not built: `pip install -e .` with a C compiler builds them)")
     if a.real_only:
         return
     texts = corpus(a.docs)
