@@ -24,3 +24,6 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
     python -m pip install -q torch==2.13.0
 fi
 python -m pip install -q -e ".[${1:-test}]"
+# pip builds data_tools/_native.c when a C compiler is there; say which filter path is in use
+python -c "from data_tools import native; print('data_tools filters:', native.name())" \
+    | grep -q compiled || echo "note: no C compiler: data_tools filters run their numpy/Python code (same decisions, about 2x slower)" >&2
