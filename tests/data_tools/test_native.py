@@ -43,8 +43,10 @@ def corpus() -> list[str]:
              "...", "#", "--", "\u2026", "x", "\u00e9t\u00e9", "12", "of,", "have!", "with\u2019"]
     small = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 80))) for _ in range(200)]
     edges = ["", " ", "\n\n", "...", "!!! ???", "one", "a b", "\u00e9", "\u201c\u201d", "x " * 3]
+    big = " ".join(docs[:400])  # ~58k words: tables past L2, repeats far apart
+    big = [big, big[: len(big) // 2] + "\n\n" + big[: len(big) // 3]]
     return docs + planted(docs, rng) + mutated(docs, rng) + [d + " " + o for d, o in zip(docs, ODD * 40)] \
-        + odd + small + edges
+        + odd + small + edges + big
 
 
 @needs_kernels
