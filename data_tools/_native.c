@@ -5,7 +5,9 @@
  *
  *   gopher_words(text, punct, stop_words)   -> the counts Gopher's quality rules compare
  *   gopher_ngrams(text, top, dup)           -> the first repetition n-gram rule that fails, or None
- *   minhash_input(text, n, wide_punct)      -> (exact hash, word n-gram shingle hashes as bytes)
+ *   gopher_duplicates(text)                 -> repeated paragraphs and lines, and their characters
+ *   minhash_input(text, n, punct, wide)     -> (exact hash, word n-gram shingle hashes as bytes)
+ *   normalize_whitespace(text, spaces, controls) -> clean_text's whitespace step
  *
  * Words are str.split()'s (runs of Py_UNICODE_ISSPACE). Lengths are in code points. Hashes are
  * XXH64 (seed 0) of UTF-8, as the xxhash package computes them.
@@ -316,6 +318,41 @@ static uint64_t span_hash(const Text *t, Py_ssize_t s, Py_ssize_t e) {
     return h;
 }
 
+/* ids[w] = the index of the first span with span w's content (so span w repeats an earlier one
+ * iff ids[w] != w), through an open-addressing table of 2^bits >= 2n slots. 0 or -1 (no memory). */
+static int span_ids(const Text *t, const Py_ssize_t *spans, Py_ssize_t n, uint64_t *ids) {
+    int bits = 4;
+    while (((size_t)1 << bits) < (size_t)n * 2)
+        bits++;
+    size_t cap = (size_t)1 << bits, mask = cap - 1;
+    int64_t *slots = PyMem_Malloc(sizeof(int64_t) * cap); /* -1 empty, else a span index */
+    if (!slots) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(slots, 0xff, sizeof(int64_t) * cap);
+    size_t width = (size_t)t->kind;
+    const char *data = t->data;
+    for (Py_ssize_t w = 0; w < n; w++) {
+        Py_ssize_t s = spans[2 * w], e = spans[2 * w + 1];
+        for (size_t j = slot_of(span_hash(t, s, e), bits);; j = (j + 1) & mask) {
+            int64_t o = slots[j];
+            if (o < 0) {
+                slots[j] = w;
+                ids[w] = (uint64_t)w;
+                break;
+            }
+            Py_ssize_t os = spans[2 * o], oe = spans[2 * o + 1];
+            if (oe - os == e - s && memcmp(data + os * width, data + s * width, (size_t)(e - s) * width) == 0) {
+                ids[w] = (uint64_t)o;
+                break;
+            }
+        }
+    }
+    PyMem_Free(slots);
+    return 0;
+}
+
 typedef struct {
     uint64_t key;
     int64_t count; /* 0: empty */
@@ -369,7 +406,7 @@ static PyObject *gopher_ngrams(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     uint64_t *ids = NULL, *keys = NULL;
-    int64_t *cum = NULL, *slot_at = NULL, *word_slot = NULL;
+    int64_t *cum = NULL, *slot_at = NULL;
     GramSlot *table = NULL;
     if (n == 0)
         goto none;
@@ -382,34 +419,16 @@ static PyObject *gopher_ngrams(PyObject *self, PyObject *args) {
         bits++;
     size_t cap = (size_t)1 << bits, mask = cap - 1;
     table = PyMem_Malloc(sizeof(GramSlot) * cap);
-    word_slot = PyMem_Malloc(sizeof(int64_t) * cap); /* word table: -1 empty, else a word index */
-    if (!ids || !keys || !cum || !slot_at || !table || !word_slot) {
+    if (!ids || !keys || !cum || !slot_at || !table) {
         PyErr_NoMemory();
         goto done;
     }
     /* word ids: the index of each word's first occurrence */
+    if (span_ids(&t, spans, n, ids) < 0)
+        goto done;
     cum[0] = 0;
-    memset(word_slot, 0xff, sizeof(int64_t) * cap);
-    size_t width = (size_t)t.kind;
-    const char *data = t.data;
-    for (Py_ssize_t w = 0; w < n; w++) {
-        Py_ssize_t s = spans[2 * w], e = spans[2 * w + 1];
-        cum[w + 1] = cum[w] + (e - s);
-        size_t j = slot_of(span_hash(&t, s, e), bits);
-        for (;; j = (j + 1) & mask) {
-            int64_t o = word_slot[j];
-            if (o < 0) {
-                word_slot[j] = w;
-                ids[w] = (uint64_t)w;
-                break;
-            }
-            Py_ssize_t os = spans[2 * o], oe = spans[2 * o + 1];
-            if (oe - os == e - s && memcmp(data + os * width, data + s * width, (size_t)(e - s) * width) == 0) {
-                ids[w] = (uint64_t)o;
-                break;
-            }
-        }
-    }
+    for (Py_ssize_t w = 0; w < n; w++)
+        cum[w + 1] = cum[w] + (spans[2 * w + 1] - spans[2 * w]);
     int64_t total = cum[n];
     if (total == 0)
         goto none;
@@ -480,7 +499,6 @@ done:
     PyMem_Free(cum);
     PyMem_Free(slot_at);
     PyMem_Free(table);
-    PyMem_Free(word_slot);
     return result;
 }
 
@@ -616,9 +634,178 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Gopher repetition: duplicate paragraphs and lines */
+
+/* Drops the spans that are empty once stripped of whitespace (str.strip()) and strips the rest,
+ * in place; returns how many are left. */
+static Py_ssize_t strip_spans(const Text *t, Py_ssize_t *spans, Py_ssize_t n) {
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t w = 0; w < n; w++) {
+        Py_ssize_t s = spans[2 * w], e = spans[2 * w + 1];
+        while (s < e && Py_UNICODE_ISSPACE(CH(t, s)))
+            s++;
+        while (e > s && Py_UNICODE_ISSPACE(CH(t, e - 1)))
+            e--;
+        if (s < e) {
+            spans[2 * kept] = s;
+            spans[2 * kept + 1] = e;
+            kept++;
+        }
+    }
+    return kept;
+}
+
+/* (items, items repeating an earlier one, characters in those repeats) */
+static int repeats(const Text *t, const Py_ssize_t *spans, Py_ssize_t n, long long out[3]) {
+    uint64_t *ids = PyMem_Malloc(sizeof(uint64_t) * (size_t)(n ? n : 1));
+    if (!ids) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (span_ids(t, spans, n, ids) < 0) {
+        PyMem_Free(ids);
+        return -1;
+    }
+    out[0] = n;
+    out[1] = out[2] = 0;
+    for (Py_ssize_t w = 0; w < n; w++)
+        if (ids[w] != (uint64_t)w) {
+            out[1]++;
+            out[2] += spans[2 * w + 1] - spans[2 * w];
+        }
+    PyMem_Free(ids);
+    return 0;
+}
+
+/* gopher_duplicates(text) -> (paragraphs, repeated paragraphs, their characters, lines, repeated
+ * lines, their characters). Paragraphs are the pieces between runs of two or more '\n', lines
+ * the pieces between single '\n'; each is stripped and the empty ones are left out, as
+ * GopherRepetition's Python code does; a repeat is an item equal to an earlier one. */
+static PyObject *gopher_duplicates(PyObject *self, PyObject *arg) {
+    Text t;
+    if (text_of(arg, &t) < 0)
+        return NULL;
+    Py_ssize_t *spans = PyMem_Malloc(sizeof(Py_ssize_t) * 2 * (size_t)(t.len + 1));
+    if (!spans)
+        return PyErr_NoMemory();
+    long long para[3], line[3];
+    Py_ssize_t n = 0, start = 0, i = 0;
+    while (i < t.len) { /* paragraphs */
+        if (CH(&t, i) == '\n' && i + 1 < t.len && CH(&t, i + 1) == '\n') {
+            spans[2 * n] = start;
+            spans[2 * n + 1] = i;
+            n++;
+            while (i < t.len && CH(&t, i) == '\n')
+                i++;
+            start = i;
+        } else {
+            i++;
+        }
+    }
+    spans[2 * n] = start;
+    spans[2 * n + 1] = t.len;
+    n = strip_spans(&t, spans, n + 1);
+    if (repeats(&t, spans, n, para) < 0)
+        goto fail;
+    n = 0;
+    start = 0;
+    for (i = 0; i < t.len; i++) /* lines */
+        if (CH(&t, i) == '\n') {
+            spans[2 * n] = start;
+            spans[2 * n + 1] = i;
+            n++;
+            start = i + 1;
+        }
+    spans[2 * n] = start;
+    spans[2 * n + 1] = t.len;
+    n = strip_spans(&t, spans, n + 1);
+    if (repeats(&t, spans, n, line) < 0)
+        goto fail;
+    PyMem_Free(spans);
+    return Py_BuildValue("(LLLLLL)", para[0], para[1], para[2], line[0], line[1], line[2]);
+fail:
+    PyMem_Free(spans);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Cleaning: whitespace */
+
+/* normalize_whitespace(text, spaces, controls) -> str: '\r\n' and '\r' become '\n', the
+ * ``controls`` go, every run of ``spaces`` becomes one ' ', each line is stripped (str.strip()),
+ * runs of three or more '\n' become two and the whole is stripped: clean.clean_text's
+ * whitespace step. */
+static PyObject *normalize_whitespace(PyObject *self, PyObject *args) {
+    PyObject *text, *spaces, *controls;
+    if (!PyArg_ParseTuple(args, "UUU", &text, &spaces, &controls))
+        return NULL;
+    Text t;
+    CharSet sp, ctl;
+    if (text_of(text, &t) < 0 || charset_of(spaces, &sp) < 0 || charset_of(controls, &ctl) < 0)
+        return NULL;
+    Py_UCS4 *a = PyMem_Malloc(sizeof(Py_UCS4) * (size_t)(t.len + 1));
+    Py_UCS4 *b = PyMem_Malloc(sizeof(Py_UCS4) * (size_t)(t.len + 1));
+    if (!a || !b) {
+        PyMem_Free(a);
+        PyMem_Free(b);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t n = 0;
+    int run = 0;
+    for (Py_ssize_t i = 0; i < t.len; i++) {
+        Py_UCS4 c = CH(&t, i);
+        if (c == '\r') {
+            c = '\n';
+            if (i + 1 < t.len && CH(&t, i + 1) == '\n')
+                i++;
+        }
+        if (in_set(&ctl, c))
+            continue; /* gone before the space runs are found: it joins the runs either side */
+        if (in_set(&sp, c)) {
+            if (!run)
+                a[n++] = ' ';
+            run = 1;
+            continue;
+        }
+        run = 0;
+        a[n++] = c;
+    }
+    /* lines stripped; between two non-empty lines one '\n' more than the empty lines between
+     * them, at most two; nothing before the first or after the last */
+    Py_ssize_t m = 0, breaks = 0, s = 0;
+    int any = 0;
+    for (Py_ssize_t i = 0; i <= n; i++) {
+        if (i < n && a[i] != '\n')
+            continue;
+        Py_ssize_t e = i;
+        while (s < e && Py_UNICODE_ISSPACE(a[s]))
+            s++;
+        while (e > s && Py_UNICODE_ISSPACE(a[e - 1]))
+            e--;
+        if (s < e) {
+            if (any)
+                for (Py_ssize_t k = 0; k < (breaks < 2 ? breaks : 2); k++)
+                    b[m++] = '\n';
+            memcpy(b + m, a + s, sizeof(Py_UCS4) * (size_t)(e - s));
+            m += e - s;
+            any = 1;
+            breaks = 0;
+        }
+        breaks++;
+        s = i + 1;
+    }
+    PyObject *out = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, b, m);
+    PyMem_Free(a);
+    PyMem_Free(b);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"gopher_words", gopher_words, METH_VARARGS, "Counts for Gopher's quality rules, in one pass."},
     {"gopher_ngrams", gopher_ngrams, METH_VARARGS, "The first failing Gopher n-gram repetition rule, or None."},
+    {"gopher_duplicates", gopher_duplicates, METH_O, "Paragraph and line repeat counts for Gopher's repetition rules."},
+    {"normalize_whitespace", normalize_whitespace, METH_VARARGS, "clean_text's whitespace step."},
     {"minhash_input", minhash_input, METH_VARARGS, "(exact hash, shingle hashes as bytes) of a text, or None."},
     {"xxh64", py_xxh64, METH_O, "XXH64, seed 0, of a bytes-like object."},
     {NULL, NULL, 0, NULL},

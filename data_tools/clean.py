@@ -6,6 +6,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterator
 
+from data_tools import native
 from data_tools.document import Document, Stats
 
 _SPACE_CHARS = " \t\u00a0\u2000-\u200a\u3000\u202f\u205f"
@@ -84,6 +85,9 @@ def fix_text(text: str, normalization: str | None = "NFC") -> str:
 
 
 _CONTROL_BYTES = bytes(c for c in range(128) if _CONTROL.match(chr(c)))
+# the same sets spelled out for the compiled kernel
+_SPACES = "".join(re.findall(f"[{_SPACE_CHARS}]", "".join(map(chr, range(0x10000)))))
+_CONTROLS = _CONTROL_BYTES.decode()
 
 
 def _shrink(b: bytes, run: bytes, to: bytes) -> bytes:
@@ -107,6 +111,8 @@ def clean_text(text: str, cfg: CleanConfig = CleanConfig()) -> str:
         text = fix_text(text, "NFC" if cfg.nfc else None)
     elif cfg.nfc and not text.isascii():
         text = unicodedata.normalize("NFC", text)
+    if cfg.whitespace and native.kernels is not None:  # the steps below in one compiled pass
+        return native.kernels.normalize_whitespace(text, _SPACES, _CONTROLS)
     if cfg.whitespace and text.isascii():
         return _ascii_whitespace(text)
     if cfg.whitespace:

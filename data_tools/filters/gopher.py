@@ -143,26 +143,34 @@ _PARAS = re.compile(r"\n{2,}")
 
 
 class GopherRepetition(Filter):
-    """Gopher's repetition rules: duplicate lines/paragraphs and repeated n-grams."""
+    """Gopher's repetition rules: duplicate lines/paragraphs and repeated n-grams, counted by the
+    compiled kernels or, without them, by the numpy/Python code below."""
     name = "gopher_repetition"
 
     def __init__(self, cfg: GopherRepetitionConfig = GopherRepetitionConfig()):
         self.cfg = cfg
 
+    @staticmethod
+    def duplicate_counts(text: str) -> tuple[int, int, int, int, int, int]:
+        """(paragraphs, paragraphs repeating an earlier one, characters in those, and the same
+        three for lines); paragraphs and lines stripped, the empty ones left out."""
+        if native.kernels is not None:
+            return native.kernels.gopher_duplicates(text)
+        paras = [p.strip() for p in _PARAS.split(text) if p.strip()]
+        lines = [l.strip() for l in text.split("\n") if l.strip()]
+        return (len(paras), *duplicate_stats(paras), len(lines), *duplicate_stats(lines))
+
     def check(self, doc: Document) -> str | None:
         c = self.cfg
         text = doc.text
-        paras = [p.strip() for p in _PARAS.split(text) if p.strip()]
-        n, chars = duplicate_stats(paras)
-        if paras and n / len(paras) > c.dup_para_frac:
+        n_paras, n, chars, n_lines, n_line, line_chars = self.duplicate_counts(text)
+        if n_paras and n / n_paras > c.dup_para_frac:
             return "dup_para_frac"
         if chars / max(len(text), 1) > c.dup_para_char_frac:
             return "dup_para_char_frac"
-        lines = [l.strip() for l in text.split("\n") if l.strip()]
-        n, chars = duplicate_stats(lines)
-        if lines and n / len(lines) > c.dup_line_frac:
+        if n_lines and n_line / n_lines > c.dup_line_frac:
             return "dup_line_frac"
-        if chars / max(len(text), 1) > c.dup_line_char_frac:
+        if line_chars / max(len(text), 1) > c.dup_line_char_frac:
             return "dup_line_char_frac"
         kernels = native.kernels
         if kernels is not None:

@@ -132,3 +132,24 @@ def test_signature_table_and_dedup_decisions_unchanged(monkeypatch):
         want = dedup.dedup_texts(texts, cfg)
     assert np.array_equal(step.table, ref.table)
     assert sorted(got["removed"]) == sorted(want["removed"]) and len(want["removed"]) >= 70
+
+
+@needs_kernels
+def test_duplicate_counts_and_whitespace_equal_the_python_path(monkeypatch):
+    from data_tools.clean import CleanConfig, clean_text
+
+    rng = random.Random(8)
+    blanks = ["\n", "\n\n", "\n\n\n", "\r\n", "\r", "\r\r\n", " \n ", "\t", "\u3000", "\u00a0 ", "\x01", " \x0b ",
+              "\u2028", "\x85", "\u200b", "\n \n", "  "]
+    texts = corpus()
+    texts += ["".join(rng.choice(blanks + ["a", "b", "x y", "\u00e9"]) for _ in range(rng.randint(0, 60)))
+              for _ in range(500)]
+    f = GopherRepetition()
+    ws = CleanConfig(fix_mojibake=False, nfc=False)
+    got = [(f.duplicate_counts(t), clean_text(t, ws)) for t in texts]
+    with monkeypatch.context() as m:
+        m.setattr(native, "kernels", None)
+        want = [(f.duplicate_counts(t), clean_text(t, ws)) for t in texts]
+    assert got == want
+    assert sum(w[0][1] > 0 for w in want) > 100 and sum(w[0][4] > 0 for w in want) > 100  # repeats seen
+    assert sum(w[1] != t for w, t in zip(want, texts)) > 500  # whitespace changed
