@@ -264,3 +264,28 @@ def test_vectorised_repetition_rules_decide_as_before(filter_path):
 def test_tiny_and_edge_documents(words, reason, filter_path):
     text = " ".join(words)
     assert GopherRepetition().check(Document(text, "d")) == reference_repetition(text) == reason
+
+
+def test_mojibake_trigger_is_in_every_is_bad_match():
+    """clean.fix_text runs ftfy's is_bad only on segments holding a trigger character; every
+    string is_bad flags holds one: fuzzed from the characters of ftfy's own mojibake classes,
+    with real mojibake and with text around them."""
+    from ftfy.badness import MOJIBAKE_CATEGORIES, is_bad
+
+    from data_tools.clean import _mojibake_trigger
+
+    trigger = _mojibake_trigger()
+    assert not trigger.search("caf\u00e9 na\u00efve \u2014 \u00fcber")  # common accents do not trigger
+    pool = sorted({c for v in MOJIBAKE_CATEGORIES.values() for c in re.sub(r"(.)-(.)", lambda m: "".join(
+        map(chr, range(ord(m[1]), ord(m[2]) + 1))), v)} | set("abcxyzABC .,?!\n\u00c3\u00c2\u00e0\u00d8\u00d9"
+                                                         "\u0412\u0413\u0420\u0421\u03b2\u0392\u0101\u221a\u2248\u201a"))
+    rng = random.Random(9)
+    flagged = 0
+    for _ in range(20000):
+        s = "".join(rng.choice(pool) for _ in range(rng.randint(2, 6)))
+        if is_bad(s):
+            flagged += 1
+            assert trigger.search(s), repr(s)
+    for s in ["\u00c3\u00a9", "\u00e2\u20ac\u2122", "caf\u00c3\u00a9 au lait", "\u00c3 ", "\u0432\u0402"]:
+        assert is_bad(s) and trigger.search(s), s
+    assert flagged > 1000
