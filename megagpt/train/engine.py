@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import deepspeed
 import torch
@@ -56,6 +57,32 @@ def init_distributed() -> None:
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, verbose=False)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    else:
+        unlink_shm_allreduce_segment()
+
+
+def shm_allreduce_segment() -> Path | None:
+    """This rank's segment of DeepSpeed's shared-memory allreduce, which DeepSpeed's CPU backend
+    sets up when every rank is on one host (the launcher's LOCAL_SIZE equals the world size):
+    ~66 MB in /dev/shm per rank, named from the uid, MASTER_ADDR, MASTER_PORT and rank. None
+    where there is none."""
+    if torch.cuda.is_available() or os.environ.get("LOCAL_SIZE") != str(dist.get_world_size()):
+        return None
+    return Path("/dev/shm") / (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+                               f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}")
+
+
+def unlink_shm_allreduce_segment() -> None:
+    """DeepSpeed never unlinks its shared-memory allreduce segments, so every run on a CPU host
+    left world_size x 66 MB of RAM in /dev/shm until reboot (19 GB on this project's machine, and
+    an out-of-memory kill). Each rank maps every peer's segment inside init_distributed; after a
+    barrier each rank unlinks its own name: the mappings stay valid until the processes exit,
+    and then the memory is freed."""
+    segment = shm_allreduce_segment()
+    if segment is None:  # the same answer on every rank: all take the barrier or none
+        return
+    dist.barrier()
+    segment.unlink(missing_ok=True)
 
 
 def dp_mean(value: torch.Tensor, ps: ParallelState, device) -> torch.Tensor:

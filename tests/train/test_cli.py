@@ -45,6 +45,9 @@ def test_deepspeed_launcher_with_localhost_hostfile(tmp_path, shard):
               str(ROOT / "megagpt" / "pretrain.py"), "--config", str(RUN), *_overrides(tmp_path, shard)])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "dp=2" in r.stdout and "done: 4 steps" in r.stdout
+    # DeepSpeed's shared-memory allreduce segments (one per rank, named from the port) are gone
+    # (tests/train/test_shm_segments.py: they exist until then, and work after)
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{port}_*"))
 
 
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun is not installed")
