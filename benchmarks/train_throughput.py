@@ -213,7 +213,8 @@ def _memory_worker(rank, world_size, args, label, precision, prefix):
         eng.step()
 
     m = measure(eng, step)
-    return {"params": m["params"], "grads": m["grads"], "optimizer": m["optimizer"], "other after step": m["other"],
+    return {"params": m["params"], "grads kept": m["grads_kept"], "grads peak": m["grads"],
+            "optimizer": m["optimizer"], "other after step": m["other"],
             "activations": m["activations"], "live after step": m["live"]}
 
 
@@ -272,18 +273,21 @@ def main():
         return
     from dist_harness import run_distributed
 
-    print("\nmemory per rank (MiB; rank 0; grads at the end of backward, the rest after the step):")
-    cols = ("params", "grads", "optimizer", "activations", "other after step", "live after step")
-    print(f"{'dp':>3} {'config':<30} " + " ".join(f"{c:>16}" for c in cols) + f" {'states vs stage 0':>18}")
+    print("\nmemory per rank (MiB; rank 0). grads kept: at the optimizer step (ZeRO's model states);"
+          "\ngrads peak: the most at the end of backward, where ZeRO-3 still holds the whole gradient of"
+          "\nthe last bucket and of the tied embedding; the rest after the step. Model states vs stage 0:"
+          "\nparams + grads + optimizer, with kept and with peak grads.")
+    cols = ("params", "grads kept", "grads peak", "optimizer", "activations", "other after step", "live after step")
+    print(f"{'dp':>3} {'config':<30} " + " ".join(f"{c:>16}" for c in cols) + f" {'states kept':>12} {'peak':>6}")
     for dp in (int(x) for x in args.dp.split(",")):
-        base_states = None
+        base = None
         for label in ("ZeRO stage 0", "ZeRO-3", "ZeRO-3, 50M buckets (before)"):
             m = run_distributed(_memory_worker, dp, args, label, "fp32", prefix, use_deepspeed=True)[0]
-            states = m["params"] + m["grads"] + m["optimizer"]
-            base_states = base_states or states
+            kept = m["params"] + m["grads kept"] + m["optimizer"]
+            peak = m["params"] + m["grads peak"] + m["optimizer"]
+            base = base or (kept, peak)
             print(f"{dp:>3} {label:<30} " + " ".join(f"{m[c] / 2 ** 20:16.1f}" for c in cols) +
-                  f" {states / base_states:17.2f}x")
-
+                  f" {kept / base[0]:11.2f}x {peak / base[1]:5.2f}x")
 
 if __name__ == "__main__":
     main()

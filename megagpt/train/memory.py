@@ -192,28 +192,34 @@ class SavedActivations:
 
 def measure(engine, step, steps: int = 2) -> dict:
     """Run ``step()`` (one optimizer step: every micro-batch's forward and backward, then the
-    optimizer) ``steps`` times and return this rank's bytes: params, grads, optimizer,
-    activations (peak of the last step), other and live (after the last step)."""
+    optimizer) ``steps`` times and return this rank's bytes: params, grads (the most gradient
+    storage at the end of backward or at the optimizer step: under ZeRO-2/3 the end of backward
+    still holds the last bucket's and the largest parameters' whole gradients), grads_kept (at the
+    optimizer step: what ZeRO's model states count), optimizer, activations (peak of the last
+    step), other and live (after the last step)."""
     opt = engine.optimizer
-    grads = {"bytes": 0}
+    grads = {"bytes": 0, "kept": 0}
 
-    def snapshot():
-        grads["bytes"] = max(grads["bytes"], sum(grad_storages(engine).values()))
+    def snapshot(at_step: bool):
+        now = sum(grad_storages(engine).values())
+        grads["bytes"] = max(grads["bytes"], now)
+        if at_step:
+            grads["kept"] = now
 
-    def wrap(obj, name):
+    def wrap(obj, name, at_step):
         orig = getattr(obj, name)
 
         def wrapped(*a, **k):
-            snapshot()
+            snapshot(at_step)
             return orig(*a, **k)
 
         setattr(obj, name, wrapped)
         return orig
 
-    orig_reduce, orig_step = wrap(engine, "allreduce_gradients"), wrap(opt, "step")
+    orig_reduce, orig_step = wrap(engine, "allreduce_gradients", False), wrap(opt, "step", True)
     try:
         for _ in range(steps):
-            grads["bytes"] = 0
+            grads["bytes"] = grads["kept"] = 0
             meter = SavedActivations(engine.module)
             with meter.active():
                 step()
@@ -223,7 +229,8 @@ def measure(engine, step, steps: int = 2) -> dict:
     b = memory_breakdown(engine)
     live = live_storages()
     known = b.pop("p_keys") | set(grad_storages(engine))  # ZeRO-2/3 keep their gradient partitions
-    return {"params": b["params"], "grads": grads["bytes"], "optimizer": b["master"] + b["moments"],
+    return {"params": b["params"], "grads": grads["bytes"], "grads_kept": grads["kept"],
+            "optimizer": b["master"] + b["moments"],
             "activations": meter.peak, "other": sum(v for k, v in live.items() if k not in known),
             "live": sum(live.values())}
 
