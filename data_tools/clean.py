@@ -64,9 +64,11 @@ def _mojibake_trigger() -> re.Pattern:
         import sre_constants as sc
         import sre_parse as sp
 
+    from ftfy.badness import is_bad
+
     every = re.compile(r"[\s\S]")
-    if BADNESS_RE.flags & re.IGNORECASE:
-        return every
+    if BADNESS_RE.flags & re.IGNORECASE or not {"BADNESS_RE", "search"} <= set(is_bad.__code__.co_names):
+        return every  # is_bad is not (only) this pattern's search: no shortcut
     tree = sp.parse(BADNESS_RE.pattern, BADNESS_RE.flags)
     alternatives = tree.data[0][1][1] if len(tree.data) == 1 and tree.data[0][0] is sc.BRANCH else [tree]
 

@@ -106,7 +106,7 @@ def minhash_input(text: str, n: int = 5) -> tuple[int, np.ndarray]:
     kernels = native.kernels
     got = kernels.minhash_input(text, n, string.punctuation, _WIDE_PUNCT) if kernels is not None else None
     if got is not None:
-        return got[0], np.frombuffer(got[1], dtype=np.uint64)
+        return got[0], np.frombuffer(got[1], dtype=np.uint64).copy()  # writable, as the Python path's
     ws = words(text)  # also for a text without words: its shingle is the hash of the text itself
     return xxhash.xxh64_intdigest(" ".join(ws).encode()), shingle_hashes(text, n, unique=False, ws=ws)
 

@@ -75,10 +75,12 @@ class GopherQuality(Filter):
         # a stop word with punctuation stripped from its ends, in any case
         self._stop = re.compile(_WHOLE.format(f"[{_P}]*({'|'.join(map(re.escape, cfg.stop_words))})[{_P}]*"))
         # the compiled kernel strips a word's punctuation ends before comparing: the same as the
-        # pattern above for stop words that neither start nor end with punctuation
+        # pattern above for stop words that neither start nor end with punctuation nor hold
+        # whitespace (the pattern could match across two joined words), each counted once
+        stop = tuple(dict.fromkeys(cfg.stop_words))
         ok = all(w and w[0] not in _PUNCT_STRIP and w[-1] not in _PUNCT_STRIP and len(w) <= 64
-                 for w in cfg.stop_words) and len(cfg.stop_words) <= 64
-        self._native_stop = tuple(cfg.stop_words) if ok else None
+                 and not any(ch.isspace() for ch in w) for w in stop) and len(stop) <= 64
+        self._native_stop = stop if ok else None
 
     def word_counts(self, doc: Document) -> tuple[int, int, int, int, int, int]:
         """(words, their characters, pure-punctuation words, their characters, words without a
@@ -173,8 +175,9 @@ class GopherRepetition(Filter):
         if line_chars / max(len(text), 1) > c.dup_line_char_frac:
             return "dup_line_char_frac"
         kernels = native.kernels
-        if kernels is not None:
-            return kernels.gopher_ngrams(text, *self._rules())
+        rules = self._rules()
+        if kernels is not None and all(1 <= k <= 64 for k, _ in rules[0] + rules[1]):
+            return kernels.gopher_ngrams(text, *rules)
         words = doc.split_words()
         if not words:
             return None

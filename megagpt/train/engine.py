@@ -66,7 +66,11 @@ def shm_allreduce_segment() -> Path | None:
     sets up when every rank is on one host (the launcher's LOCAL_SIZE equals the world size):
     ~66 MB in /dev/shm per rank, named from the uid, MASTER_ADDR, MASTER_PORT and rank. None
     where there is none."""
-    if torch.cuda.is_available() or os.environ.get("LOCAL_SIZE") != str(dist.get_world_size()):
+    try:
+        local = int(os.environ.get("LOCAL_SIZE", "0"))  # as DeepSpeed reads it (std::stoi)
+    except ValueError:
+        return None
+    if torch.cuda.is_available() or local != dist.get_world_size():
         return None
     return Path("/dev/shm") / (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
                                f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}")

@@ -59,11 +59,13 @@ def test_xxh64_equals_the_xxhash_package():
 
 @needs_kernels
 def test_gopher_word_counts_equal_the_python_path(monkeypatch):
-    cfgs = [GopherQualityConfig(), GopherQualityConfig(stop_words=("the", "\u00e9t\u00e9", "k", "\u03c3\u03bf\u03c3"))]
+    cfgs = [GopherQualityConfig(), GopherQualityConfig(stop_words=("the", "\u00e9t\u00e9", "k", "\u03c3\u03bf\u03c3")),
+            GopherQualityConfig(stop_words=("the", "and", "the")),  # a repeat counts once
+            GopherQualityConfig(stop_words=("of the", "and"))]  # whitespace: the Python path
     texts = corpus()
     for cfg in cfgs:
         f = GopherQuality(cfg)
-        assert f._native_stop
+        assert bool(f._native_stop) == (cfg.stop_words[0] != "of the")
         got = [f.word_counts(Document(t, "d")) for t in texts]
         with monkeypatch.context() as m:
             m.setattr(native, "kernels", None)
@@ -77,15 +79,17 @@ def test_gopher_ngram_rules_equal_the_python_path(monkeypatch):
     cfgs = [GopherRepetitionConfig(),
             # a top rule above the duplicate rules, rules past the text's length, a 1-gram rule
             GopherRepetitionConfig(top_ngram_char_frac={2: 0.3, 7: 0.05}, dup_ngram_char_frac={1: 0.9, 5: 0.3, 40: 0.01}),
-            GopherRepetitionConfig(top_ngram_char_frac={}, dup_ngram_char_frac={3: 0.5, 4: 0.4})]
+            GopherRepetitionConfig(top_ngram_char_frac={}, dup_ngram_char_frac={3: 0.5, 4: 0.4}),
+            GopherRepetitionConfig(top_ngram_char_frac={2: 0.2, 70: 0.1})]  # k > 64: the Python path
     texts = corpus()
     reasons = set()
     for cfg in cfgs:
         f = GopherRepetition(cfg)
-        got = [kernels.gopher_ngrams(t, *f._rules()) for t in texts]
-        want = [f._ngram_rules(t.split()) if t.split() else None for t in texts]
-        assert got == want
-        reasons |= set(want)
+        if 70 not in cfg.top_ngram_char_frac:
+            got = [kernels.gopher_ngrams(t, *f._rules()) for t in texts]
+            want = [f._ngram_rules(t.split()) if t.split() else None for t in texts]
+            assert got == want
+            reasons |= set(want)
         with monkeypatch.context() as m:  # and through check(), both paths
             m.setattr(native, "kernels", None)
             want = [f.check(Document(t, "d")) for t in texts]
