@@ -9,9 +9,11 @@ from typing import Iterator
 from data_tools import native
 from data_tools.document import Document, Stats
 
-_SPACE_CHARS = " \t\u00a0\u2000-\u200a\u3000\u202f\u205f"
+# the blanks a run of which becomes one space, spelled out (the compiled kernel takes the string)
+_SPACES = " \t\u00a0" + "".join(map(chr, range(0x2000, 0x200B))) + "\u3000\u202f\u205f"
+_SPACE_CLASS = "".join(map(re.escape, _SPACES))
 # the runs whose replacement by one space changes something: not a lone plain space
-_SPACE_RUNS = re.compile(f" [{_SPACE_CHARS}]+|[{_SPACE_CHARS[1:]}][{_SPACE_CHARS}]*")
+_SPACE_RUNS = re.compile(f" [{_SPACE_CLASS}]+|[{''.join(map(re.escape, _SPACES[1:]))}][{_SPACE_CLASS}]*")
 _BLANKS = re.compile(r"\n{3,}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # characters one of ftfy's fixes may act on; an ASCII segment without them comes back unchanged
@@ -56,15 +58,13 @@ def _mojibake_trigger() -> re.Pattern:
     'É' or '€' rather than 'é'). A segment without any of them has no mojibake, and ``is_bad``, at
     ~200 ns a character, is not run on it. Read from ftfy's own pattern; where its shape is not
     the expected one (another ftfy), the class matches every character."""
-    from ftfy.badness import BADNESS_RE
+    from ftfy.badness import BADNESS_RE, is_bad
 
     try:
         from re import _constants as sc, _parser as sp
     except ImportError:  # Python 3.10
         import sre_constants as sc
         import sre_parse as sp
-
-    from ftfy.badness import is_bad
 
     every = re.compile(r"[\s\S]")
     if BADNESS_RE.flags & re.IGNORECASE or not {"BADNESS_RE", "search"} <= set(is_bad.__code__.co_names):
@@ -139,9 +139,7 @@ def fix_text(text: str, normalization: str | None = "NFC") -> str:
 
 
 _CONTROL_BYTES = bytes(c for c in range(128) if _CONTROL.match(chr(c)))
-# the same sets spelled out for the compiled kernel
-_SPACES = "".join(re.findall(f"[{_SPACE_CHARS}]", "".join(map(chr, range(0x10000)))))
-_CONTROLS = _CONTROL_BYTES.decode()
+_CONTROLS = _CONTROL_BYTES.decode()  # the same set as a string, for the compiled kernel
 
 
 def _shrink(b: bytes, run: bytes, to: bytes) -> bytes:

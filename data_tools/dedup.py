@@ -100,13 +100,22 @@ def word_hashes(ws: list[str]) -> np.ndarray:
     return np.array(out, dtype=np.uint64)
 
 
+def _native_minhash_input(text: str, n: int) -> tuple[int, np.ndarray] | None:
+    """The compiled kernel's (exact hash, shingle hashes with repeats), or None: not built, or a
+    text it leaves to the Python path (no words, a lone surrogate)."""
+    if native.kernels is None:
+        return None
+    got = native.kernels.minhash_input(text, n, string.punctuation, _WIDE_PUNCT)
+    # a writable array, as the Python path's
+    return None if got is None else (got[0], np.frombuffer(got[1], dtype=np.uint64).copy())
+
+
 def minhash_input(text: str, n: int = 5) -> tuple[int, np.ndarray]:
     """(exact hash, shingle hashes with repeats) of ``text``: what SignatureStep records, through
     the compiled kernel when it is built (one pass, no word objects)."""
-    kernels = native.kernels
-    got = kernels.minhash_input(text, n, string.punctuation, _WIDE_PUNCT) if kernels is not None else None
+    got = _native_minhash_input(text, n)
     if got is not None:
-        return got[0], np.frombuffer(got[1], dtype=np.uint64).copy()  # writable, as the Python path's
+        return got
     ws = words(text)  # also for a text without words: its shingle is the hash of the text itself
     return xxhash.xxh64_intdigest(" ".join(ws).encode()), shingle_hashes(text, n, unique=False, ws=ws)
 
@@ -114,11 +123,9 @@ def minhash_input(text: str, n: int = 5) -> tuple[int, np.ndarray]:
 def shingle_hashes(text: str, n: int = 5, unique: bool = True, ws: list[str] | None = None) -> np.ndarray:
     """uint64 hashes of the word n-grams of ``text`` (sorted and unique unless ``unique=False``:
     MinHash does not need it and the sort is a third of the cost). ``ws``: its words if known."""
-    if ws is None and native.kernels is not None:
-        got = native.kernels.minhash_input(text, n, string.punctuation, _WIDE_PUNCT)
-        if got is not None:
-            h = np.frombuffer(got[1], dtype=np.uint64)
-            return np.unique(h) if unique else h.copy()
+    got = _native_minhash_input(text, n) if ws is None else None
+    if got is not None:
+        return np.unique(got[1]) if unique else got[1]
     ws = words(text) if ws is None else ws
     if not ws:
         return np.array([xxhash.xxh64_intdigest(text.encode())], dtype=np.uint64)

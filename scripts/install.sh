@@ -26,4 +26,4 @@ fi
 python -m pip install -q -e ".[${1:-test}]"
 # pip builds data_tools/_native.c when a C compiler is there; say which filter path is in use
 python -c "from data_tools import native; print('data_tools filters:', native.name())" \
-    | grep -q compiled || echo "note: no C compiler: data_tools filters run their numpy/Python code (same decisions, about 2x slower)" >&2
+    | grep -q compiled || echo "note: no C compiler: data_tools filters run their numpy/Python code (same decisions, about 3.5x slower)" >&2

@@ -56,9 +56,9 @@ def write_universal(ckpt_dir: str | Path, tag: str | None, out: str | Path, *,
                     model_cfg: ModelConfig | None = None) -> Path:
     """Write the layout-free form of training checkpoint ``tag`` (default: ``latest``) to ``out``.
     One tensor kind at a time is held whole in memory (4 bytes per parameter)."""
-    from safetensors.torch import save_file
-
     from dataclasses import asdict
+
+    from safetensors.torch import save_file
 
     from megagpt.train.checkpoint import LAYOUT_KEYS
 
@@ -192,6 +192,7 @@ def load_into(built, run, root: str | Path, log=None) -> dict:
     from megagpt.model.convert import local_shard
     from megagpt.train.checkpoint import layout_of
     from megagpt.train.engine import arch_mismatch
+    from megagpt.train.memory import precision_of
 
     root = Path(root)
     info = read_info(root)
@@ -224,7 +225,7 @@ def load_into(built, run, root: str | Path, log=None) -> dict:
         log(f"resharded {root} (saved as {describe(info['saved_layout'])}) into {describe(layout_of(run, ps))}: weights, fp32 "
             f"masters, Adam moments and step, LR schedule and data position carried over; per-rank RNG "
             f"streams were not restored, so dropout masks follow the new layout"
-            + ("; fp16's dynamic loss scale restarts" if (run.deepspeed.get("fp16") or {}).get("enabled") else ""))
+            + ("; fp16's dynamic loss scale restarts" if precision_of(run.deepspeed) == "fp16" else ""))
     return {"step": info["step"], "consumed_samples": info["consumed_samples"], "tokens": info["tokens"]}
 
 
