@@ -61,8 +61,8 @@ def main():
     import megagpt.eval.harness  # noqa: F401  (registers --model megagpt)
     from megagpt.eval.runner import Evaluator
     from megagpt.eval.tasks import load_task
-    from megagpt.inference.hf import write_hf_dir
-    from megagpt.inference.weights import save_export
+    from megagpt.formats.hf import write_hf_dir
+    from megagpt.formats.weights import save_export
     from megagpt.model import GPT, full_state_dict
 
     tmp = Path(tempfile.mkdtemp(prefix="eval_bench_"))

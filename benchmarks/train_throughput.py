@@ -56,8 +56,8 @@ def _device():
 
 
 def run_config(args, ds_file: str, zero: dict, precision: str, world: int, prefix: str):
-    from megagpt.config import (DataConfig, ParallelConfig, RunConfig, TrainConfig, load_file, model_config,
-                                validate_run)
+    from megagpt.config import DataConfig, ParallelConfig, RunConfig, TrainConfig, load_file, model_config
+    from megagpt.train.setup import setup_run
 
     ds = load_file(ROOT / "ds_configs" / ds_file)
     ds["train_micro_batch_size_per_gpu"] = args.batch
@@ -70,7 +70,7 @@ def run_config(args, ds_file: str, zero: dict, precision: str, world: int, prefi
                     train=TrainConfig(train_iters=args.steps + 1, checkpoint_dir=None, tensorboard_dir=None,
                                       deepspeed_config=ds_file, log_interval=10 ** 9, eval_interval=10 ** 9),
                     deepspeed=ds)
-    return validate_run(run, world)
+    return setup_run(run, world)
 
 
 def write_tokens(path: Path, args) -> str:
@@ -180,7 +180,7 @@ def throughput(args, precision: str, prefix: str) -> dict:
     shape = ["--n-layer", args.n_layer, "--n-embd", args.n_embd, "--n-head", args.n_head, "--seq", args.seq,
              "--batch", args.batch, "--vocab", args.vocab, "--steps", args.steps, "--threads", args.threads]
     for name in ROWS:
-        from megagpt.train.engine import free_port
+        from megagpt.parallel.launch import free_port
 
         env = dict(os.environ, MASTER_PORT=str(free_port()))
         r = subprocess.run([sys.executable, __file__, *map(str, shape), "--row", name, "--row-precision", precision,
@@ -232,7 +232,7 @@ def main():
     torch.set_num_threads(args.threads)
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=os.environ.get("MASTER_PORT", "29611"))
-    from megagpt.train.engine import quiet_deepspeed
+    from megagpt.parallel.launch import quiet_deepspeed
 
     quiet_deepspeed()
     import deepspeed

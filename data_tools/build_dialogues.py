@@ -100,7 +100,7 @@ def main(argv=None) -> int:
                     help="hold out whole threads until N sessions are out of the shards; they go to <name>_heldout.jsonl")
     args = ap.parse_args(argv)
     from megagpt.data.indexed import IndexedDatasetWriter, token_dtype
-    from megagpt.inference.tokenizer import Tokenizer
+    from megagpt.data.tokenizer import Tokenizer
 
     try:
         tok = Tokenizer(args.tokenizer)

@@ -12,8 +12,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from data_tools.dedup import _MIX, _PUNCT, word_hashes
 from data_tools.document import Document, Stats
+from megagpt.data.ngrams import PUNCT, ngram_hashes, words
 
 _SPAN = re.compile(r"\S+")
 
@@ -25,23 +25,6 @@ class DecontamConfig:
     margin: int = 200                  # characters removed on each side of a matched n-gram
     min_piece: int = 200               # pieces shorter than this are dropped
     max_pieces: int = 10               # more pieces than this: the document is dropped
-
-
-def words(text: str) -> list[str]:
-    # the dedup tokenisation (punctuation -> space, lowercase, split), whose word hashes are cached
-    return text.translate(_PUNCT).lower().split()
-
-
-def ngram_hashes(words: list[str], n: int) -> np.ndarray:
-    if len(words) < n:
-        return np.zeros(0, dtype=np.uint64)
-    wh = word_hashes(words)
-    m = len(wh) - n + 1
-    h = wh[:m].copy()
-    with np.errstate(over="ignore"):
-        for j in range(1, n):
-            h = h * _MIX + wh[j:j + m]
-    return h
 
 
 def eval_texts(paths: Iterable[str]) -> Iterator[str]:
@@ -79,7 +62,7 @@ class Decontaminate:
         if not len(hit):  # the common case: no word spans needed
             return text, "clean"
         # translate() maps each punctuation character to one space, so spans index ``text``
-        spans = [(m.start(), m.end()) for m in _SPAN.finditer(text.translate(_PUNCT))]
+        spans = [(m.start(), m.end()) for m in _SPAN.finditer(text.translate(PUNCT))]
         h = ngram_hashes([text[a:b].lower() for a, b in spans], self.cfg.ngram)
         hit = self._hits(h)
         n, mg = self.cfg.ngram, self.cfg.margin

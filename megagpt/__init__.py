@@ -1,5 +1,7 @@
 """megagpt: GPT-1/2/3 pretraining with Megatron-style tensor parallelism and DeepSpeed."""
-__version__ = "0.1.0"
+from megagpt._version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(path, **kwargs):

@@ -65,7 +65,7 @@ def heldout_report(args, fwd, bwd, tok, params) -> int:
     import json
 
     from megagpt import jsonl
-    from megagpt.inference.mmi import diversity, reply
+    from megagpt.dialogue.mmi import diversity, reply
 
     sessions = []
     for _, where, obj in jsonl.objects(args.heldout):
@@ -101,7 +101,7 @@ def heldout_report(args, fwd, bwd, tok, params) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from megagpt.inference import SamplingParams, WeightsError, load, load_for_text
-    from megagpt.inference.mmi import reply
+    from megagpt.dialogue.mmi import reply
 
     try:
         params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,

@@ -20,7 +20,7 @@ if __package__ in (None, ""):
 
 from pathlib import Path  # noqa: E402
 
-from megagpt.train.checkpoint import (MANIFEST, VERIFY_LEVELS, CheckpointError, choose_tag,  # noqa: E402
+from megagpt.formats.manifest import (MANIFEST, VERIFY_LEVELS, CheckpointError, choose_tag,  # noqa: E402
                                       latest_tag, tags, verify)
 
 

@@ -7,7 +7,7 @@ a megagpt safetensors export and/or a Hugging Face directory.
     deepspeed --num_gpus 8 megagpt/export.py --config run.yaml --out model.safetensors   # via the engine
     python megagpt/export.py --model checkpoints/run --universal ckpt_universal/  # any layout resumes it
 
-``--universal`` writes the layout-free training checkpoint (``megagpt.train.universal``: fp32
+``--universal`` writes the layout-free training checkpoint (``megagpt.formats.universal``: fp32
 weights and both Adam moments one file per tensor, step, schedule and data position) that
 ``train.resume_from`` continues in any tp/pp/dp and ZeRO stage.
 
@@ -28,17 +28,20 @@ if __package__ in (None, ""):
 
     fix_path(__file__)
 
-from megagpt.config import ConfigError, load_run_config, validate_run  # noqa: E402
+from megagpt.config import ConfigError, load_run_config  # noqa: E402
+from megagpt.train.setup import setup_run  # noqa: E402
 
 
 def _from_engine(args) -> int:
+    from megagpt.formats.manifest import latest_tag
+    from megagpt.parallel.launch import close_distributed, init_distributed, launch_world_size
     from megagpt.train import checkpoint
-    from megagpt.train.engine import build_engine, close_distributed, init_distributed, launch_world_size
+    from megagpt.train.engine import build_engine
     from megagpt.train.export import export
 
     try:
-        run = validate_run(load_run_config(args.config, args.overrides), launch_world_size())
-        if not run.train.checkpoint_dir or checkpoint.latest_tag(run.train.checkpoint_dir) is None:
+        run = setup_run(load_run_config(args.config, args.overrides), launch_world_size())
+        if not run.train.checkpoint_dir or latest_tag(run.train.checkpoint_dir) is None:
             raise ConfigError(f"train.checkpoint_dir={run.train.checkpoint_dir!r} holds no complete "
                               f"checkpoint (no 'latest' file).")
     except ConfigError as e:
@@ -72,7 +75,7 @@ def main(argv=None) -> int:
     if args.universal:
         if not args.model or args.out or args.hf_dir:
             ap.error("--universal takes --model CHECKPOINT_DIR and no other output")
-        from megagpt.train.universal import write_universal
+        from megagpt.formats.universal import write_universal
 
         try:
             out = write_universal(args.model, args.tag, args.universal)
@@ -90,9 +93,9 @@ def main(argv=None) -> int:
 
     from pathlib import Path
 
-    from megagpt.inference import read_weights
-    from megagpt.inference.tokenizer import tokenizer_file
-    from megagpt.inference.weights import save_export
+    from megagpt.formats import read_weights
+    from megagpt.data.tokenizer import tokenizer_file
+    from megagpt.formats.weights import save_export
 
     source = args.model or args.from_hf
     try:
@@ -102,7 +105,7 @@ def main(argv=None) -> int:
             tokenizer_file(tokenizer)
         full = {k: full[k] for k in full}  # read each tensor once for both outputs
         if args.hf_dir:
-            from megagpt.inference.hf import write_hf_dir
+            from megagpt.formats.hf import write_hf_dir
 
             write_hf_dir(full, cfg, args.hf_dir, tokenizer_model=tokenizer)
             print(f"wrote Hugging Face GPT-2 directory {args.hf_dir}", flush=True)

@@ -21,7 +21,8 @@ if __package__ in (None, ""):
 
 from dataclasses import replace  # noqa: E402
 
-from megagpt.config import ConfigError, load_run_config, validate_run  # noqa: E402
+from megagpt.config import ConfigError, load_run_config  # noqa: E402
+from megagpt.train.setup import setup_run  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -44,14 +45,14 @@ def load_finetune_run(path, overrides, world_size: int):
         raise ConfigError(f"{path}: a fine-tuning run file needs a 'finetune' section (finetune.task_file at least).")
     run.finetune.validate()
     cfg, meta = model_config_for(run)
-    return validate_run(replace(run, model=cfg), world_size), meta
+    return setup_run(replace(run, model=cfg), world_size), meta
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     from megagpt.finetuning.data import FinetuneDataError
     from megagpt.inference import WeightsError
-    from megagpt.train.engine import close_distributed, init_distributed, launch_world_size, quiet_deepspeed
+    from megagpt.parallel.launch import close_distributed, init_distributed, launch_world_size, quiet_deepspeed
 
     quiet_deepspeed()
 
@@ -78,7 +79,8 @@ def main(argv=None) -> int:
     init_distributed()
     import torch.distributed as dist
 
-    from megagpt.train.checkpoint import CheckpointError, SaveError
+    from megagpt.formats.manifest import CheckpointError
+    from megagpt.train.checkpoint import SaveError
 
     try:
         from megagpt.finetuning.trainer import FinetuneTrainer

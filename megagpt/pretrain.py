@@ -17,7 +17,8 @@ if __package__ in (None, ""):
 
     fix_path(__file__)
 
-from megagpt.config import ConfigError, load_run_config, validate_run  # noqa: E402
+from megagpt.config import ConfigError, load_run_config  # noqa: E402
+from megagpt.train.setup import setup_run  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -30,12 +31,15 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from megagpt.train.engine import close_distributed, init_distributed, launch_world_size, quiet_deepspeed
+    from megagpt.eval.in_training import check_tasks
+    from megagpt.parallel.launch import close_distributed, init_distributed, launch_world_size, quiet_deepspeed
 
     quiet_deepspeed()
 
     try:
-        run = validate_run(load_run_config(args.config, args.overrides), launch_world_size())
+        run = setup_run(load_run_config(args.config, args.overrides), launch_world_size())
+        if run.train.eval_tasks:
+            check_tasks(run.train.eval_tasks, run.data.tokenizer, run.model.n_positions, args.config)
     except ConfigError as e:  # before any process group: one sentence, non-zero exit
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -43,11 +47,13 @@ def main(argv=None) -> int:
     import torch.distributed as dist
 
     from megagpt.data.indexed import ShardError
-    from megagpt.train.checkpoint import CheckpointError, SaveError
+    from megagpt.formats.manifest import CheckpointError
+    from megagpt.train.checkpoint import SaveError
+    from megagpt.eval.in_training import pretraining_hooks
     from megagpt.train.loop import Trainer
 
     try:
-        trainer = Trainer(run)
+        trainer = Trainer(run, eval_hooks=pretraining_hooks(run))
         losses = trainer.train()
         if trainer.is_logger and losses:
             print(f"done: {len(losses)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}", flush=True)

@@ -32,7 +32,7 @@ def _worker(rank, world_size, port, fn, args, outdir, use_deepspeed):
 def run_distributed(fn, world_size: int, *args, use_deepspeed: bool = False) -> list:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` processes; return each rank's result.
     An exception (a failed assert) on any rank fails the caller with that rank's traceback."""
-    from megagpt.train.engine import free_port  # here, not at import: spawned ranks skip deepspeed
+    from megagpt.parallel.launch import free_port  # here, not at import: spawned ranks skip deepspeed
 
     with tempfile.TemporaryDirectory() as outdir:
         mp.spawn(_worker, args=(world_size, free_port(), fn, args, outdir, use_deepspeed),

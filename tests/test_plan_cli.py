@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from megagpt import plan
-from megagpt.config import ConfigError, ParallelConfig, load_run_config, model_config, validate_run
+from megagpt.config import ConfigError, ParallelConfig, load_run_config, model_config
+from megagpt.train.setup import setup_run
 from megagpt.train.autotune import HEADROOM
 from megagpt.train.memory import predict
 
@@ -28,7 +29,7 @@ def _cluster(nodes=2, gpn=8, mem=80.0):
 
 def _validate_message(run, world):
     with pytest.raises(ConfigError) as e:
-        validate_run(run, world)
+        setup_run(run, world)
     return str(e.value)
 
 

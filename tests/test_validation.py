@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from megagpt.config import ConfigError, DataConfig, ModelConfig, ParallelConfig, load_run_config, validate_run
+from megagpt.config import ConfigError, DataConfig, ModelConfig, ParallelConfig, load_run_config
+from megagpt.train.setup import setup_run
 from megagpt.config import TrainConfig
 from megagpt.data.mixture import load_spec
 
@@ -27,7 +28,7 @@ def test_every_numeric_run_key_refuses_bad_values(key):
     for raw, why in BAD.items():
         with pytest.raises(ConfigError) as e:
             run = load_run_config(RUN, ["data.prefixes=[x]", f"{key}={raw}"])
-            validate_run(run, 1)
+            setup_run(run, 1)
         msg = str(e.value)
         assert "\n" not in msg and key in msg and str(RUN) in msg, (key, raw, msg)
         assert why in msg or "positive" in msg or "must be" in msg, (key, raw, msg)

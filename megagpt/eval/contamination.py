@@ -10,7 +10,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from data_tools.decontam import ngram_hashes, words
+from megagpt.data.ngrams import ngram_hashes, words
 from megagpt import jsonl
 from megagpt.eval.tasks import Item, Task
 

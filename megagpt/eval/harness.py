@@ -41,7 +41,7 @@ class MegagptLM(TemplateLM):
         if ps is not None:  # tear the group down before the interpreter exits
             import atexit
 
-            from megagpt.train.engine import close_distributed
+            from megagpt.parallel.launch import close_distributed
 
             atexit.register(close_distributed)
         model, tok = load_for_text(path, tokenizer=tokenizer, hint="tokenizer=...", tag=tag, ps=ps, dtype=dtype,

@@ -16,15 +16,16 @@ import torch.distributed as dist
 from megagpt.config import ConfigError, RunConfig, zero_stage
 from megagpt.finetuning.data import Encoder, FinetuneTask, collate, epoch_order, load_finetune_task
 from megagpt.finetuning.model import FinetuneGPT
+from megagpt.formats.manifest import latest_tag
 from megagpt.train import checkpoint
-from megagpt.train.engine import dp_mean
+from megagpt.parallel.launch import dp_mean
 from megagpt.train.metrics import MetricsWriter
 
 
 def model_config_for(run: RunConfig):
     """The pretrained weights' architecture, with the run file's explicit model keys (dropout)
     on top: a fine-tuning run file need not repeat the model."""
-    from megagpt.inference import read_weights
+    from megagpt.formats import read_weights
 
     if not run.train.init_from:
         raise ConfigError("fine-tuning needs train.init_from: the pretrained weights (an export, a Hugging Face "
@@ -80,7 +81,7 @@ def main_metric(task: FinetuneTask) -> str:
 # --- the trainer ----------------------------------------------------------------------------------
 class FinetuneTrainer:
     def __init__(self, run: RunConfig, *, model_cfg=None, weights_meta=None):
-        from megagpt.inference.tokenizer import Tokenizer
+        from megagpt.data.tokenizer import Tokenizer
         from megagpt.train.engine import build_zero3
         from megagpt.train.schedule import WarmupLinearLR
 
@@ -114,7 +115,7 @@ class FinetuneTrainer:
         def scheduler(optimizer):
             return WarmupLinearLR(optimizer, warmup_tokens=warmup, decay_tokens=max(total, warmup + 1))
 
-        init = not (tr.resume and tr.checkpoint_dir and checkpoint.latest_tag(tr.checkpoint_dir) is not None)
+        init = not (tr.resume and tr.checkpoint_dir and latest_tag(tr.checkpoint_dir) is not None)
 
         def make(ps):
             from megagpt.model.gpt import GPT
@@ -127,7 +128,7 @@ class FinetuneTrainer:
         if run.parallel.layout == "3d":
             from megagpt.finetuning.pipeline import build_finetune_pipeline
             from megagpt.train.engine import build_3d
-            from megagpt.train.pipeline import pipeline_param_name
+            from megagpt.model.naming import pipeline_param_name
 
             def make_pipe(ps, topo):
                 module, self.pipe_loss = build_finetune_pipeline(
@@ -255,7 +256,7 @@ class FinetuneTrainer:
 
     def save_best(self, value: float, metrics: dict) -> None:
         """The fine-tuned model (an export megagpt.load reads, plus W_y and the task) in best_dir."""
-        from megagpt.inference.weights import save_export
+        from megagpt.formats.weights import save_export
         from megagpt.train.export import consolidated_state_dict, replicated_fp32
 
         module = self.engine.module
@@ -352,7 +353,7 @@ def predict(best_dir: str | Path, task_file: str | Path, split: str = "test", ou
             batch_size: int = 16) -> tuple[list, dict]:
     """Answers of the fine-tuned model in ``best_dir`` for a split of a task file (one process):
     (one row per example, metrics where the split has labels); rows go to ``output`` as JSONL."""
-    import megagpt
+    from megagpt.inference import load
     from safetensors.torch import load_file
 
     best_dir = Path(best_dir)
@@ -363,7 +364,7 @@ def predict(best_dir: str | Path, task_file: str | Path, split: str = "test", ou
     if task.type != info["type"] or (task.labels and task.labels != info["labels"]):
         raise ValueError(f"{task_file}: a {task.type} task with labels {task.labels}, but {best_dir} was fine-tuned "
                          f"on a {info['type']} task with labels {info['labels']}.")
-    gpt, tok = megagpt.load(best_dir / "model.safetensors")
+    gpt, tok = load(best_dir / "model.safetensors")
     if tok is None:
         raise FileNotFoundError(f"{best_dir}: the tokenizer its model.json names is gone; it is needed to encode.")
     model = FinetuneGPT(gpt, task.type, task.n_outputs, clf_pdrop=0.0, regression=task.regression).eval()

@@ -19,8 +19,10 @@ import torch
 
 from megagpt.inference.generation import Completion, SamplingParams, generate
 from megagpt.inference.scoring import Score, loglikelihood
-from megagpt.inference.tokenizer import Tokenizer
-from megagpt.inference.weights import WeightsError
+from megagpt.data.tokenizer import Tokenizer
+from megagpt.formats import read_weights
+from megagpt.formats.weights import WeightsError
+from megagpt.model.gpt import build_empty
 
 __all__ = ["load", "load_for_text", "add_model_args", "DTYPES", "Loaded", "read_weights", "generate", "SamplingParams", "Completion", "loglikelihood",
            "Score", "Tokenizer", "WeightsError"]
@@ -77,56 +79,6 @@ class Loaded:
         return result[0] if single and len(result) == 1 else result
 
 
-def _is_checkpoint_dir(p: Path) -> bool:
-    return (p / "latest").is_file() or any(d.name.startswith("global_step") for d in p.iterdir())
-
-
-def read_weights(path: str | Path, *, tag: str | None = None, model_cfg=None):
-    """(config, full state dict (a mapping), metadata) from any supported source."""
-    p = Path(path)
-    if p.is_file():
-        from megagpt.inference.weights import read_export
-
-        return read_export(p)
-    if not p.is_dir():
-        raise WeightsError(f"{p}: no such file or directory.")
-    if (p / "config.json").is_file():
-        from megagpt.inference.hf import read_hf_dir
-
-        cfg, full, tok = read_hf_dir(p)
-        return cfg, full, {"tokenizer": str(tok) if tok else None, "format": "hf"}
-    if (p / "universal.json").is_file():  # a layout-free training checkpoint: its fp32 weights
-        from megagpt.train.universal import read_weights as read_universal
-
-        return read_universal(p)
-    if (p / "megagpt.json").is_file() or _is_checkpoint_dir(p):
-        from megagpt.inference.checkpoint_reader import read_checkpoint
-
-        if (p / "megagpt.json").is_file() and not _is_checkpoint_dir(p):  # a tag directory
-            p, tag = p.parent, p.name
-        cfg, full, meta = read_checkpoint(p, tag, model_cfg=model_cfg)
-        return cfg, full, dict(meta, format="checkpoint")
-    if (p / "model.safetensors").is_file():
-        from megagpt.inference.weights import read_export
-
-        return read_export(p / "model.safetensors")
-    raise WeightsError(f"{p}: not a megagpt export, a Hugging Face GPT-2 directory (config.json), a "
-                       f"training checkpoint directory (latest / global_step*) or a universal one (universal.json).")
-
-
-def build_empty(cfg, ps=None):
-    """A ``GPT`` with uninitialised storage (nothing drawn): weights come from a file next."""
-    from megagpt.model.gpt import GPT
-
-    with torch.device("meta"):
-        model = GPT(cfg, ps)
-    marks = {name: dict(p.__dict__) for name, p in model.named_parameters()}
-    model.to_empty(device="cpu")  # new Parameter objects: the TP marks are copied over
-    for name, p in model.named_parameters():
-        p.__dict__.update(marks[name])
-    return model
-
-
 def load(path: str | Path, *, tokenizer: str | Path | None = None, ps=None, dtype=None,
          device=None, tag: str | None = None, model_cfg=None, with_tokenizer: bool = True) -> Loaded:
     """Load a model for inference (eval mode, no grad) from ``path``.
@@ -134,7 +86,7 @@ def load(path: str | Path, *, tokenizer: str | Path | None = None, ps=None, dtyp
     ``ps``: a ``ParallelState`` to shard over (each rank reads only what it keeps, one tensor at a
     time); ``dtype``: e.g. ``torch.bfloat16``; ``tag``: a checkpoint tag other than ``latest``;
     ``model_cfg``: the model config of an old checkpoint without ``megagpt.json``."""
-    from megagpt.inference.weights import load_weights
+    from megagpt.formats.weights import load_weights
 
     cfg, full, meta = read_weights(path, tag=tag, model_cfg=model_cfg)
     model = build_empty(cfg, ps)

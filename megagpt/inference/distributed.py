@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 def setup_parallel(tp: int | None):
     """(ParallelState or None, device). ``tp`` defaults to the whole world."""
-    from megagpt.train.engine import init_distributed, launch_world_size
+    from megagpt.parallel.launch import init_distributed, launch_world_size
 
     world = launch_world_size()
     if world == 1 and (tp or 1) == 1:
@@ -42,7 +42,7 @@ def gather_dp(local: dict, ps) -> dict:
 def finish(ps) -> None:
     """Wait for every rank, then tear the group down (see ``close_distributed``)."""
     if ps is not None:
-        from megagpt.train.engine import close_distributed
+        from megagpt.parallel.launch import close_distributed
 
         dist.barrier()
         close_distributed()

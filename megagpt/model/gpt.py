@@ -251,3 +251,14 @@ class GPT(nn.Module):
     def gathered_logits(self, idx):
         """Full-vocabulary logits (B, T, vocab_size) on every TP rank (for generation, tests)."""
         return self.head.gather(self.forward(idx))
+
+
+def build_empty(cfg, ps=None):
+    """A ``GPT`` with uninitialised storage (nothing drawn): weights come from a file next."""
+    with torch.device("meta"):
+        model = GPT(cfg, ps)
+    marks = {name: dict(p.__dict__) for name, p in model.named_parameters()}
+    model.to_empty(device="cpu")  # new Parameter objects: the TP marks are copied over
+    for name, p in model.named_parameters():
+        p.__dict__.update(marks[name])
+    return model

@@ -3,7 +3,7 @@
 Each parameter's fp32 master copy is gathered over the DP group (ZeRO), then over the TP group
 (``partition_dim``/``partition_stride``), then the pipeline stages are collected on rank 0. The
 result is megagpt's tp-independent full state dict, written as safetensors
-(``megagpt.inference.weights``) and loadable at any tp with ``megagpt.load``.
+(``megagpt.formats.weights``) and loadable at any tp with ``megagpt.load``.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def consolidated_state_dict(built, cfg, named=None) -> dict[str, torch.Tensor] |
     if named is not None:
         named = list(named)
     elif built.pipeline:
-        from megagpt.train.pipeline import pipeline_param_name
+        from megagpt.model.naming import pipeline_param_name
 
         named = [(pipeline_param_name(n, cfg.n_layer), p) for n, p in module.named_parameters()]
     else:
@@ -64,7 +64,7 @@ def replicated_fp32(params) -> list[torch.Tensor]:
 
 def export(built, cfg, path: str | Path, *, tokenizer: str | None = None, step: int | None = None) -> None:
     """Write the consolidated weights as ``path`` (.safetensors) plus its JSON (rank 0)."""
-    from megagpt.inference.weights import save_export
+    from megagpt.formats.weights import save_export
 
     full = consolidated_state_dict(built, cfg)
     if full is not None:

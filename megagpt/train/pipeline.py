@@ -79,17 +79,3 @@ def build_pipeline(cfg: ModelConfig, ps: ParallelState, topology, *, init_seed: 
         seed_layers=False,
         activation_checkpoint_interval=1 if checkpoint_activations else 0,
         activation_checkpoint_func=checkpoint_fn, checkpointable_layers=["Block"])
-
-
-def pipeline_param_name(name: str, n_layer: int) -> str | None:
-    """A PipelineModule parameter name as megagpt's full-state-dict name (None: the head's unused
-    copy of the position table)."""
-    if name.startswith("tied_modules.embed."):
-        return "embed." + name[len("tied_modules.embed."):]
-    idx, rest = name.split(".", 1)
-    i = int(idx)
-    if 1 <= i <= n_layer:
-        return f"blocks.{i - 1}.{rest}"
-    if i == n_layer + 1:
-        return f"ln_f.{rest}"
-    return None

@@ -120,7 +120,7 @@ def test_build_dialogues_masks_exactly_the_responses(tmp_path):
     from data_tools.build_dialogues import main
     from data_tools.tokenizer import TokenizerConfig, train
     from megagpt.data.indexed import IndexedDataset
-    from megagpt.inference.tokenizer import Tokenizer
+    from megagpt.data.tokenizer import Tokenizer
 
     ymls = sorted((Path(chatterbot_corpus.__file__).parent / "data" / "english").glob("*.yml"))
     convs = [c for y in ymls for c in read_turn_lists(y)]

@@ -193,7 +193,8 @@ def test_words_through_bytes_equal_str_translate():
     """dedup.words' bytes paths give what str.lower/translate/split gives, ASCII or not."""
     import string
 
-    from data_tools.dedup import _PUNCT, words
+    from data_tools.dedup import words
+    from megagpt.data.ngrams import PUNCT as _PUNCT
 
     rng = random.Random(5)
     alphabet = string.printable + "\x1c\x1d\x1e\x1f\x0b\x0c"

@@ -7,7 +7,7 @@ import torch
 
 from megagpt.config import model_config
 from megagpt.eval.tasks import write_task
-from megagpt.inference.weights import save_export
+from megagpt.formats.weights import save_export
 from megagpt.model import GPT, full_state_dict
 from eval_data import SENTENCES
 

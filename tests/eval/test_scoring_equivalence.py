@@ -12,7 +12,7 @@ from megagpt.eval.contamination import TrainingNgrams, ngram_size
 from megagpt.eval.runner import Evaluator, run_suite
 from megagpt.eval.tasks import load_task, write_task
 from megagpt.inference import load
-from megagpt.inference.hf import write_hf_dir
+from megagpt.formats.hf import write_hf_dir
 
 
 @pytest.fixture(scope="module")

@@ -101,7 +101,8 @@ def test_eval_tasks_are_checked_at_startup(tmp_path):
     """train.eval_tasks: a task whose zero-shot prompt cannot fit stops the run before it starts,
     naming the task file's line, as does a string where a list belongs."""
     from data_tools.tokenizer import TokenizerConfig, train
-    from megagpt.config import ConfigError, check_tasks
+    from megagpt.config import ConfigError
+    from megagpt.eval.in_training import check_tasks
 
     tok = train(["some words to learn from " * 200], tmp_path / "t.model",
                 TokenizerConfig(vocab_size=300, sample_bytes=100_000))

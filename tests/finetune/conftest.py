@@ -10,7 +10,7 @@ def ft_setup(tmp_path_factory):
     English text, a tiny random GPT exported with it, and the coding-vs-trivia task."""
     from data_tools.tokenizer import TokenizerConfig, train
     from megagpt.config import model_config
-    from megagpt.inference.weights import save_export
+    from megagpt.formats.weights import save_export
     from megagpt.model import GPT, full_state_dict
 
     tmp = tmp_path_factory.mktemp("ft")

@@ -88,7 +88,7 @@ def test_3d_layout_matches_zero3(ft_setup):
 def test_starts_from_a_hugging_face_directory(ft_setup):
     """train.init_from takes an HF GPT-2 directory as well as an export: the same first loss."""
     import megagpt
-    from megagpt.inference.hf import write_hf_dir
+    from megagpt.formats.hf import write_hf_dir
     from megagpt.model import full_state_dict
 
     model, tok = megagpt.load(ft_setup["model"])

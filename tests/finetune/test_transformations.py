@@ -6,7 +6,7 @@ import torch
 
 from megagpt.finetuning.data import Encoder, FinetuneDataError, collate, load_finetune_task
 from megagpt.finetuning.model import FinetuneGPT
-from megagpt.inference.tokenizer import Tokenizer
+from megagpt.data.tokenizer import Tokenizer
 
 
 def _task(tmp_path, kind, rows, **header):

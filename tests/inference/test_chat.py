@@ -20,7 +20,7 @@ def models(tmp_path_factory):
 
     from data_tools.tokenizer import TokenizerConfig, train
     from megagpt.config import model_config
-    from megagpt.inference.weights import save_export
+    from megagpt.formats.weights import save_export
     from megagpt.model import GPT, full_state_dict
 
     tmp = tmp_path_factory.mktemp("chat")
@@ -39,7 +39,7 @@ def models(tmp_path_factory):
 
 def test_mmi_picks_the_best_backward_score(models):
     import megagpt
-    from megagpt.inference.mmi import encode_turns, rerank
+    from megagpt.dialogue.mmi import encode_turns, rerank
 
     fwd, tok = megagpt.load(models["forward"])
     bwd = megagpt.load(models["backward"]).model
@@ -112,7 +112,7 @@ def test_chat_from_a_file(models, tmp_path):
 
 
 def test_distinct_n_by_hand():
-    from megagpt.inference.mmi import distinct, diversity, units
+    from megagpt.dialogue.mmi import distinct, diversity, units
 
     assert units("I don't know, 我不知道!") == ["i", "don", "t", "know", "我", "不", "知", "道"]
     replies = ["i do not know", "i do not care", "我不知道"]
@@ -130,7 +130,7 @@ def test_heldout_report(models, tmp_path):
     import json
 
     from megagpt.chat import main
-    from megagpt.inference.mmi import diversity
+    from megagpt.dialogue.mmi import diversity
 
     held = tmp_path / "heldout.jsonl"
     sessions = [["Hello there", "Hi, how are you?"], ["What is AI?", "A field of science.", "Which one?", "Computing."],

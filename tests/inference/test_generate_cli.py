@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from megagpt.config import model_config
-from megagpt.inference.weights import save_export
+from megagpt.formats.weights import save_export
 from megagpt.model import GPT, full_state_dict
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from dist_harness import run_distributed
 from megagpt.config import model_config
 from megagpt.inference import load
 from megagpt.inference.generation import SamplingParams, filter_logits, generate, penalize_repetition
-from megagpt.inference.weights import save_export
+from megagpt.formats.weights import save_export
 from megagpt.model import GPT, full_state_dict
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17], [3, 4], [100, 101, 102, 103, 104, 105]]

@@ -8,9 +8,9 @@ import torch
 from dist_harness import run_distributed
 from megagpt.config import model_config
 from megagpt.inference import load
-from megagpt.inference.hf import write_hf_dir
+from megagpt.formats.hf import write_hf_dir
 from megagpt.inference.scoring import loglikelihood
-from megagpt.inference.weights import save_export
+from megagpt.formats.weights import save_export
 from megagpt.model import GPT, full_state_dict
 
 

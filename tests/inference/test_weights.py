@@ -14,7 +14,7 @@ import megagpt
 from tamper import Payload
 from megagpt.config import model_config
 from megagpt.inference import WeightsError, load
-from megagpt.inference.weights import save_export
+from megagpt.formats.weights import save_export
 from megagpt.model import GPT, full_state_dict
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -206,7 +206,7 @@ def shard(work):
 @pytest.fixture(scope="module")
 def reference(work, shard):
     """The single-host two-rank run (DeepSpeed's local launcher, hostfiles/localhost)."""
-    from megagpt.train.engine import free_port
+    from megagpt.parallel.launch import free_port
 
     out = work / "single"
     _, ranks = _launch([_deepspeed(), "--hostfile", str(ROOT / "hostfiles" / "localhost"), "--no_ssh_check",
@@ -232,7 +232,7 @@ def _sessions_running(cluster, needle: str, since: int) -> dict[str, str]:
 
 @pytest.mark.skipif(shutil.which("pdsh") is None, reason="pdsh is not installed (scripts/install.sh installs it)")
 def test_pdsh_over_ssh_equals_single_host(work, shard, reference, cluster):
-    from megagpt.train.engine import free_port
+    from megagpt.parallel.launch import free_port
 
     out, cwd = work / "pdsh", work / "pdsh_cwd"
     exported = _deepspeed_env(cwd)

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from megagpt.config import load_run_config, validate_run
+from megagpt.config import load_run_config
+from megagpt.train.setup import setup_run
 
 RUN_YAML = Path(__file__).parent / "run_tiny.yaml"
 
@@ -15,10 +16,11 @@ def no_dropout():
 
 
 def train_worker(rank, world_size, overrides):
+    from megagpt.eval.in_training import pretraining_hooks
     from megagpt.train.loop import Trainer
 
-    run = validate_run(load_run_config(RUN_YAML, overrides), world_size)
-    trainer = Trainer(run)
+    run = setup_run(load_run_config(RUN_YAML, overrides), world_size)
+    trainer = Trainer(run, eval_hooks=pretraining_hooks(run))
     losses = trainer.train()
     dist.barrier()
     return losses

@@ -7,7 +7,8 @@ import pytest
 
 from common import RUN_YAML, layout_overrides, no_dropout, train_worker
 from dist_harness import run_distributed
-from megagpt.config import ConfigError, load_run_config, validate_run
+from megagpt.config import ConfigError, load_run_config
+from megagpt.train.setup import setup_run
 from megagpt.train.autotune import resolve
 from megagpt.train.memory import predict
 from shards import write_pattern_shard
@@ -17,7 +18,7 @@ GIB = 2 ** 30
 
 
 def _run(world, *extra, ds="auto.json"):
-    return validate_run(load_run_config(RUN_YAML, [f"train.deepspeed_config={ROOT / 'ds_configs' / ds}",
+    return setup_run(load_run_config(RUN_YAML, [f"train.deepspeed_config={ROOT / 'ds_configs' / ds}",
                                                    "data.prefixes=[x]", *extra]), world)
 
 

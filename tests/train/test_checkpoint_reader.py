@@ -10,9 +10,10 @@ import torch
 from common import RUN_YAML, layout_overrides
 from dist_harness import run_distributed
 from shards import write_pattern_shard
-from megagpt.config import load_run_config, validate_run
-from megagpt.inference.checkpoint_reader import read_checkpoint
-from megagpt.inference.weights import WeightsError
+from megagpt.config import load_run_config
+from megagpt.train.setup import setup_run
+from megagpt.formats.checkpoint_reader import read_checkpoint
+from megagpt.formats.weights import WeightsError
 
 BF16_ZERO1 = ["deepspeed.bf16.enabled=true", "deepspeed.zero_optimization.stage=1"]
 
@@ -21,7 +22,7 @@ def _train_and_consolidate(rank, world_size, overrides):
     from megagpt.train.export import consolidated_state_dict
     from megagpt.train.loop import Trainer
 
-    run = validate_run(load_run_config(RUN_YAML, overrides), world_size)
+    run = setup_run(load_run_config(RUN_YAML, overrides), world_size)
     trainer = Trainer(run)
     trainer.train()  # saves at the last step
     return consolidated_state_dict(trainer.built, run.model)

@@ -78,7 +78,7 @@ def test_plain_python_tensorboard_and_export(tmp_path, shard):
 
     # the exported weights are a whole single-device model (safetensors + JSON, no pickle)
     import megagpt
-    from megagpt.inference.weights import read_export
+    from megagpt.formats.weights import read_export
 
     assert export.with_suffix(".json").is_file()
     model = megagpt.load(export).model

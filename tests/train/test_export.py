@@ -7,7 +7,8 @@ import torch
 from common import RUN_YAML, layout_overrides
 from dist_harness import run_distributed
 from shards import write_pattern_shard
-from megagpt.config import load_run_config, validate_run
+from megagpt.config import load_run_config
+from megagpt.train.setup import setup_run
 from megagpt.model import GPT, full_state_dict
 
 
@@ -15,7 +16,7 @@ def _export_worker(rank, world_size, overrides):
     from megagpt.train.engine import build_engine
     from megagpt.train.export import consolidated_state_dict
 
-    run = validate_run(load_run_config(RUN_YAML, overrides), world_size)
+    run = setup_run(load_run_config(RUN_YAML, overrides), world_size)
     built = build_engine(run, total_tokens=10_000)
     full = consolidated_state_dict(built, run.model)
     if rank == 0:

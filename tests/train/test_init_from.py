@@ -7,17 +7,18 @@ import torch
 from common import RUN_YAML, layout_overrides
 from dist_harness import run_distributed
 from shards import write_pattern_shard
-from megagpt.config import ConfigError, load_run_config, validate_run
-from megagpt.inference.weights import save_export
+from megagpt.config import ConfigError, load_run_config
+from megagpt.train.setup import setup_run
+from megagpt.formats.weights import save_export
 from megagpt.model import GPT, full_state_dict
 
 
 def _init_worker(rank, world_size, overrides, expected_path):
-    from megagpt.inference.weights import read_export
+    from megagpt.formats.weights import read_export
     from megagpt.train.engine import build_engine
     from megagpt.train.export import consolidated_state_dict
 
-    run = validate_run(load_run_config(RUN_YAML, overrides), world_size)
+    run = setup_run(load_run_config(RUN_YAML, overrides), world_size)
     built = build_engine(run, total_tokens=10_000)
     full = consolidated_state_dict(built, run.model)
     if rank == 0:
@@ -40,7 +41,7 @@ def test_fresh_run_starts_from_init_weights(tmp_path, layout, tp, pp, source):
     path = save_export(full_state_dict(other), run.model, tmp_path / "init.safetensors")
     init = path
     if source == "hf":
-        from megagpt.inference.hf import write_hf_dir
+        from megagpt.formats.hf import write_hf_dir
 
         init = write_hf_dir(full_state_dict(other), run.model, tmp_path / "hf")
     run_distributed(_init_worker, 4, ov + [f"train.init_from={init}"], path, use_deepspeed=True)

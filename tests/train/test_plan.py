@@ -48,13 +48,13 @@ def _overrides(case, shard, tmp: Path, tag: str):
 
 
 def _measure_worker(rank, world_size, overrides, shard):
-    from megagpt.config import validate_run
+    from megagpt.train.setup import setup_run
     from megagpt.data.gpt_dataset import GPTDataset, micro_batches, split_documents, token_mean
     from megagpt.data.indexed import IndexedDataset
     from megagpt.train.engine import build_engine
     from megagpt.train.memory import measure
 
-    run = validate_run(load_run_config(RUN_YAML, overrides), world_size)
+    run = setup_run(load_run_config(RUN_YAML, overrides), world_size)
     built = build_engine(run, total_tokens=10 ** 9)
     eng, ps = built.engine, built.ps
     micro = run.deepspeed["train_micro_batch_size_per_gpu"]

@@ -13,7 +13,7 @@ import torch
 from common import RUN_YAML, layout_overrides, no_dropout, train_worker
 from dist_harness import run_distributed
 from shards import write_pattern_shard
-from megagpt.inference.checkpoint_reader import OPTIMIZER_KEYS, SavedCheckpoint
+from megagpt.formats.checkpoint_reader import OPTIMIZER_KEYS, SavedCheckpoint
 
 ROOT = Path(__file__).parents[2]
 GLOBAL_BATCH, MICRO, STEPS, SAVED_AT = 8, 2, 6, 4
@@ -34,11 +34,12 @@ def _overrides(tmp, shard, name, layout, tp, pp, stage, world=4, extra=()):
 
 def _resume_worker(rank, world_size, overrides):
     """Build the trainer (which loads the checkpoint), gather its state whole, then train on."""
-    from megagpt.config import load_run_config, validate_run
+    from megagpt.config import load_run_config
+    from megagpt.train.setup import setup_run
     from megagpt.train.loop import Trainer
-    from megagpt.train.universal import _torch_optimizer, train_state
+    from megagpt.train.reshard import _torch_optimizer, train_state
 
-    run = validate_run(load_run_config(RUN_YAML, overrides), world_size)
+    run = setup_run(load_run_config(RUN_YAML, overrides), world_size)
     trainer = Trainer(run)
     state = train_state(trainer.built, run.model)
     steps = {float(s["step"]) for s in _torch_optimizer(trainer.engine.optimizer).state.values()}
@@ -118,7 +119,7 @@ def test_universal_export_and_refusals(tmp_path, shard):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     saved = SavedCheckpoint(ckpt)
-    from megagpt.train.universal import _read_param, read_info
+    from megagpt.formats.universal import read_info, read_param as _read_param
 
     info = read_info(out)
     assert info["params"] == list(saved.tensors())
@@ -145,6 +146,6 @@ def test_universal_export_and_refusals(tmp_path, shard):
         TrainConfig(resume_from=str(out), init_from=str(out)).validate()
     # a half-written universal directory is never taken for one
     (out / "universal.json").unlink()
-    from megagpt.train.universal import is_universal
+    from megagpt.formats.universal import is_universal
 
     assert not is_universal(out)

@@ -7,7 +7,7 @@ import pytest
 from common import layout_overrides, train_worker
 from dist_harness import run_distributed
 from shards import write_pattern_shard
-from megagpt.train.checkpoint import latest_tag
+from megagpt.formats.manifest import latest_tag
 
 N, K = 6, 3
 

@@ -39,10 +39,11 @@ def test_rampup_batch_size():
 
 
 def _ramp_worker(rank, world_size, overrides):
-    from megagpt.config import load_run_config, validate_run
+    from megagpt.config import load_run_config
+    from megagpt.train.setup import setup_run
     from megagpt.train.loop import Trainer
 
-    trainer = Trainer(validate_run(load_run_config(RUN_YAML, overrides), world_size))
+    trainer = Trainer(setup_run(load_run_config(RUN_YAML, overrides), world_size))
     losses = trainer.train()
     return losses, trainer.engine.global_steps, trainer.consumed
 

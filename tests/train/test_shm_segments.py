@@ -14,7 +14,7 @@ def _ranks(rank, world_size):
     import torch.distributed as dist
     from deepspeed.comm import comm as ds_backend
 
-    from megagpt.train.engine import shm_allreduce_segment, unlink_shm_allreduce_segment
+    from megagpt.parallel.launch import shm_allreduce_segment, unlink_shm_allreduce_segment
 
     if getattr(ds_backend.cdb, "shm_comm_op", None) is None:  # DeepSpeed could not build its shm op
         unlink_shm_allreduce_segment()  # (all the same: no ranks' segments left behind)

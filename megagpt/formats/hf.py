@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 
 from megagpt.config import ModelConfig
-from megagpt.inference.tokenizer import tokenizer_file
-from megagpt.inference.weights import SafetensorsDict, WeightsError
+from megagpt.data.tokenizer import tokenizer_file
+from megagpt.formats.weights import SafetensorsDict, WeightsError
 from megagpt.model.convert import full_from_hf_gpt2, full_to_hf_gpt2
 
 EOD = "<|endoftext|>"

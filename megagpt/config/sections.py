@@ -1,91 +1,13 @@
-"""Typed configuration: one small dataclass per component, loaded from YAML/JSON files.
-
-Every component receives only its own section. Unknown keys are rejected, and ``validate()``
-turns a bad value into one sentence naming the key, the allowed values and the way out, before
-any process group exists.
-"""
+"""One dataclass per section of a run file (model, parallel, data, train, finetune), each with
+``validate()``, and the model presets (GPT-1, GPT-2, GPT-3)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-
-class ConfigError(ValueError):
-    """A configuration value a user has to fix; the message names the key."""
-
-
-_KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-          "list": "a list", "dict": "a mapping"}
-
-
-def check_value(where: str, value, annotation: str, *, error=None) -> None:
-    """Check ``value`` against a dataclass field's annotation (``int``, ``float | None``, ...):
-    booleans are not integers, numbers are finite and not negative (no size, count, rate or seed
-    here can be), strings are not numbers. Raises ``error`` (default ConfigError) naming ``where``."""
-    error = error or ConfigError
-    kinds = [t.strip() for t in str(annotation).split("|")]
-    if value is None:
-        if "None" in kinds:
-            return
-        raise error(f"{where} must be set, got null.")
-    kinds = [k.split("[")[0] for k in kinds if k != "None"]
-    known = [k for k in kinds if k in _KINDS or k in ("tuple", "Any")]
-    if not known or "Any" in known:
-        return
-    ok = False
-    for k in known:
-        if k == "bool":
-            ok |= isinstance(value, bool)
-        elif k == "int":
-            ok |= isinstance(value, int) and not isinstance(value, bool)
-        elif k == "float":
-            ok |= isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif k == "str":
-            ok |= isinstance(value, str)
-        elif k in ("list", "tuple"):
-            ok |= isinstance(value, (list, tuple)) or ("str" not in known and isinstance(value, str))
-        elif k == "dict":
-            ok |= isinstance(value, Mapping)
-    want = " or ".join(_KINDS.get(k, "a list") for k in known)
-    if not ok:
-        raise error(f"{where} must be {want}, got {value!r}.")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise error(f"{where} must be a finite number, got {value!r}.")
-        if value < 0:
-            raise error(f"{where} must not be negative, got {value!r}.")
-
-
-def _from_dict(cls, data: Mapping[str, Any], where: str):
-    """Build dataclass ``cls`` from ``data``, rejecting keys it does not declare and values of the
-    wrong type (see ``check_value``)."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(data).__name__}.")
-    allowed = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key '{unknown[0]}'; allowed keys are {', '.join(sorted(allowed))}."
-        )
-    for key, value in data.items():
-        check_value(f"{where}.{key}", value, allowed[key].type)
-    return cls(**data)
-
-
-def _positive(where: str, **values) -> None:
-    for key, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"{where}.{key} must be a positive integer, got {value!r}.")
-
-
-def _probability(where: str, **values) -> None:
-    for key, value in values.items():
-        if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-            raise ConfigError(f"{where}.{key} must be a probability in [0, 1), got {value!r}.")
+from megagpt.config.checks import ConfigError, _from_dict, _positive, _probability
 
 
 @dataclass
@@ -340,6 +262,21 @@ class FinetuneConfig:
         return self
 
 
+_ARCH = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "ffn_dim", "ln_position",
+         "attention", "local_window", "layer_norm_epsilon")
+
+
+def arch_mismatch(saved, model) -> str | None:
+    """The first architecture field where weights made for model config ``saved`` do not fit
+    ``model``, as "key=X but model.key=Y" (None when they fit)."""
+    for key in _ARCH:
+        if key == "local_window" and saved.attention != "alternating":
+            continue
+        if getattr(saved, key) != getattr(model, key):
+            return f"{key}={getattr(saved, key)!r} but model.{key}={getattr(model, key)!r}"
+    return None
+
+
 def model_config(preset: str | None = None, **overrides) -> ModelConfig:
     """A ModelConfig from a preset name plus field overrides (or from fields alone)."""
     base: dict[str, Any] = {}
@@ -355,186 +292,3 @@ def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
     data = dict(data)
     preset = data.pop("preset", None)
     return model_config(preset, **data)
-
-
-def load_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON file into a dict, with the file named in any error."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config file ({e.strerror}).") from None
-    if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise ConfigError(f"{path}:{getattr(e, 'lineno', '?')}: not valid JSON ({getattr(e, 'msg', e)}).") from None
-    else:
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:  # first line: the file and line, then what the parser saw
-            mark = getattr(e, "problem_mark", None)
-            line = mark.line + 1 if mark is not None else "?"
-            what = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise ConfigError(f"{path}:{line}: not valid YAML ({what}).") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level.")
-    return data
-
-
-__all__ = [
-    "ConfigError", "ModelConfig", "ParallelConfig", "PRESETS", "model_config",
-    "model_config_from_dict", "load_file",
-]
-
-
-@dataclass
-class RunConfig:
-    """A whole run file: one section per component, plus the DeepSpeed JSON it points at."""
-
-    model: ModelConfig
-    parallel: ParallelConfig
-    data: DataConfig
-    train: TrainConfig
-    deepspeed: dict  # the loaded ds_configs/*.json, with any ``deepspeed.*`` overrides applied
-    finetune: FinetuneConfig | None = None  # only in fine-tuning run files
-    model_keys: tuple = ()  # the model keys the run file (or an override) set explicitly
-    notes: list = field(default_factory=list)  # choices validate_run made ("auto" DeepSpeed values), for the log
-
-    @property
-    def seq_length(self) -> int:
-        return self.data.seq_length or self.model.n_positions
-
-
-def _set_dotted(tree: dict, dotted: str, value, where: str) -> None:
-    *parents, leaf = dotted.split(".")
-    node = tree
-    for key in parents:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{where}: '{dotted}' goes through '{key}', which is not a section.")
-    node[leaf] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``train.train_iters=50`` -> ('train.train_iters', 50); values parse as YAML scalars."""
-    import yaml
-
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like section.key=value.")
-    key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
-
-
-def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read a run YAML, apply dotted overrides (``model.n_layer=4``, ``deepspeed.bf16.enabled=true``),
-    load the DeepSpeed JSON it names, and build the typed sections."""
-    raw = load_file(path)
-    sections = ("model", "parallel", "data", "train", "finetune")
-    unknown = sorted(set(raw) - set(sections))
-    if unknown:
-        raise ConfigError(f"{path}: unknown section '{unknown[0]}'; allowed sections are {', '.join(sections)}.")
-    ds_overrides = []
-    for text in overrides:
-        key, value = parse_override(text)
-        if key.startswith("deepspeed."):
-            ds_overrides.append((key[len("deepspeed."):], value))
-        elif key.split(".")[0] in sections:
-            _set_dotted(raw, key, value, "override")
-        else:
-            raise ConfigError(f"override '{text}': the key must start with one of "
-                              f"{', '.join(sections)} or deepspeed.")
-    try:
-        train = _from_dict(TrainConfig, raw.get("train") or {}, "train")
-        sections_built = (model_config_from_dict(raw.get("model") or {}),
-                          _from_dict(ParallelConfig, raw.get("parallel") or {}, "parallel"),
-                          _from_dict(DataConfig, raw.get("data") or {}, "data"))
-        finetune = _from_dict(FinetuneConfig, raw["finetune"] or {}, "finetune") if "finetune" in raw else None
-    except ConfigError as e:  # name the file (overrides are applied to it)
-        raise ConfigError(f"{path}: {e}") from None
-    ds_path = Path(train.deepspeed_config)
-    if not ds_path.is_absolute() and not ds_path.exists():
-        ds_path = Path(path).parent / ds_path  # relative to the run file
-    ds = load_file(ds_path)
-    for key, value in ds_overrides:
-        _set_dotted(ds, key, value, f"override deepspeed.{key}")
-    model, parallel, data = sections_built
-    if train.eval_tasks:
-        check_tasks(train.eval_tasks, data.tokenizer, model.n_positions, path)
-    return RunConfig(model=model, parallel=parallel, data=data, train=train, deepspeed=ds, finetune=finetune,
-                     model_keys=tuple(raw.get("model") or {}))
-
-
-def zero_stage(ds_config: Mapping[str, Any]) -> int:
-    """The ZeRO stage a DeepSpeed config asks for (0 when it has no ``zero_optimization``)."""
-    return int((ds_config.get("zero_optimization") or {}).get("stage", 0))
-
-
-def check_tasks(tasks, tokenizer: str | None, n_positions: int, path) -> None:
-    """``train.eval_tasks`` at startup, so a bad task cannot stop a run midway: a list of task
-    files that load, and every test item's zero-shot prompt fits the context (examples are
-    dropped until a prompt fits, so more shots cannot fail where none fit)."""
-    from megagpt.eval.runner import Evaluator
-    from megagpt.eval.tasks import TaskError, load_task
-    from megagpt.inference.tokenizer import Tokenizer
-
-    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
-        raise ConfigError(f"train.eval_tasks must be a list of task file paths, got {tasks!r}.")
-    if not tokenizer:
-        raise ConfigError(f"{path}: train.eval_tasks needs data.tokenizer (the sentencepiece model of the shards).")
-    try:
-        tok = Tokenizer(tokenizer)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"data.tokenizer: {e}") from None
-    ev = Evaluator(None, tok, n_positions=n_positions)
-    for i, task in enumerate(tasks):
-        try:
-            ev.prompts(load_task(task), 0, seed=0)
-        except TaskError as e:
-            raise ConfigError(f"train.eval_tasks[{i}]: {e}") from None
-
-
-def validate_run(run: RunConfig, world_size: int) -> RunConfig:
-    """Every check that can fail before a process group exists, with one sentence each."""
-    par = run.parallel.validate(world_size)
-    run.model.validate(par.tp_size)
-    if run.finetune is None:
-        run.data.validate()
-    else:  # fine-tuning reads its task file, not shards
-        run.finetune.validate()
-    run.train.validate()
-    if run.seq_length > run.model.n_positions:
-        raise ConfigError(f"data.seq_length={run.seq_length} exceeds model.n_positions={run.model.n_positions}.")
-    ds, name = run.deepspeed, run.train.deepspeed_config
-    from megagpt.train.autotune import resolve
-
-    run.notes = resolve(run, world_size)
-    stage = zero_stage(ds)
-    if par.pp_size > 1 and stage > 1:
-        raise ConfigError(
-            f"pipeline stages (parallel.pp_size={par.pp_size}) cannot run with ZeRO stage {stage} "
-            f"({name}: zero_optimization.stage); either use layout 'zero3' with pp_size 1, or a "
-            f"ZeRO stage 0/1 config such as ds_configs/3d.json.")
-    if par.layout == "3d" and stage > 1:
-        raise ConfigError(
-            f"layout '3d' runs DeepSpeed's pipeline engine, which cannot use ZeRO stage {stage} "
-            f"({name}: zero_optimization.stage); point train.deepspeed_config at ds_configs/3d.json "
-            f"(ZeRO-1) or choose layout 'zero3'.")
-    dp = par.dp_size(world_size)
-    micro = ds.get("train_micro_batch_size_per_gpu")
-    gas = ds.get("gradient_accumulation_steps", 1)
-    total = ds.get("train_batch_size")
-    if micro is None:
-        raise ConfigError(f"{name}: set train_micro_batch_size_per_gpu (samples per rank per micro-step).")
-    if total is not None and total != micro * gas * dp:
-        raise ConfigError(
-            f"{name}: train_batch_size={total} is not train_micro_batch_size_per_gpu x "
-            f"gradient_accumulation_steps x data-parallel size = {micro} x {gas} x {dp} = "
-            f"{micro * gas * dp}; drop train_batch_size (it is derived) or fix one of the three.")
-    tr = run.train
-    if tr.rampup_start_batch and tr.rampup_start_batch % (micro * dp):
-        raise ConfigError(f"train.rampup_start_batch={tr.rampup_start_batch} must be a multiple of "
-                          f"micro-batch x data-parallel size = {micro * dp}.")
-    return run

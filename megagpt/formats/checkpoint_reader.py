@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from megagpt.config import ConfigError, ModelConfig, model_config_from_dict, zero_stage
-from megagpt.inference.weights import WeightsError
+from megagpt.formats.weights import WeightsError
 from megagpt.model.convert import WTE
 from megagpt.parallel.layers import unshard_tensors
 
@@ -60,7 +60,7 @@ def _load(path: Path) -> dict:
 
 
 def latest(ckpt_dir: Path) -> str:
-    from megagpt.train.checkpoint import latest_tag
+    from megagpt.formats.manifest import latest_tag
 
     tag = latest_tag(ckpt_dir)
     if tag is None:
@@ -194,7 +194,7 @@ def _optimizer_param_names(state: dict, cfg: ModelConfig, tp: int, pipeline: boo
                            f"before megagpt recorded them); resume it in the layout it was saved with.")
     from megagpt.model.gpt import GPT
     from megagpt.parallel.state import ParallelState
-    from megagpt.train.engine import param_group_names
+    from megagpt.model.naming import param_group_names
 
     with torch.device("meta"):
         model = GPT(cfg, ParallelState(tp_size=tp))
@@ -267,7 +267,7 @@ class SavedCheckpoint:
         the real vocabulary size): the weights (``key`` None) or Adam's ``exp_avg``/``exp_avg_sq``."""
         cfg, tp, tag_dir = self.cfg, self.tp, self.dir
         if self.pipeline:
-            from megagpt.train.pipeline import pipeline_param_name
+            from megagpt.model.naming import pipeline_param_name
         parts: list[dict[str, torch.Tensor]] = [{} for _ in range(tp)]
         for m in range(self.mp):  # pipeline stage by stage, so the first stage's tied embedding wins
             state = self.main if m == 0 else _load(tag_dir / self.model_file.format(m))
