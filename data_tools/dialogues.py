@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+_QUOTE_PREFIX = re.compile(r"^\s*((?:>\s?)+)")  # '>', '>>', '> >', '> > >': the depth is the number of '>'
 _QUOTE_INTRO = re.compile(r"^(In article|On .{0,80}wrote:|.{0,80}\bwrites?:\s*$)", re.I)
 _URL = re.compile(r"(https?://|www\.)\S+|\b\S+\.(com|org|net|edu|gov)\b", re.I)
 _CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -81,7 +82,11 @@ def build_forest(messages: Iterable[Message]) -> Forest:
         f.messages[m.id] = m
     for m in list(f.messages.values()):
         if m.parent is not None and m.parent not in f.messages and m.quoted:
-            f.messages[m.parent] = Message(m.parent, None, m.quoted, "", f"{m.where} (quoted)")
+            # each reply gets the parent as it quoted it: replies to one missing post quote different
+            # parts of it, and each part is the context of that reply only
+            quoted = Message(f"{m.parent} (as quoted in {m.id})", None, m.quoted, "", f"{m.where} (quoted)")
+            f.messages[quoted.id] = quoted
+            m.parent = quoted.id
             f.counts["parent_from_quote"] += 1
     for mid, m in f.messages.items():
         if m.parent is None:
@@ -146,17 +151,30 @@ def mail_body(body: str) -> str:
     for line in body.splitlines():
         if line.strip() == "--" or line.startswith("-- "):
             break  # signature
-        if line.lstrip().startswith(">") or _QUOTE_INTRO.match(line.strip()):
+        if _QUOTE_PREFIX.match(line) or _QUOTE_INTRO.match(line.strip()):
             continue
         lines.append(line)
     return " ".join(" ".join(lines).split())
 
 
+def quote_depth(line: str) -> int:
+    """How many levels deep a line is quoted: ``>`` is 1, ``>>`` and ``> >`` are 2."""
+    m = _QUOTE_PREFIX.match(line)
+    return m.group(1).count(">") if m else 0
+
+
 def quoted_text(body: str) -> str:
-    """The first-level quote of a reply (``> `` lines, not ``>>``), as one line of text."""
-    lines = [ln.lstrip()[1:] for ln in body.splitlines()
-             if ln.lstrip().startswith(">") and not ln.lstrip().startswith(">>")]
-    return " ".join(" ".join(lines).split())
+    """The parent's own words as a reply quotes them, as one line of text: the quoted lines with one
+    level of quoting taken off (so ``> >`` and ``>>`` lines stay quotes of the grandparent), then
+    read as the parent's body, which drops its quotes, its quote introduction (``In article <...>,
+    X writes:``) and its signature."""
+    lines = []
+    for line in body.splitlines():
+        m = _QUOTE_PREFIX.match(line)
+        if m:
+            prefix = m.group(1)
+            lines.append(line[m.start(1) + prefix.index(">") + 1:])
+    return mail_body("\n".join(lines))
 
 
 def _plain(msg) -> str:

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -58,7 +59,8 @@ def parse_args(argv=None):
                     help="training text (build_source's deduped/ directories, .jsonl or .txt): report "
                          "clean and dirty items separately")
     ap.add_argument("--output", help="write the results as one JSON file")
-    ap.add_argument("--tensorboard-dir", help="add eval/<task>/<metric> scalars at the model's step")
+    ap.add_argument("--tensorboard-dir", help="add eval/<task>/<metric> scalars at the model's step to the run "
+                    "the model was trained in, <dir>/<train.run_name> (the training run's tensorboard_dir)")
     ap.add_argument("--dump-prompts", metavar="DIR", help="write each task's prompts and scores as JSONL")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -113,6 +115,7 @@ def main(argv=None) -> int:
         model, tok = loaded
         ev = Evaluator(model, tok, ps, batch_size=args.batch_size)
         meta = {"model": str(args.model), "step": loaded.meta.get("step")}
+        args.run_name = loaded.meta.get("run_name") or Path(args.model).stem  # its TensorBoard run
         contamination = None
         if args.decontam_report:
             from megagpt.eval.contamination import TrainingNgrams
@@ -166,7 +169,9 @@ def write_results(args, rows, ppl, kept, meta, shots, ps, seconds) -> None:
             name = os.path.basename(path).split(".")[0]
             scalars.update({f"eval/{name}/token_ppl": r["token_ppl"], f"eval/{name}/bits_per_byte": r["bits_per_byte"],
                             f"eval/{name}/word_ppl": r["word_ppl"]})
-        with SummaryWriter(args.tensorboard_dir) as tb:
+        run_dir = os.path.join(args.tensorboard_dir, args.run_name)  # the run the model was trained in
+        print(f"TensorBoard: eval scalars at step {meta['step'] or 0} in {run_dir}", flush=True)
+        with SummaryWriter(run_dir) as tb:
             for key, value in scalars.items():
                 tb.add_scalar(key, value, meta["step"] or 0)
 

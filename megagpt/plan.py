@@ -26,7 +26,7 @@ if __package__ in (None, ""):
     fix_path(__file__)
 
 from megagpt.config import PRESETS, ConfigError, load_run_config, model_config  # noqa: E402
-from megagpt.planner.model import (GPT3_BATCH_SEQUENCES, Cluster, Layout, Problem, accumulation,  # noqa: E402
+from megagpt.planner.model import (GPT3_BATCH_SEQUENCES, GPT3_BATCH_TOKENS, Cluster, Layout, Problem, accumulation,  # noqa: E402
                                    communication, evaluate, rank_params)
 from megagpt.planner.report import _examples, check_one, gpt3_table, header, refused_summary, report  # noqa: E402
 from megagpt.planner.search import TIE, candidates, families, explain, parse_layout, plan_all  # noqa: E402
@@ -73,9 +73,15 @@ def problem_from_args(args) -> tuple[Problem, dict | None, str | None]:
     if args.model not in PRESETS:
         raise ConfigError(f"--model '{args.model}' is unknown; known presets: {', '.join(PRESETS)}.")
     cfg = model_config(args.model)
-    if args.global_batch is None:
-        raise ConfigError("give --global-batch (sequences per optimizer step).")
-    return Problem(name=args.model, model=cfg, seq=args.seq or cfg.n_positions, global_batch=args.global_batch,
+    batch = args.global_batch
+    if batch is None:
+        if args.model not in GPT3_BATCH_SEQUENCES:
+            raise ConfigError(f"give --global-batch (sequences per optimizer step); only the GPT-3 presets carry "
+                              f"a batch of their own (Table 2.1), '{args.model}' does not.")
+        batch = GPT3_BATCH_SEQUENCES[args.model]
+        print(f"note: --global-batch not given: {batch} sequences, GPT-3 Table 2.1's batch for {args.model} "
+              f"({GPT3_BATCH_TOKENS[args.model] / 1e6:g}M tokens at context 2048)", file=sys.stderr, flush=True)
+    return Problem(name=args.model, model=cfg, seq=args.seq or cfg.n_positions, global_batch=batch,
                    precision=args.precision or "bf16"), own, None
 
 
@@ -94,7 +100,8 @@ def main(argv=None) -> int:
                     help="GiB per GPU (an '80 GB' A100 or H100 has 79-80 GiB)")
     ap.add_argument("--host-memory", type=float, default=1024.0, help="GiB of CPU memory per node (offload)")
     ap.add_argument("--seq", type=int, help="sequence length (default: the model's context)")
-    ap.add_argument("--global-batch", type=int, help="sequences per optimizer step")
+    ap.add_argument("--global-batch", type=int, help="sequences per optimizer step (default for a GPT-3 preset: "
+                    "its Table 2.1 batch)")
     ap.add_argument("--precision", choices=("bf16", "fp16", "fp32"), help="default bf16 (or the run file's)")
     ap.add_argument("--layout", help="check one layout: tp=2,pp=1,dp=8,zero=3[,micro=4,ckpt=1,offload=0,layout=3d]")
     ap.add_argument("--top", type=int, default=10, help="rows to print (0: all)")

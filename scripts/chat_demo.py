@@ -108,11 +108,11 @@ def train(chat: Path, name: str, prefix: Path, tokenizer: Path, steps: int, lr: 
     overrides = [f"data.prefixes=[{prefix}]", f"data.tokenizer={tokenizer}", f"model.vocab_size={vocab_of(tokenizer)}",
                  f"data.loss_mask={str(loss_mask).lower()}", f"train.train_iters={steps}",
                  f"deepspeed.optimizer.params.lr={lr}", f"train.checkpoint_dir={run_dir / 'checkpoints'}",
-                 f"train.tensorboard_dir={run_dir / 'tb'}", f"train.export_path={model}"]
+                 f"train.tensorboard_dir={chat / 'tb'}", f"train.run_name={name}", f"train.export_path={model}"]
     if init_from is not None:
         overrides.append(f"train.init_from={init_from}")
     run([*cmd, "megagpt/pretrain.py", "--config", "configs/dialogue_demo.yaml", *overrides], env=env)
-    losses = base.read_losses(run_dir / "tb")
+    losses = base.read_losses(chat / "tb" / name)
     if losses:
         log(f"{name}: loss step {losses[0][0]} {losses[0][1]:.3f} -> step {losses[-1][0]} {losses[-1][1]:.3f}")
     return model

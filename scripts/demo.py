@@ -192,7 +192,7 @@ def evaluate(demo: Path, out: Path, run_dir: Path) -> None:
          "--tasks", *[tasks / f"{t}.jsonl" for t in ("wordnet_defs", "movie_sentiment", "lee_cloze", "analogies")],
          "--shots", "0,1,max", "--perplexity", tasks / "corpora" / "lee_heldout.jsonl",
          "--decontam-report", *[out / s / "deduped" for s in SOURCES],
-         "--output", run_dir / "eval.json", "--tensorboard-dir", run_dir / "tb"])
+         "--output", run_dir / "eval.json", "--tensorboard-dir", demo / "tb"])
 
 
 # --- fine-tuning ----------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def finetune(demo: Path, run_dir: Path) -> None:
             run([PY, "megagpt/finetune.py", "--config", "configs/finetune_demo.yaml",
                  f"train.init_from={run_dir / 'model.safetensors'}", f"finetune.task_file={tasks / 'newsgroups.jsonl'}",
                  f"finetune.lm_coef={lm_coef}", f"finetune.best_dir={out / 'best'}",
-                 f"train.checkpoint_dir={out / 'checkpoints'}", f"train.tensorboard_dir={out / 'tb'}",
+                 f"train.checkpoint_dir={out / 'checkpoints'}", f"train.tensorboard_dir={demo / 'tb'}", f"train.run_name=finetune_lm{lm_coef}",
                  "finetune.epochs=6", "finetune.max_length=64", "deepspeed.optimizer.params.lr=0.0005",
                  "deepspeed.gradient_accumulation_steps=1", "train.eval_interval=17", "train.log_interval=17"])
         info = json.loads(best.read_text())
@@ -257,13 +257,14 @@ def main() -> int:
     run_dir = demo / "run"
     overrides = [f"data.mixture={spec}", f"model.vocab_size={vocab}", f"train.train_iters={args.steps}",
                  "deepspeed.optimizer.params.lr=0.002",  # a small model learns faster at a higher peak
-                 f"train.checkpoint_dir={run_dir / 'checkpoints'}", f"train.tensorboard_dir={run_dir / 'tb'}",
+                 f"train.checkpoint_dir={run_dir / 'checkpoints'}", f"train.tensorboard_dir={demo / 'tb'}",
+                 "train.run_name=pretrain",
                  f"train.export_path={run_dir / 'model.safetensors'}", f"data.tokenizer={out / 'tokenizer.model'}"]
     if not (run_dir / "model.safetensors").is_file():
         run([*ds_cmd, "megagpt/pretrain.py", "--config", run_yaml, *overrides], env=env)
     t_train = time.time()
 
-    losses = read_losses(run_dir / "tb")
+    losses = read_losses(demo / "tb" / "pretrain")
     if losses:
         log(f"loss: step {losses[0][0]} {losses[0][1]:.3f} -> step {losses[-1][0]} {losses[-1][1]:.3f}")
     prompts = ["In the beginning", "The government said", "Anarchism is"]
@@ -283,7 +284,7 @@ def main() -> int:
     finetune(demo, run_dir)
     log(f"done in {time.time() - t0:.0f}s (data {t_data - t0:.0f}s, training {t_train - t_data:.0f}s, "
         f"evaluation {t_ft - t_eval:.0f}s, fine-tuning {time.time() - t_ft:.0f}s); "
-        f"tensorboard --logdir {run_dir / 'tb'}")
+        f"tensorboard --logdir {demo / 'tb'}")
     return 0
 
 

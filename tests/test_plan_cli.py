@@ -237,3 +237,15 @@ def test_script_runs_from_a_checkout():
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "recommended:" in r.stdout
+
+
+def test_a_gpt3_preset_brings_its_table_batch(capsys):
+    """No --global-batch: a GPT-3 preset plans with its Table 2.1 batch and says so; other presets
+    still ask for one."""
+    assert plan.main(["--model", "gpt3-1.3b", "--nodes", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "note: --global-batch not given: 512 sequences, GPT-3 Table 2.1's batch for gpt3-1.3b (1M tokens" \
+        in captured.err
+    assert json.loads(captured.out)["problem"]["global_batch"] == 512
+    assert plan.main(["--model", "gpt2-345m", "--nodes", "1"]) == 2
+    assert "give --global-batch" in capsys.readouterr().err

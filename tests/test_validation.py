@@ -101,3 +101,66 @@ def test_build_source_config_file_errors_name_the_file(tmp_path):
     cfg.write_text("dedup: {threshold: 0.8\n")
     with pytest.raises(ValueError, match=rf"^{cfg}:\d+: not valid YAML"):
         make_config(args)
+
+
+# --- numbers in scientific notation (YAML 1.2), everywhere a user writes one -----------------------
+def test_scientific_notation_is_a_number_in_overrides_and_files(tmp_path):
+    run = load_run_config(RUN, ["data.prefixes=[x]", "train.lr_warmup_tokens=375e6", "train.min_lr_ratio=1e-1",
+                                "deepspeed.optimizer.params.lr=3e-3", "deepspeed.optimizer.params.eps=1e-8"])
+    assert run.train.lr_warmup_tokens == 375_000_000 and isinstance(run.train.lr_warmup_tokens, int)
+    assert run.train.min_lr_ratio == 0.1
+    assert run.deepspeed["optimizer"]["params"]["lr"] == 0.003 and run.deepspeed["optimizer"]["params"]["eps"] == 1e-8
+    setup_run(run, 1)
+    f = tmp_path / "run.yaml"
+    f.write_text(RUN.read_text().replace("lr_warmup_tokens: 256", "lr_warmup_tokens: 2.56e2")
+                 .replace("../../ds_configs/zero3.json", str(RUN.parents[2] / "ds_configs" / "zero3.json")))
+    assert load_run_config(f, ["data.prefixes=[x]"]).train.lr_warmup_tokens == 256
+    # a mixture spec and a data_tools config go through the same loader
+    (tmp_path / "a_text_document.idx").write_bytes(b"")
+    spec = tmp_path / "mix.yaml"
+    spec.write_text("total_tokens: 1e5\nseq_length: 32\nsources:\n  a: {prefixes: [a_text_document], weight: 6e-1}\n")
+    s = load_spec(spec)
+    assert s.total_tokens == 100_000 and s.sources[0].weight == 0.6
+    # a string that only looks like a number stays a string, and 1.5 stays a float
+    from megagpt.config import load_file
+
+    (tmp_path / "x.yaml").write_text("a: '3e-3'\nb: 1.5\nc: 1e-3\nd: 2.5e1\n")
+    assert load_file(tmp_path / "x.yaml") == {"a": "3e-3", "b": 1.5, "c": 0.001, "d": 25}
+
+
+# --- DeepSpeed values are checked before any process group ---------------------------------------
+@pytest.mark.parametrize("override, message", [
+    ("deepspeed.optimizer.params.lr=fast", r"^override deepspeed.optimizer.params.lr=fast: optimizer.params.lr must "
+                                           r"be a number, got 'fast'\.$"),
+    ("deepspeed.optimizer.params.lr=-1e-3", r"optimizer.params.lr must be greater than 0, got -0.001"),
+    ("deepspeed.optimizer.params.betas=[0.9, 1.5]", r"optimizer.params.betas must be two numbers in \[0, 1\)"),
+    ("deepspeed.gradient_clipping=-1", r"gradient_clipping must be at least 0, got -1"),
+    ("deepspeed.train_micro_batch_size_per_gpu=0", r"train_micro_batch_size_per_gpu must be at least 1"),
+    ("deepspeed.zero_optimisation={stage: 3}", r"'zero_optimisation' is not a DeepSpeed key \(DeepSpeed would ignore "
+                                               r"it\); did you mean 'zero_optimization'\?"),
+    ("deepspeed.zero_optimization.overlap_com=true", r"zero_optimization.overlap_com is not a DeepSpeed "
+                                                     r"zero_optimization key \(did you mean 'overlap_comm'\?\)"),
+    ("deepspeed.zero_optimization.reduce_bucket_size=lots", r"zero_optimization.reduce_bucket_size: input should be "
+                                                            r"a valid integer"),
+    ("deepspeed.bf16.enabled=maybe", r"bf16.enabled: input should be a valid boolean"),
+])
+def test_deepspeed_values_are_checked(override, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_run_config(RUN, ["data.prefixes=[x]", override])
+    assert "\n" not in str(e.value)
+
+
+def test_a_bad_deepspeed_value_in_the_file_names_the_file(tmp_path):
+    import json
+
+    ds = json.loads((RUN.parents[2] / "ds_configs" / "zero3.json").read_text())
+    ds["optimizer"]["params"]["weight_decay"] = "0.1"
+    (tmp_path / "ds.json").write_text(json.dumps(ds))
+    with pytest.raises(ConfigError, match=rf"^{tmp_path / 'ds.json'}: optimizer.params.weight_decay must be a number, "
+                                          r"got '0.1'\.$"):
+        load_run_config(RUN, ["data.prefixes=[x]", f"train.deepspeed_config={tmp_path / 'ds.json'}"])
+
+
+def test_every_shipped_deepspeed_config_passes():
+    for ds in sorted((RUN.parents[2] / "ds_configs").glob("*.json")):
+        load_run_config(RUN, ["data.prefixes=[x]", f"train.deepspeed_config={ds}"])

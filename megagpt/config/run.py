@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from megagpt.config.checks import ConfigError, _from_dict
+from megagpt.config.deepspeed import check_deepspeed
 from megagpt.config.sections import (DataConfig, FinetuneConfig, ModelConfig, ParallelConfig, TrainConfig,
                                      model_config_from_dict)
 
@@ -27,8 +28,10 @@ def load_file(path: str | Path) -> dict[str, Any]:
     else:
         import yaml
 
+        from megagpt.config import yaml12
+
         try:
-            data = yaml.safe_load(text)
+            data = yaml12.load(text)
         except yaml.YAMLError as e:  # first line: the file and line, then what the parser saw
             mark = getattr(e, "problem_mark", None)
             line = mark.line + 1 if mark is not None else "?"
@@ -68,13 +71,19 @@ def _set_dotted(tree: dict, dotted: str, value, where: str) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``train.train_iters=50`` -> ('train.train_iters', 50); values parse as YAML scalars."""
+    """``train.train_iters=50`` -> ('train.train_iters', 50); values parse as YAML scalars (with
+    YAML 1.2's numbers: ``3e-3`` is a float, ``375e6`` an int)."""
     import yaml
+
+    from megagpt.config import yaml12
 
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like section.key=value.")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return key.strip(), yaml12.load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(f"override '{text}': the value is not a YAML scalar.") from None
 
 
 def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
@@ -89,7 +98,7 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     for text in overrides:
         key, value = parse_override(text)
         if key.startswith("deepspeed."):
-            ds_overrides.append((key[len("deepspeed."):], value))
+            ds_overrides.append((key[len("deepspeed."):], value, text.strip()[len("deepspeed."):]))
         elif key.split(".")[0] in sections:
             _set_dotted(raw, key, value, "override")
         else:
@@ -107,8 +116,11 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     if not ds_path.is_absolute() and not ds_path.exists():
         ds_path = Path(path).parent / ds_path  # relative to the run file
     ds = load_file(ds_path)
-    for key, value in ds_overrides:
+    for key, value, _ in ds_overrides:
         _set_dotted(ds, key, value, f"override deepspeed.{key}")
+    check_deepspeed(ds, str(ds_path), {key: text for key, _, text in ds_overrides})
+    if train.run_name is None:  # TensorBoard shows the run under the run file's name
+        train = replace(train, run_name=Path(path).stem)
     model, parallel, data = sections_built
     return RunConfig(model=model, parallel=parallel, data=data, train=train, deepspeed=ds, finetune=finetune,
                      model_keys=tuple(raw.get("model") or {}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from megagpt.config.checks import ConfigError, _from_dict, _positive, _probability
@@ -190,7 +191,8 @@ class TrainConfig:
     save_interval: int = 0  # 0: only at the end
     keep_last: int = 3
     checkpoint_dir: str | None = "checkpoints/run"
-    tensorboard_dir: str | None = "runs/run"
+    tensorboard_dir: str | None = "runs"  # the parent of every run's folder: point TensorBoard here
+    run_name: str | None = None  # this run's folder under tensorboard_dir (default: the run file's name)
     resume: bool = True
     verify_checkpoint: str = "full"  # before resuming: 'full' (sizes and hashes), 'size', 'none'
     resume_fallback: bool = True  # a broken newest checkpoint: resume from the newest whole one
@@ -207,7 +209,16 @@ class TrainConfig:
     eval_task_shots: list = field(default_factory=lambda: [0])  # k values; "max": as many as fit
     eval_task_limit: int = 0  # test items per task (0: all of them)
 
+    @property
+    def tensorboard_run(self) -> str | None:
+        """Where this run's event files go: ``<tensorboard_dir>/<run_name>``."""
+        if not self.tensorboard_dir:
+            return None
+        return str(Path(self.tensorboard_dir) / (self.run_name or "run"))
+
     def validate(self) -> "TrainConfig":
+        if self.run_name is not None and (not self.run_name or "/" in self.run_name or self.run_name in (".", "..")):
+            raise ConfigError(f"train.run_name must be a folder name (no '/'), got {self.run_name!r}.")
         _positive("train", train_iters=self.train_iters, log_interval=self.log_interval,
                   eval_interval=self.eval_interval, eval_iters=self.eval_iters,
                   keep_last=self.keep_last)

@@ -141,7 +141,7 @@ class FinetuneTrainer:
             self.built = build_zero3(run, make, scheduler, init, gpt_of=lambda m: m.gpt)
         self.n_choices = max(len(e.seqs) for v in self.encoded.values() for e in v)
         self.engine, self.ps = self.built.engine, self.built.ps
-        self.metrics = MetricsWriter(tr.tensorboard_dir, dist.get_rank() == 0)
+        self.metrics = MetricsWriter(tr.tensorboard_run, dist.get_rank() == 0)
         for note in run.notes:
             self.metrics.console(note)
         self.step, self.best = 0, None

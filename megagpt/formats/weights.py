@@ -30,7 +30,7 @@ def sidecar(path: str | Path) -> Path:
 
 
 def save_export(full: dict[str, torch.Tensor], cfg: ModelConfig, path: str | Path, *,
-                tokenizer: str | None = None, step: int | None = None) -> Path:
+                tokenizer: str | None = None, step: int | None = None, run_name: str | None = None) -> Path:
     """Write ``path`` (.safetensors) and its JSON atomically: temporary names, then renames, the
     weights last, so a half-written export is never found under the final name."""
     from safetensors.torch import save_file
@@ -41,6 +41,8 @@ def save_export(full: dict[str, torch.Tensor], cfg: ModelConfig, path: str | Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "model": asdict(cfg), "step": step,
             "tokenizer": str(Path(tokenizer).resolve()) if tokenizer else None}
+    if run_name:  # the TensorBoard run it was trained in: evaluate.py adds its scalars there
+        meta["run_name"] = run_name
     tmp_json = path.with_name(path.stem + ".json.tmp")
     tmp_json.write_text(json.dumps(meta, indent=1) + "\n")
     tmp = path.with_name(path.name + ".tmp")

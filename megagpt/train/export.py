@@ -62,12 +62,13 @@ def replicated_fp32(params) -> list[torch.Tensor]:
     return [_full_fp32(p) for p in params]
 
 
-def export(built, cfg, path: str | Path, *, tokenizer: str | None = None, step: int | None = None) -> None:
+def export(built, cfg, path: str | Path, *, tokenizer: str | None = None, step: int | None = None,
+           run_name: str | None = None) -> None:
     """Write the consolidated weights as ``path`` (.safetensors) plus its JSON (rank 0)."""
     from megagpt.formats.weights import save_export
 
     full = consolidated_state_dict(built, cfg)
     if full is not None:
-        save_export(full, cfg, path, tokenizer=tokenizer, step=step)
+        save_export(full, cfg, path, tokenizer=tokenizer, step=step, run_name=run_name)
     dist.barrier()
 

@@ -40,7 +40,7 @@ class Trainer:
         self.built = build_engine(run, total_tokens=tr.train_iters * self.full_batch * self.seq)
         self.engine, self.ps = self.built.engine, self.built.ps
         self.is_logger = dist.get_rank() == 0
-        self.metrics = MetricsWriter(tr.tensorboard_dir, self.is_logger)
+        self.metrics = MetricsWriter(tr.tensorboard_run, self.is_logger)
         for note in run.notes:
             self.metrics.console(note)
         self.flops_per_token = model_flops_per_token(run.model, self.seq)
@@ -105,7 +105,8 @@ class Trainer:
         if saved_at != self.step:
             self.save()
         if tr.export_path and self.step == tr.train_iters:
-            export(self.built, self.run.model, tr.export_path, tokenizer=self.run.data.tokenizer, step=self.step)
+            export(self.built, self.run.model, tr.export_path, tokenizer=self.run.data.tokenizer, step=self.step,
+                   run_name=tr.run_name)
             self.metrics.console(f"exported fp32 weights to {tr.export_path}")
         self.metrics.close()
         return losses

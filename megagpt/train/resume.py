@@ -70,7 +70,7 @@ class CheckpointPolicy:
             return
         engine = self.built.engine
         meta = {"model": asdict(run.model), **layout_of(run, ps), "step": step,
-                "tokens": tokens, "tokenizer": run.data.tokenizer}
+                "tokens": tokens, "tokenizer": run.data.tokenizer, "run_name": tr.run_name}
         try:
             checkpoint.save(engine, tr.checkpoint_dir, step,
                             {"step": step, "consumed_samples": consumed, "tokens": tokens,

@@ -165,3 +165,31 @@ def test_heldout_threads_are_the_same_forward_and_reverse(tmp_path):
         assert len(IndexedDataset(tmp_path / f"{name}_text_document")) == 78
     fwd, bwd = ([o["turns"] for _, _, o in jsonl.objects(tmp_path / f"{n}_heldout.jsonl")] for n in ("fwd", "bwd"))
     assert fwd == bwd == held
+
+
+USENET = Path(__file__).parent / "usenet"  # four real posts from the 20 Newsgroups sample in gensim's wheel
+
+
+def test_parents_rebuilt_from_real_quotes():
+    """Each reply whose parent is missing gets the parent as it quoted it: a '> >' line is a
+    second-level quote (not the parent's text), the parent's own attribution line is dropped, and
+    two replies to one missing post each keep the part they quoted."""
+    forest = build_forest(read_mail(sorted(USENET.iterdir())))
+    assert forest.counts == Counter(parent_from_quote=4)
+    pairs = {s[1].text.split()[0]: s[0].text for s in sessions(forest)}
+    assert len(pairs) == 4 and all(len(s) == 2 for s in sessions(forest))
+    # post 129: "> >Adaptation Trainer (PAT)..." quotes the grandparent
+    assert pairs["When"] == "Now is that an aptly named person or what?"
+    # post 0: the quoted parent opened with its own "In article <16BA7F16C...> ... writes:"
+    assert pairs["Another"] == ("I didn't have time to read the rest of the posting, but I had to respond to this. "
+                                "I am absolutely NOT a \"Messianic Jew\".")
+    # posts 160 and 197 answer the same missing <1qn4bgINN4s7@mimi.UU.NET>, quoting different parts
+    assert pairs["It"] == "Background: The Orion spacedrive was a theoretical concept."
+    assert pairs["The"].startswith("Would this work? I can't see the EM radiation impelling very much momentum")
+    assert not any(">" in t or "In article" in t or "writes:" in t for t in pairs.values())
+
+
+def test_quote_depth():
+    from data_tools.dialogues import quote_depth
+
+    assert [quote_depth(x) for x in ("plain", "> one", ">>two", "> > two", " > >> three", ">")] == [0, 1, 2, 2, 3, 1]

@@ -31,7 +31,8 @@ def exported(tmp_path_factory, tokenizer_path):
     torch.manual_seed(0)
     cfg = model_config("tiny", vocab_size=400, n_positions=128, attention="dense",
                        embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
-    return save_export(full_state_dict(GPT(cfg)), cfg, tmp / "model.safetensors", tokenizer=str(tokenizer_path))
+    return save_export(full_state_dict(GPT(cfg)), cfg, tmp / "model.safetensors", tokenizer=str(tokenizer_path),
+                       run_name="tiny_run")
 
 
 @pytest.fixture(scope="session")

@@ -60,7 +60,9 @@ def test_launchers_agree_and_output(exported, task_files, tmp_path):
     assert len(dumped) == 6 and all(len(d["shots"]) == 1 and d["line"] not in d["shots"] for d in dumped)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(tmp_path / "tb"))
+    # into the run the model was trained in (its export names it), not beside the runs
+    assert not list((tmp_path / "tb").glob("events.*")) and list((tmp_path / "tb" / "tiny_run").glob("events.*"))
+    acc = EventAccumulator(str(tmp_path / "tb" / "tiny_run"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"eval/mc/acc", "eval/mc.1shot/acc_uncond", "eval/cloze/ppl", "eval/gen/f1", "eval/corpus/bits_per_byte"} <= tags

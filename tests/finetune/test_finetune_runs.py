@@ -47,7 +47,7 @@ def test_accuracy_rises_above_majority_and_predicts(ft_setup, tmp_path):
                         "finetune.epochs=6", "train.eval_interval=6", "finetune.lm_coef=0.5")
     majority = load_finetune_task(ft_setup["task"]).majority()
     assert best >= majority + 0.2, (best, majority)
-    acc = EventAccumulator(str(ft_setup["tmp"] / tag / "tb"))
+    acc = EventAccumulator(str(ft_setup["tmp"] / tag / "tb" / tag))  # run_name: the run file's name
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"finetune/loss", "finetune/loss_task", "finetune/loss_lm", "finetune/lr", "finetune/accuracy",

@@ -136,7 +136,7 @@ def _launch(cmd, out: Path, env, cwd: Path, timeout=300):
 def _scalars(out: Path) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(out / "tb"))
+    acc = EventAccumulator(str(out / "tb" / "run_tiny"))
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in ("train/loss", "valid/loss")}
 

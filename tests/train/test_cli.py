@@ -1,5 +1,6 @@
 """The real entry points: the deepspeed launcher with hostfiles/localhost, mpirun, plain python;
 refusals before launch; TensorBoard scalars; the consolidated export."""
+import json
 import os
 import shutil
 import subprocess
@@ -65,7 +66,11 @@ def test_plain_python_tensorboard_and_export(tmp_path, shard):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(tmp_path / "tb"))
+    # a named run under tensorboard_dir (train.run_name defaults to the run file's name), recorded
+    # with the export so evaluate.py can add its scalars to the same run
+    assert not list((tmp_path / "tb").glob("events.*"))
+    assert json.loads(export.with_suffix(".json").read_text())["run_name"] == "run_tiny"
+    acc = EventAccumulator(str(tmp_path / "tb" / "run_tiny"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     for tag in ["train/loss", "train/ppl", "train/lr", "train/grad_norm", "train/tokens_seen",

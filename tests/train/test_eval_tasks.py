@@ -34,7 +34,7 @@ def test_eval_tasks_during_pretraining(setup, tmp_path, layout, tp, pp):
         f"data.prefixes=[{shard}]", f"data.tokenizer={tok}", "model.vocab_size=320", "train.train_iters=4", "train.eval_interval=2",
         f"train.eval_tasks=[{task}]", "train.eval_task_shots=[0, 1]", f"train.export_path={export}"]
     run_distributed(train_worker, 2, ov, use_deepspeed=True)
-    acc = EventAccumulator(str(tmp_path / "run" / "tb"))
+    acc = EventAccumulator(str(tmp_path / "run" / "tb" / "run_tiny"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     for tag in ("eval/colours/acc", "eval/colours/acc_uncond", "eval/colours.1shot/acc_token"):

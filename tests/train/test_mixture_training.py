@@ -18,7 +18,7 @@ def test_per_source_scalars(tmp_path):
         f"data.mixture={spec}", "train.train_iters=6", "train.log_interval=3", "train.eval_interval=3"]
     losses = run_distributed(train_worker, 2, ov, use_deepspeed=True)[0]
     assert len(losses) == 6
-    acc = EventAccumulator(str(tmp_path / "run" / "tb"))
+    acc = EventAccumulator(str(tmp_path / "run" / "tb" / "run_tiny"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     for name in ["cc", "web", "wiki"]:

@@ -57,7 +57,7 @@ def test_batch_rampup(tmp_path, layout, pp):
     world = pp
     losses, optimizer_steps, consumed = run_distributed(_ramp_worker, world, ov, use_deepspeed=True)[0]
     assert optimizer_steps == 6  # one optimizer step per train step, whatever the accumulation
-    acc = EventAccumulator(str(tmp_path / "ramp" / "tb"))
+    acc = EventAccumulator(str(tmp_path / "ramp" / "tb" / "run_tiny"))
     acc.Reload()
     sizes = [int(e.value) for e in acc.Scalars("train/batch_size")]
     assert sizes[0] == 2 and sizes[-1] == 8 and sizes == sorted(sizes), sizes
