@@ -17,8 +17,8 @@ from megagpt.config import ConfigError, RunConfig, zero_stage
 from megagpt.finetuning.data import Encoder, FinetuneTask, collate, epoch_order, load_finetune_task
 from megagpt.finetuning.model import FinetuneGPT
 from megagpt.formats.manifest import latest_tag
-from megagpt.train import checkpoint
 from megagpt.parallel.launch import dp_mean
+from megagpt.train import checkpoint
 from megagpt.train.metrics import MetricsWriter
 
 

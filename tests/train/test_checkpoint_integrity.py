@@ -59,7 +59,7 @@ def test_broken_newest_checkpoint_falls_back_to_the_last_whole_one(tmp_path):
         rest = run_distributed(train_worker, 2, overrides(fault), use_deepspeed=True)[0]
         assert rest == full[4:], (fault, rest, full)
         assert latest_tag(run_ckpt) == "global_step8" and verify(run_ckpt / "global_step8") is None
-        events = b"".join(p.read_bytes() for p in (tmp_path / fault / "tb").glob("events*"))
+        events = b"".join(p.read_bytes() for p in (tmp_path / fault / "tb" / "run_tiny").glob("events*"))
         assert b"checkpoint/fallback" in events and victim.name.encode() in events
 
     # fallback off: one sentence, on every rank, naming the tag and the file
