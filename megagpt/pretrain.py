@@ -43,14 +43,14 @@ def main(argv=None) -> int:
     except ConfigError as e:  # before any process group: one sentence, non-zero exit
         print(f"error: {e}", file=sys.stderr)
         return 2
-    init_distributed()
+    init_distributed(run.train.collective_timeout_s)
     import torch.distributed as dist
 
     from megagpt.data.indexed import ShardError
     from megagpt.formats.manifest import CheckpointError
     from megagpt.train.checkpoint import SaveError
     from megagpt.eval.in_training import pretraining_hooks
-    from megagpt.train.loop import Trainer
+    from megagpt.train.loop import GuardError, Trainer
 
     try:
         trainer = Trainer(run, eval_hooks=pretraining_hooks(run))
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
             print(f"done: {len(losses)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}", flush=True)
         dist.barrier()  # no rank tears the group down while a peer is still in a collective
         return 0
-    except (ConfigError, ShardError, CheckpointError, SaveError) as e:
+    except (ConfigError, ShardError, CheckpointError, SaveError, GuardError) as e:
         # errors the user can fix (shards, mixture, checkpoint, a save on a full disk), seen by
         # every rank alike: rank 0 says it once, the others exit quietly
         if dist.get_rank() == 0:

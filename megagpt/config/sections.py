@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from megagpt.config.checks import ConfigError, _from_dict, _positive, _probability
+from megagpt.config.guard import FaultConfig, GuardConfig, section, skip_windows
 
 
 @dataclass
@@ -208,6 +209,18 @@ class TrainConfig:
     eval_tasks: list = field(default_factory=list)
     eval_task_shots: list = field(default_factory=lambda: [0])  # k values; "max": as many as fit
     eval_task_limit: int = 0  # test items per task (0: all of them)
+    # failure handling (README "When a run fails"): the loss-spike / non-finite guard, the hang
+    # watchdog, the collective timeout, sample ranges of the stream to leave out, injected faults
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    hang_timeout_s: float = 300.0  # a rank without progress this long ends the job, naming the stopped ranks
+    collective_timeout_s: float = 900.0  # the process groups' timeout (torch's default is 30 minutes)
+    skip_data: list = field(default_factory=list)  # [[start, end], ...] samples of the stream to leave out
+    fault: FaultConfig | None = None  # tests only (MEGAGPT_ALLOW_FAULTS=1)
+
+    def __post_init__(self):
+        self.guard = section(GuardConfig, self.guard, "train.guard")
+        self.fault = section(FaultConfig, self.fault, "train.fault")
+        self.skip_data = skip_windows(self.skip_data)
 
     @property
     def tensorboard_run(self) -> str | None:
@@ -241,6 +254,9 @@ class TrainConfig:
                                            for k in self.eval_task_shots):
             raise ConfigError(f"train.eval_task_shots must be a list of k values (integers >= 0 or 'max'), got "
                               f"{self.eval_task_shots!r}.")
+        for key in ("hang_timeout_s", "collective_timeout_s"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"train.{key} must be > 0 seconds, got {getattr(self, key)!r}.")
         if self.save_interval < 0 or self.rampup_start_batch < 0 or self.rampup_tokens < 0:
             raise ConfigError("train.save_interval, train.rampup_start_batch and train.rampup_tokens "
                               "must be >= 0.")

@@ -99,14 +99,15 @@ def tags(ckpt_dir: str | Path) -> list[str]:
     return [TAG.format(s) for s in steps]
 
 
-def choose_tag(ckpt_dir: str | Path, level: str = "full", fallback: bool = True) -> tuple[str | None, list[str]]:
-    """The tag to resume from (the newest at or before ``latest`` that verifies) and a line for
-    each newer one passed over. Raises ``CheckpointError`` when ``latest`` is broken and
-    ``fallback`` is off, or when no tag verifies."""
+def choose_tag(ckpt_dir: str | Path, level: str = "full", fallback: bool = True,
+               max_step: int | None = None) -> tuple[str | None, list[str]]:
+    """The tag to resume from (the newest at or before ``latest``, and at or before ``max_step``
+    when given, that verifies) and a line for each newer one passed over. Raises
+    ``CheckpointError`` when ``latest`` is broken and ``fallback`` is off, or when no tag verifies."""
     latest = latest_tag(ckpt_dir)
     if latest is None:
         return None, []
-    newest = step_of(latest)
+    newest = step_of(latest) if max_step is None else min(step_of(latest), max_step)
     skipped = []
     for tag in tags(ckpt_dir):
         if step_of(tag) > newest:
@@ -118,6 +119,8 @@ def choose_tag(ckpt_dir: str | Path, level: str = "full", fallback: bool = True)
             raise CheckpointError(f"checkpoint {tag} is broken: {why} Set train.resume_fallback=true to "
                                   f"resume from the newest whole checkpoint instead.")
         skipped.append(f"checkpoint {tag} is broken: {why}")
+    if not skipped:  # no tag at or before max_step
+        return None, []
     raise CheckpointError(f"{ckpt_dir}: no whole checkpoint to resume from ({'; '.join(skipped)}). Move the "
                           f"directory away to start fresh, or set train.verify_checkpoint=none to force.")
 

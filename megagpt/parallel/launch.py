@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 import deepspeed
@@ -30,9 +31,10 @@ def launch_world_size() -> int:
     return 1
 
 
-def init_distributed() -> None:
+def init_distributed(timeout_s: float | None = None) -> None:
     """Join the job: ``deepspeed``/torchrun set RANK etc.; ``mpirun`` is discovered through
-    mpi4py; plain ``python`` becomes a world of one."""
+    mpi4py; plain ``python`` becomes a world of one. ``timeout_s``: how long a collective waits
+    for a peer before it fails (torch's default is 30 minutes)."""
     if dist.is_initialized():
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -47,11 +49,26 @@ def init_distributed() -> None:
             and "PMI_RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, verbose=False)
+    extra = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        _join_torchrun_attempt(backend, extra.get("timeout", timedelta(minutes=30)))
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, verbose=False, **extra)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     else:
         unlink_shm_allreduce_segment()
+
+
+def _join_torchrun_attempt(backend: str, timeout: timedelta) -> None:
+    """Under torchrun the workers share the agent's rendezvous store, and its keys outlive a
+    restart: a restarted worker could read a dead peer's gloo address and fail to connect
+    ("connectFullMesh failed ... Connection refused"), using up the restarts. Each attempt gets
+    keys of its own (DeepSpeed then takes the group as it finds it)."""
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timeout)
+    prefix = f"megagpt/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}"
+    dist.init_process_group(backend, store=dist.PrefixStore(prefix, store), rank=int(os.environ["RANK"]),
+                            world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
 
 
 def shm_allreduce_segment() -> Path | None:

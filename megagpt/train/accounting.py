@@ -10,12 +10,22 @@ from megagpt.data.gpt_dataset import source_counts
 
 
 class SourceAccounting:
-    def __init__(self, train_ds, seq: int, consumed: int, *, pipeline: bool, dp: int, dp_group, device):
+    def __init__(self, train_ds, seq: int, consumed: int, *, pipeline: bool, dp: int, dp_group, device,
+                 skip=()):
         self.dataset, self.seq = train_ds, seq
         self.names = list(getattr(train_ds, "names", []))
         self.pipeline, self.dp, self.dp_group, self.device = pipeline, dp, dp_group, device
+        self.reset(consumed, skip)
+
+    def reset(self, consumed: int, skip=()) -> None:
+        """Start over at sample ``consumed``: the tokens of samples before it, less those of the
+        windows ``skip`` left out, and an empty loss window."""
         self._reset_window()
-        self.tokens = source_counts(train_ds, 0, consumed, len(self.names)) * seq
+        n = len(self.names)
+        self.tokens = source_counts(self.dataset, 0, consumed, n) * self.seq
+        for a, b in skip:
+            if a < consumed:
+                self.tokens -= source_counts(self.dataset, a, min(b, consumed), n) * self.seq
 
     def __bool__(self) -> bool:
         return bool(self.names)

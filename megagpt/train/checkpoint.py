@@ -118,17 +118,17 @@ def save(engine, ckpt_dir: str | Path, step: int, client_state: dict, ps, keep_l
 
 
 def load(engine, ckpt_dir: str | Path, ps, *, verify_level: str = "full", fallback: bool = True,
-         log=None, layout: dict | None = None, reshard=None) -> dict | None:
+         log=None, layout: dict | None = None, reshard=None, max_step: int | None = None) -> dict | None:
     """Restore the newest whole checkpoint; returns its client state (None if there is none).
 
     Rank 0 verifies (sizes, and hashes with ``verify_level='full'``) and every rank loads the tag
-    it chose. ``log(line)`` receives a line per broken checkpoint passed over. When ``layout``
+    it chose (the newest at or before step ``max_step``, when given). ``log(line)`` receives a line per broken checkpoint passed over. When ``layout``
     (this run's layout, tp, pp, dp, zero_stage) differs from the tag's, ``reshard(tag)`` loads it
     instead of DeepSpeed (which only resumes the layout it saved); without one that is an error."""
     choice = [None, [], None]
     if dist.get_rank() == 0:
         try:
-            choice[0], choice[1] = choose_tag(ckpt_dir, verify_level, fallback)
+            choice[0], choice[1] = choose_tag(ckpt_dir, verify_level, fallback, max_step)
         except CheckpointError as e:
             choice[2] = str(e)
     dist.broadcast_object_list(choice, src=0)

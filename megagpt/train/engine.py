@@ -6,6 +6,8 @@ as they are made), our ParallelState passed as ``mpu``. ``3d``: the same layers 
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import deepspeed
@@ -109,12 +111,20 @@ def build_3d(run: RunConfig, make_pipeline, scheduler, init_weights: bool, name_
 
 def keep_grad_norm(engine) -> None:
     """Without ZeRO and in fp32, DeepSpeed clips the gradients but drops the norm it measured,
-    so ``get_global_grad_norm()`` (``train/grad_norm``) would stay None: keep it."""
+    so ``get_global_grad_norm()`` (``train/grad_norm``) would stay None: keep it. A non-finite
+    norm skips the update."""
     from deepspeed.runtime.utils import clip_grad_norm_
 
     def clip():
-        engine._global_grad_norm = clip_grad_norm_(parameters=engine.module.parameters(),
-                                                   max_norm=engine.gradient_clipping(), mpu=engine.mpu)
+        norm = clip_grad_norm_(parameters=engine.module.parameters(), max_norm=engine.gradient_clipping(),
+                               mpu=engine.mpu)
+        engine._global_grad_norm = norm
+        if not math.isfinite(float(norm)):
+            # a NaN/inf gradient would turn every weight NaN: drop the gradients (the bare torch
+            # optimizer then changes nothing) and keep the LR schedule where it is, as DeepSpeed's
+            # own optimizers do on overflow
+            engine.zero_grad()
+            engine.lr_scheduler.pending_tokens = 0
 
     engine.clip_fp32_gradients = clip
 

@@ -1,8 +1,9 @@
 """The pretraining loop. ``Trainer`` builds the engine, resumes, opens the data stream, then
 steps, logs, evaluates and saves, top to bottom; each of those is a collaborator with a narrow
-interface: ``step.train_step`` (one optimizer step), ``accounting.SourceAccounting`` (per-source
-losses and tokens), ``validation.HeldOutLoss`` (held-out loss), ``resume.CheckpointPolicy`` (where
-the run starts, how it saves). Evaluation beyond the held-out loss comes in as ``eval_hooks``
+interface: ``step.train_step`` (one optimizer step), ``guard.StepGuard`` (bad steps skipped, rewinds),
+``accounting.SourceAccounting`` (per-source losses and tokens), ``validation.HeldOutLoss`` (held-out
+loss), ``resume.CheckpointPolicy`` (where the run starts, how it saves, where it rewinds to), and the
+hang ``Watchdog``. Evaluation beyond the held-out loss comes in as ``eval_hooks``
 from the layer above (``megagpt.eval.in_training`` for ``train.eval_tasks``): a hook is called as
 ``hook(built, step)`` at every ``eval_interval`` and returns scalars to log."""
 from __future__ import annotations
@@ -16,15 +17,22 @@ import torch.distributed as dist
 from megagpt.config import RunConfig
 from megagpt.data.gpt_dataset import micro_batches
 from megagpt.model.flops import model_flops_per_token
+from megagpt.parallel.watchdog import Watchdog
 from megagpt.train.accounting import SourceAccounting
 from megagpt.train.datasets import build_datasets
 from megagpt.train.engine import build_engine
 from megagpt.train.export import export
+from megagpt.train.faults import Fault
+from megagpt.train.guard import StepGuard, merge_windows, next_start, skipped_before
 from megagpt.train.memory import precision_of
 from megagpt.train.metrics import MetricsWriter, device_peak_flops, format_line, peak_memory_bytes
 from megagpt.train.resume import CheckpointPolicy
 from megagpt.train.step import batch_size_at, train_step
 from megagpt.train.validation import HeldOutLoss
+
+class GuardError(RuntimeError):
+    """The guard wanted to rewind and had nowhere to go."""
+
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -50,36 +58,54 @@ class Trainer:
         self.checkpoints = CheckpointPolicy(run, self.built, self.metrics)
         state = self.checkpoints.resume() or {"step": 0, "consumed_samples": 0, "tokens": 0}
         self.step, self.consumed, self.tokens = state["step"], state["consumed_samples"], state["tokens"]
+        self.skip = merge_windows(tr.skip_data + state.get("skip_data", []))
+        self.guard = StepGuard(tr.guard, check_grad_norm=self.dtype != torch.float16, state=state.get("guard"))
+        if tr.guard.enabled and hasattr(self.engine.optimizer, "check_grad_overflow"):
+            self.engine.optimizer.check_grad_overflow = True  # ZeRO 1/2 in fp32/bf16 check as in fp16
+        self.fault = Fault(tr.fault)
+        self.data = None
 
         self.train_ds, self.valid_ds, self.valid_by_source = build_datasets(
             run, train_samples=tr.train_iters * self.full_batch,
             valid_samples=tr.eval_iters * self.micro * self.dp)
         self.sources = SourceAccounting(self.train_ds, self.seq, self.consumed, pipeline=self.built.pipeline,
-                                        dp=self.dp, dp_group=self.ps.dp_group, device=self.engine.device)
+                                        dp=self.dp, dp_group=self.ps.dp_group, device=self.engine.device,
+                                        skip=self.skip)
         self.held_out = HeldOutLoss(self.built, micro=self.micro, dp=self.dp, eval_iters=tr.eval_iters)
 
-    def train_step(self, data) -> float:
+    def train_step(self):
+        """One step: its ``Verdict``. Only an applied step moves the step count, the tokens seen and
+        the LR schedule; every step moves the data position (a skipped batch is left out)."""
         bs = batch_size_at(self.run.train, self.tokens, full=self.full_batch, multiple=self.micro * self.dp)
-        loss = train_step(self.built, data, batch_size=bs, seq=self.seq,
-                          seed=self.run.train.seed * 1_000_003 + self.step, accounting=self.sources)
-        if self.sources:
-            self.sources.add_batch(self.consumed, bs)
+        start = next_start(self.consumed, bs, self.skip)
+        if self.data is None or start != self.consumed:
+            self.consumed = start
+            self.data = micro_batches(self.train_ds, self.consumed, self.micro, self.ps.dp_rank, self.dp,
+                                      with_source=not self.built.pipeline)
+        self.fault.before_step(self.step + 1)
+        verdict = train_step(self.built, self.data, batch_size=bs, seq=self.seq,
+                             seed=self.run.train.seed * 1_000_003 + self.step, accounting=self.sources,
+                             guard=self.guard if self.run.train.guard.enabled else None, fault=self.fault,
+                             step=self.step + 1)
         self.consumed += bs
-        self.tokens += bs * self.seq
-        self.step += 1
-        return loss
+        self.last_batch = (start, self.consumed)
+        if verdict.applied:
+            if self.sources:
+                self.sources.add_batch(start, bs)
+            self.tokens += bs * self.seq
+            self.step += 1
+        return verdict
 
     def evaluate(self) -> dict[str, float]:
         """valid/loss (and per source valid/loss/<source> for a mixture)."""
         return self.held_out(self.valid_ds, self.valid_by_source, self.train_ds)
 
     def save(self) -> None:
-        self.checkpoints.save(self.step, self.consumed, self.tokens)
+        self.checkpoints.save(self.step, self.consumed, self.tokens,
+                              {"guard": self.guard.state_dict(), "skip_data": self.skip})
 
     def train(self) -> list[float]:
         tr = self.run.train
-        data = micro_batches(self.train_ds, self.consumed, self.micro, self.ps.dp_rank, self.dp,
-                             with_source=not self.built.pipeline)
         stop = min(tr.train_iters, tr.exit_after_iters or tr.train_iters)
         losses = []
         self.metrics.console(
@@ -88,28 +114,80 @@ class Trainer:
             f"peak {self.peak / 1e12:.3f} TFLOP/s per device ({self.peak_source})")
         window_t, window_tokens = time.perf_counter(), 0
         saved_at = self.step
-        while self.step < stop:
-            t0 = time.perf_counter()
-            loss = self.train_step(data)
-            step_time = time.perf_counter() - t0
-            losses.append(loss)
-            window_tokens += self.engine.train_batch_size() * self.seq
-            if self.step % tr.log_interval == 0 or self.step == stop or self.step == 1:
-                self._log(loss, step_time, window_tokens / (time.perf_counter() - window_t))
-                window_t, window_tokens = time.perf_counter(), 0
-            if self.step % tr.eval_interval == 0 or self.step == tr.train_iters:
-                self._evaluate()
-            if tr.save_interval and self.step % tr.save_interval == 0:
+        watchdog = Watchdog(tr.hang_timeout_s).start()
+        try:
+            while self.step < stop:
+                t0 = time.perf_counter()
+                verdict = self.train_step()
+                step_time = time.perf_counter() - t0
+                watchdog.progress(self.step)
+                rewind = self.guard.record(verdict)
+                if verdict.bad:
+                    self._bad_step(verdict, rewind)
+                    saved_at = min(saved_at, self.step)
+                    continue
+                losses.append(verdict.loss)
+                window_tokens += self.engine.train_batch_size() * self.seq
+                if self.step % tr.log_interval == 0 or self.step == stop or self.step == 1:
+                    self._log(verdict.loss, step_time, window_tokens / (time.perf_counter() - window_t))
+                    window_t, window_tokens = time.perf_counter(), 0
+                if self.step % tr.eval_interval == 0 or self.step == tr.train_iters:
+                    self._evaluate()
+                    watchdog.progress(self.step)
+                if tr.save_interval and self.step % tr.save_interval == 0:
+                    self.save()
+                    saved_at = self.step
+                    watchdog.progress(self.step)
+            if saved_at != self.step:
                 self.save()
-                saved_at = self.step
-        if saved_at != self.step:
-            self.save()
+        finally:
+            watchdog.close()
         if tr.export_path and self.step == tr.train_iters:
             export(self.built, self.run.model, tr.export_path, tokenizer=self.run.data.tokenizer, step=self.step,
                    run_name=tr.run_name)
             self.metrics.console(f"exported fp32 weights to {tr.export_path}")
         self.metrics.close()
         return losses
+
+    def _bad_step(self, verdict, rewind: bool) -> None:
+        """A bad step: one console line and ``guard/skipped``; the K-th in a row rewinds."""
+        start, end = self.last_batch
+        if verdict.applied:
+            what = f"step {self.step:>6} | guard: {verdict.reason}; applied (the pipeline engine steps by itself)"
+        else:
+            what = f"step {self.step + 1:>6} | guard: {verdict.reason}; update skipped, samples {start}..{end} left out"
+        self.metrics.console(f"{what} ({self.guard.bad_in_row} bad in a row)")
+        self.metrics.scalars(self.step, {"guard/skipped": float(self.guard.skipped)})
+        if rewind:
+            self._rewind()
+
+    def _rewind(self) -> None:
+        """Reload the newest whole checkpoint at least ``rewind_min_steps`` older and leave the data
+        from there to here out (PaLM's remedy for loss spikes)."""
+        cfg = self.run.train.guard
+        bad_from = self.step
+        state = self.checkpoints.rewind(self.step - cfg.rewind_min_steps)
+        if state is None:
+            raise GuardError(f"the guard saw {cfg.rewind_after} bad steps in a row at step {self.step + 1} and "
+                             f"there is no whole checkpoint at or before step {self.step - cfg.rewind_min_steps} "
+                             f"in train.checkpoint_dir={self.run.train.checkpoint_dir} to rewind to; save more "
+                             f"often (train.save_interval) or lower train.guard.rewind_min_steps.")
+        window = [state["consumed_samples"], self.consumed]
+        self.skip = merge_windows(self.skip + state.get("skip_data", []) + [window])
+        self.checkpoints.record_rewind(state["step"], self.skip)
+        self.step, self.consumed, self.tokens = state["step"], state["consumed_samples"], state["tokens"]
+        history = (state.get("guard") or {}).get("history", [])
+        self.guard.history.clear()
+        self.guard.history.extend(history)
+        self.guard.rewound()
+        self.sources.reset(self.consumed, self.skip)
+        self.data = None
+        line = (f"guard: {cfg.rewind_after} bad steps in a row after step {bad_from}: rewound to step {self.step}, "
+                f"samples {window[0]}..{window[1]} left out (rewind {self.guard.rewinds})")
+        self.metrics.console(line)
+        self.metrics.scalars(self.step, {"guard/rewinds": float(self.guard.rewinds)})
+        if self.metrics.tb is not None:
+            self.metrics.tb.add_text("guard/rewind", line, self.step)
 
     def _log(self, loss: float, step_time: float, tok_s: float) -> None:
         tflops = tok_s * self.flops_per_token / dist.get_world_size() / 1e12

@@ -1,13 +1,19 @@
 """Checkpoint policy of a pretraining run: where a run starts (the newest whole checkpoint of
 ``train.checkpoint_dir``, falling back past broken ones; one saved in another layout through its
-universal form; or ``train.resume_from``) and how it saves (``train.save_failure``)."""
+universal form; or ``train.resume_from``), how it saves (``train.save_failure``), and where the
+guard rewinds to (the newest whole checkpoint at least N steps back; the data window it leaves out
+is written to ``<checkpoint_dir>/guard.json`` before ``latest`` moves back, so a resume after a
+kill leaves it out too)."""
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
+import torch.distributed as dist
+
 from megagpt.config import ConfigError, RunConfig
-from megagpt.formats.manifest import latest_tag, layout_of
+from megagpt.formats.manifest import TAG, latest_tag, layout_of, write_atomic
 from megagpt.formats.universal import is_universal
 from megagpt.model.naming import param_group_names
 from megagpt.train import checkpoint
@@ -35,7 +41,35 @@ class CheckpointPolicy:
         if state is not None:
             self.metrics.console(f"resumed from {source} at step {state['step']} "
                                  f"({state['consumed_samples']} samples, {state['tokens']} tokens)")
+            if tr.checkpoint_dir:
+                state["skip_data"] = state.get("skip_data", []) + self.recorded_windows()
         return state
+
+    def _guard_file(self) -> Path:
+        return Path(self.run.train.checkpoint_dir) / "guard.json"
+
+    def recorded_windows(self) -> list:
+        """The data windows earlier rewinds of this run left out (``guard.json``)."""
+        path = self._guard_file()
+        return json.loads(path.read_text())["skip_data"] if path.is_file() else []
+
+    def rewind(self, max_step: int) -> dict | None:
+        """Load the newest whole checkpoint at or before ``max_step``; its client state, or None
+        when there is none."""
+        tr = self.run.train
+        if not tr.checkpoint_dir:
+            return None
+        return checkpoint.load(self.built.engine, tr.checkpoint_dir, self.built.ps, verify_level=tr.verify_checkpoint,
+                               fallback=True, log=self._fallback_note, layout=layout_of(self.run, self.built.ps),
+                               reshard=self._reshard, max_step=max_step)
+
+    def record_rewind(self, step: int, windows: list) -> None:
+        """Make the rewind durable: the windows to leave out, then ``latest`` back to ``step``'s tag
+        (newer tags become saves a resume passes over; later saves replace them)."""
+        if dist.get_rank() == 0:
+            write_atomic(self._guard_file(), json.dumps({"skip_data": windows}) + "\n")
+            write_atomic(Path(self.run.train.checkpoint_dir) / "latest", TAG.format(step))
+        dist.barrier()
 
     def _reshard(self, tag: str) -> dict:
         """A checkpoint of ``checkpoint_dir`` saved in another layout: through its universal form."""
@@ -62,9 +96,10 @@ class CheckpointPolicy:
         if self.metrics.tb is not None:
             self.metrics.tb.add_text("checkpoint/fallback", line)
 
-    def save(self, step: int, consumed: int, tokens: int) -> None:
-        """Checkpoint ``step`` (with the data position) to ``train.checkpoint_dir``, if set. A failed
-        save stops the run, or with ``train.save_failure: warn`` is reported and training goes on."""
+    def save(self, step: int, consumed: int, tokens: int, extra: dict | None = None) -> None:
+        """Checkpoint ``step`` (with the data position, and ``extra`` client state: the guard's
+        history and the data windows left out) to ``train.checkpoint_dir``, if set. A failed save
+        stops the run, or with ``train.save_failure: warn`` is reported and training goes on."""
         run, tr, ps = self.run, self.run.train, self.built.ps
         if not tr.checkpoint_dir:
             return
@@ -74,7 +109,7 @@ class CheckpointPolicy:
         try:
             checkpoint.save(engine, tr.checkpoint_dir, step,
                             {"step": step, "consumed_samples": consumed, "tokens": tokens,
-                             "param_names": param_group_names(engine.module.named_parameters())},
+                             "param_names": param_group_names(engine.module.named_parameters()), **(extra or {})},
                             ps, tr.keep_last, meta=meta)
         except checkpoint.SaveError as e:
             if tr.save_failure != "warn":
