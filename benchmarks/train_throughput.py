@@ -3,6 +3,7 @@ model-state memory per rank with and without ZeRO-3. CPU by default; unchanged o
 
     python benchmarks/train_throughput.py [--steps 8 --n-layer 6 --n-embd 384 --seq 256 --batch 8]
     python benchmarks/train_throughput.py --memory-only --dp 2,4
+    python benchmarks/train_throughput.py --guard-only   # the step guard on vs off, dp=2
 
 Like for like: dropout 0 everywhere, AdamW (betas 0.9/0.95, weight decay 0.1 on matrices only),
 gradient clipping at 1.0, the same batches. Rows:
@@ -16,6 +17,10 @@ Each row runs in a fresh process, one after the other: building a ZeRO-3 engine 
 torch.nn.functional.linear for the rest of its process, and a row must not pay for another's
 engine or memory. The first step of each row warms up and is not timed. MFU is against the
 measured CPU matmul peak, or the GPU's table peak.
+
+Guard: the step guard's cost (train.guard: its one small all-reduce of the loss and one flag per
+rank before the last backward, in place of the loss average's all-reduce after the step), on two
+data-parallel ranks: one engine per config, blocks of steps with the guard on and off in turn.
 
 Memory: each rank's live tensors, split into parameters, gradients (at the end of backward, before
 DeepSpeed reduces them), optimizer states (Adam moments and ZeRO's fp32 master partitions) and the
@@ -86,14 +91,12 @@ def write_tokens(path: Path, args) -> str:
 
 class TrainerRow:
     def __init__(self, run):
-        from megagpt.data.gpt_dataset import micro_batches
         from megagpt.train.loop import Trainer
 
         self.trainer = Trainer(run)
-        self.data = micro_batches(self.trainer.train_ds, 0, self.trainer.micro, 0, 1, with_source=True)
 
     def step(self):
-        self.trainer.train_step(self.data)
+        self.trainer.train_step()
 
 
 class PlainRow:
@@ -192,6 +195,38 @@ def throughput(args, precision: str, prefix: str) -> dict:
     return out
 
 
+# --- guard ----------------------------------------------------------------------------------------
+def _guard_worker(rank, world_size, args, label, prefix, rounds, block):
+    """Step times with the guard off and on, alternating blocks on one engine."""
+    from megagpt.train.loop import Trainer
+
+    ds_file, zero = CONFIGS[label]
+    run = run_config(args, ds_file, zero, "fp32", world_size, prefix)
+    run.train.train_iters = 10 ** 6
+    trainer = Trainer(run)
+    trainer.train_step()  # warm-up
+    times = {False: [], True: []}
+    for _ in range(rounds):
+        for on in (False, True):
+            run.train.guard.enabled = on
+            for _ in range(block):
+                t0 = time.perf_counter()
+                trainer.train_step()
+                times[on].append(time.perf_counter() - t0)
+    return times
+
+
+def guard_overhead(args, prefix, rounds: int = 4, block: int = 3) -> None:
+    from dist_harness import run_distributed
+
+    print(f"\nstep guard, dp=2 (fp32, {rounds} rounds of {block} steps off then on, one engine; median step):")
+    print(f"{'config':<16} {'guard off s':>11} {'guard on s':>10} {'overhead':>9}")
+    for label in ("ZeRO stage 0", "ZeRO-3"):
+        t = run_distributed(_guard_worker, 2, args, label, prefix, rounds, block, use_deepspeed=True)[0]
+        off, on = median(t[False]), median(t[True])
+        print(f"{label:<16} {off:11.4f} {on:10.4f} {on / off - 1:+8.1%}")
+
+
 # --- memory ---------------------------------------------------------------------------------------
 def _memory_worker(rank, world_size, args, label, precision, prefix):
     """One rank's bytes by category (megagpt.train.memory.measure) over two training steps."""
@@ -225,6 +260,8 @@ def main():
     ap.add_argument("--dp", default="2,4", help="data-parallel sizes for the memory table")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--memory-only", action="store_true")
+    ap.add_argument("--guard-only", action="store_true", help="only the step guard's overhead (dp=2)")
+    ap.add_argument("--skip-guard", action="store_true")
     ap.add_argument("--row", help=argparse.SUPPRESS)  # a child process: time this one row
     ap.add_argument("--row-precision", help=argparse.SUPPRESS)
     ap.add_argument("--row-prefix", help=argparse.SUPPRESS)
@@ -256,6 +293,9 @@ def main():
     flops = model_flops_per_token(cfg, args.seq) * tokens
     print(f"shape: {args.n_layer} layers, n_embd {args.n_embd}, ctx {args.seq}, vocab {args.vocab}, batch {args.batch}, "
           f"threads {args.threads}, device {_device()}, {args.steps} timed steps per row (median), dropout 0")
+    if args.guard_only:
+        guard_overhead(args, prefix)
+        return
     for precision in ([] if args.memory_only else args.precisions.split(",")):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         peak, source = device_peak_flops(dtype)
@@ -269,6 +309,8 @@ def main():
             t = median(ts)
             print(f"{name:<44} {t:7.3f} {base / t:7.2f}x {tokens / t:9.0f} {flops / t / 1e12:8.4f} "
                   f"{flops / t / peak:6.1%}")
+    if not (args.memory_only or args.skip_guard):
+        guard_overhead(args, prefix)
     if args.skip_memory:
         return
     from dist_harness import run_distributed
