@@ -1,5 +1,5 @@
-"""The hang watchdog. Every rank runs a thread that publishes a heartbeat (a beat counter, the last
-completed step, host and pid) to the job's rendezvous store (the TCPStore at MASTER_ADDR:MASTER_PORT
+"""The hang watchdog. Every rank runs a thread that publishes a heartbeat (a beat counter) and the
+training thread its last completed step to the job's rendezvous store (the TCPStore at MASTER_ADDR:MASTER_PORT
 that torch.distributed already uses: rank 0's under ``deepspeed``/``mpirun``, the agent's under
 torchrun). When the training thread has made no progress for ``timeout_s``, the watchdog reads
 every heartbeat twice: ranks whose beat did not move are stopped (a SIGSTOP, a dead node, a
@@ -7,7 +7,10 @@ swapped-out process), ranks whose beat moved are alive and waiting. It prints on
 and the last step each completed, SIGKILLs stopped ranks on its own host (a stopped process
 cannot act on the launcher's SIGTERM), and exits with status 3, which makes the launcher end the
 job (or torchrun restart it). The process-group timeout (``collective_timeout_s``) stays as the
-backstop: a collective never waits torch's default 30 minutes."""
+backstop: a collective never waits torch's default 30 minutes.
+
+Why not ``dist.monitored_barrier``: it is a collective the training thread would have to enter, and
+the training thread is the one stuck in another collective; the store is reachable from a thread."""
 from __future__ import annotations
 
 import os
@@ -24,10 +27,10 @@ HANG_EXIT = 3
 
 
 class Watchdog:
-    def __init__(self, timeout_s: float, *, name: str = "train.hang_timeout_s"):
+    def __init__(self, timeout_s: float, *, name: str = "train.hang_timeout_s", interval: float | None = None):
         self.timeout_s, self.name = timeout_s, name
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.interval = max(0.2, min(5.0, timeout_s / 10))
+        self.interval = interval or max(0.2, min(5.0, timeout_s / 10))  # seconds between heartbeats
         self.step, self.last = 0, time.monotonic()
         restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         self.ns = f"megagpt/watchdog/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{restart}"

@@ -165,7 +165,7 @@ class Trainer:
         """Reload the newest whole checkpoint at least ``rewind_min_steps`` older and leave the data
         from there to here out (PaLM's remedy for loss spikes)."""
         cfg = self.run.train.guard
-        bad_from = self.step
+        bad_from, t0 = self.step, time.perf_counter()
         state = self.checkpoints.rewind(self.step - cfg.rewind_min_steps)
         if state is None:
             raise GuardError(f"the guard saw {cfg.rewind_after} bad steps in a row at step {self.step + 1} and "
@@ -183,7 +183,7 @@ class Trainer:
         self.sources.reset(self.consumed, self.skip)
         self.data = None
         line = (f"guard: {cfg.rewind_after} bad steps in a row after step {bad_from}: rewound to step {self.step}, "
-                f"samples {window[0]}..{window[1]} left out (rewind {self.guard.rewinds})")
+                f"samples {window[0]}..{window[1]} left out (rewind {self.guard.rewinds}, {time.perf_counter() - t0:.1f}s)")
         self.metrics.console(line)
         self.metrics.scalars(self.step, {"guard/rewinds": float(self.guard.rewinds)})
         if self.metrics.tb is not None:

@@ -1,0 +1,40 @@
+"""The watchdog's diagnosis on real ranks and the job's real store: a rank whose heartbeat stopped
+is named as stopped with its last completed step; when every rank is alive and none progresses it
+says so. (The whole path, SIGSTOP to the launcher's exit, is tests/launch/test_failures.py.)"""
+import time
+
+import torch.distributed as dist
+
+from dist_harness import run_distributed
+
+
+def _diagnose(rank, world_size, stop_rank):
+    from megagpt.parallel.watchdog import Watchdog
+
+    w = Watchdog(1000, interval=0.2).start()
+    w.progress(3 + rank)  # the last completed step: 3 on rank 0, 4 on rank 1
+    time.sleep(0.5)
+    dist.barrier()
+    if rank == stop_rank:
+        w.close()  # its heartbeat stops, as SIGSTOP stops every thread of a process
+    dist.barrier()
+    line, victims = (None, None) if rank == stop_rank else w.diagnose()
+    dist.barrier()
+    w.close()
+    return line, victims, w.peers
+
+
+def test_a_stopped_heartbeat_is_named_with_its_last_step():
+    (_, _, peers), (line, victims, _) = run_distributed(_diagnose, 2, 0)
+    assert line.startswith("hang: rank 1 made no progress for ")
+    assert "(train.hang_timeout_s=1000) after step 4; stopped: rank 0 (last completed: rank 0 step 3); " \
+           "alive and waiting: rank 1 step 4." in line
+    assert victims == [(0, *peers[0])]  # host and pid, for the SIGKILL on the same host
+
+
+def test_all_alive_and_none_progressing_is_called_a_deadlock():
+    results = run_distributed(_diagnose, 2, -1)
+    for rank, (line, victims, _) in enumerate(results):
+        assert "every rank is alive but none progresses (a deadlock?); last completed: " \
+               "rank 0 step 3, rank 1 step 4." in line, line
+        assert victims == []
