@@ -206,8 +206,8 @@ def _guard_worker(rank, world_size, args, label, prefix, rounds, block):
     trainer = Trainer(run)
     trainer.train_step()  # warm-up
     times = {False: [], True: []}
-    for _ in range(rounds):
-        for on in (False, True):
+    for r in range(rounds):
+        for on in ((False, True) if r % 2 == 0 else (True, False)):  # neither always goes first
             run.train.guard.enabled = on
             for _ in range(block):
                 t0 = time.perf_counter()
@@ -216,10 +216,11 @@ def _guard_worker(rank, world_size, args, label, prefix, rounds, block):
     return times
 
 
-def guard_overhead(args, prefix, rounds: int = 4, block: int = 3) -> None:
+def guard_overhead(args, prefix, rounds: int = 6, block: int = 2) -> None:
     from dist_harness import run_distributed
 
-    print(f"\nstep guard, dp=2 (fp32, {rounds} rounds of {block} steps off then on, one engine; median step):")
+    print(f"\nstep guard, dp=2 (fp32, one engine, {rounds} rounds of {block} steps with it off and on, the order "
+          f"alternating; median step):")
     print(f"{'config':<16} {'guard off s':>11} {'guard on s':>10} {'overhead':>9}")
     for label in ("ZeRO stage 0", "ZeRO-3"):
         t = run_distributed(_guard_worker, 2, args, label, prefix, rounds, block, use_deepspeed=True)[0]
