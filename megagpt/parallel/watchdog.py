@@ -13,6 +13,7 @@ Why not ``dist.monitored_barrier``: it is a collective the training thread would
 the training thread is the one stuck in another collective; the store is reachable from a thread."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -31,7 +32,7 @@ class Watchdog:
         self.timeout_s, self.name = timeout_s, name
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.interval = interval or max(0.2, min(5.0, timeout_s / 10))  # seconds between heartbeats
-        self.step, self.last = 0, time.monotonic()
+        self.step, self.last, self._paused = 0, time.monotonic(), 0
         restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         self.ns = f"megagpt/watchdog/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{restart}"
         self.host, self.pid = socket.gethostname(), os.getpid()
@@ -65,6 +66,17 @@ class Watchdog:
                 pass
         self.step, self.last = step, time.monotonic()
 
+    @contextlib.contextmanager
+    def paused(self):
+        """A phase the watchdog does not time (an evaluation, a save, a rewind); progress counts
+        again from its end."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+            self.progress(self.step)
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2 * self.interval + 5)
@@ -83,7 +95,7 @@ class Watchdog:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self._publish()
-            if time.monotonic() - self.last > self.timeout_s and not self._stop.is_set():
+            if time.monotonic() - self.last > self.timeout_s and not self._paused and not self._stop.is_set():
                 self._fire()
 
     def _beats(self) -> dict[int, tuple | None] | None:

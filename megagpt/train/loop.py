@@ -123,21 +123,25 @@ class Trainer:
                 watchdog.progress(self.step)
                 rewind = self.guard.record(verdict)
                 if verdict.bad:
-                    self._bad_step(verdict, rewind)
+                    with watchdog.paused():  # a rewind loads a checkpoint
+                        self._bad_step(verdict, rewind)
                     saved_at = min(saved_at, self.step)
-                    continue
+                    if rewind or not verdict.applied:
+                        continue
                 losses.append(verdict.loss)
                 window_tokens += self.engine.train_batch_size() * self.seq
                 if self.step % tr.log_interval == 0 or self.step == stop or self.step == 1:
                     self._log(verdict.loss, step_time, window_tokens / (time.perf_counter() - window_t))
                     window_t, window_tokens = time.perf_counter(), 0
+                # evaluations and saves may rightly take longer than a step: the collective
+                # timeout covers them
                 if self.step % tr.eval_interval == 0 or self.step == tr.train_iters:
-                    self._evaluate()
-                    watchdog.progress(self.step)
+                    with watchdog.paused():
+                        self._evaluate()
                 if tr.save_interval and self.step % tr.save_interval == 0:
-                    self.save()
+                    with watchdog.paused():
+                        self.save()
                     saved_at = self.step
-                    watchdog.progress(self.step)
             if saved_at != self.step:
                 self.save()
         finally:

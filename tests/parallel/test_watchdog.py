@@ -38,3 +38,19 @@ def test_all_alive_and_none_progressing_is_called_a_deadlock():
         assert "every rank is alive but none progresses (a deadlock?); last completed: " \
                "rank 0 step 3, rank 1 step 4." in line, line
         assert victims == []
+
+
+def _pause(rank, world_size):
+    from megagpt.parallel.watchdog import Watchdog
+
+    w = Watchdog(0.5, interval=0.1).start()
+    with w.paused():  # a save three times longer than the timeout: not a hang
+        time.sleep(1.5)
+    w.progress(1)
+    w.close()
+    return True
+
+
+def test_a_paused_phase_is_not_a_hang():
+    # a firing watchdog would end the rank with status 3 and fail the harness
+    assert run_distributed(_pause, 1) == [True]
