@@ -28,10 +28,11 @@ class GuardConfig:
     min_ratio: float = 1.3
     rewind_after: int = 3  # K consecutive bad steps
     rewind_min_steps: int = 10  # N: rewind to a checkpoint at least this many steps older
+    max_rewinds: int = 10  # then the run stops: the loss has moved, not spiked
 
     def validate(self) -> "GuardConfig":
         w = "train.guard"
-        _positive(w, window=self.window, rewind_after=self.rewind_after)
+        _positive(w, window=self.window, rewind_after=self.rewind_after, max_rewinds=self.max_rewinds)
         if not isinstance(self.min_history, int) or not 2 <= self.min_history <= self.window:
             raise ConfigError(f"{w}.min_history must be an integer in [2, window={self.window}], "
                               f"got {self.min_history!r}.")

@@ -213,7 +213,7 @@ class TrainConfig:
     # watchdog, the collective timeout, sample ranges of the stream to leave out, injected faults
     guard: GuardConfig = field(default_factory=GuardConfig)
     hang_timeout_s: float = 300.0  # a rank without progress this long ends the job, naming the stopped ranks
-    collective_timeout_s: float = 900.0  # the process groups' timeout (torch's default is 30 minutes)
+    collective_timeout_s: float = 1800.0  # the process groups' timeout; rank-0-only phases (hashing a checkpoint) fit
     skip_data: list = field(default_factory=list)  # [[start, end], ...] samples of the stream to leave out
     fault: FaultConfig | None = None  # tests only (MEGAGPT_ALLOW_FAULTS=1)
 

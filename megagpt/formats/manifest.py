@@ -119,7 +119,7 @@ def choose_tag(ckpt_dir: str | Path, level: str = "full", fallback: bool = True,
             raise CheckpointError(f"checkpoint {tag} is broken: {why} Set train.resume_fallback=true to "
                                   f"resume from the newest whole checkpoint instead.")
         skipped.append(f"checkpoint {tag} is broken: {why}")
-    if not skipped:  # no tag at or before max_step
+    if max_step is not None and not skipped:  # a rewind: no tag at or before max_step
         return None, []
     raise CheckpointError(f"{ckpt_dir}: no whole checkpoint to resume from ({'; '.join(skipped)}). Move the "
                           f"directory away to start fresh, or set train.verify_checkpoint=none to force.")

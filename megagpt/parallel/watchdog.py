@@ -39,21 +39,27 @@ class Watchdog:
         self.store = self.steps = None
         if self.world > 1 and "MASTER_ADDR" in os.environ:
             # clients of their own (the process group's may be blocked inside a collective): one
-            # for the watchdog thread, one for the training thread's step numbers (a set is ~1 us)
+            # that reads (the watchdog thread), one that writes (the heartbeat thread and the
+            # training thread's step numbers; a set is ~1 us)
             self.store, self.steps = (
                 dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                               timeout=timedelta(seconds=max(2.0, 2 * self.interval)), wait_for_workers=False)
                 for _ in range(2))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="megagpt-watchdog", daemon=True)
+        # heartbeats from a thread of their own: a rank busy diagnosing still beats, so a peer
+        # diagnosing at the same time does not take it for stopped
+        self._beater = threading.Thread(target=self._beat_loop, name="megagpt-heartbeat", daemon=True)
 
-    def start(self) -> "Watchdog":
-        """Every rank calls this at the same point (a collective: who runs where)."""
+    def start(self, step: int = 0) -> "Watchdog":
+        """Every rank calls this at the same point (a collective: who runs where), at ``step``."""
         self.peers = [None] * self.world
         dist.all_gather_object(self.peers, (self.host, self.pid))
-        self.progress(self.step)
+        self.step = None
+        self.progress(step)
         self._beat = 0
         self._publish()  # a rank that stops before its thread's first beat is still known
+        self._beater.start()
         self._thread.start()
         return self
 
@@ -79,22 +85,27 @@ class Watchdog:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=2 * self.interval + 5)
+        for t in (self._thread, self._beater):
+            if t.is_alive():
+                t.join(timeout=2 * self.interval + 5)
 
     def _key(self, rank: int) -> str:
         return f"{self.ns}/beat/{rank}"
 
     def _publish(self) -> None:
         self._beat += 1
-        if self.store is not None:
+        if self.steps is not None:
             try:
-                self.store.set(self._key(self.rank), f"{self._beat} {self.step}")
+                self.steps.set(self._key(self.rank), f"{self._beat} {self.step}")
             except Exception:  # rank 0's store stopped with rank 0: diagnosed below
                 pass
 
-    def _run(self) -> None:
+    def _beat_loop(self) -> None:
         while not self._stop.wait(self.interval):
             self._publish()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
             if time.monotonic() - self.last > self.timeout_s and not self._paused and not self._stop.is_set():
                 self._fire()
 

@@ -6,7 +6,7 @@ gradients through DeepSpeed's own overflow path), and after ``rewind_after`` bad
 the Trainer rewinds (``resume.CheckpointPolicy.rewind``) and leaves the data in between out.
 
 Data windows: ranges of the sample stream ``[start, end)`` that are never trained on (the user's
-``train.skip_data`` and every rewind's window, recorded in checkpoints)."""
+``train.skip_data``, every skipped batch and every rewind's window, recorded in checkpoints)."""
 from __future__ import annotations
 
 import math
@@ -113,18 +113,17 @@ def merge_windows(windows) -> list[list[int]]:
     return out
 
 
-def next_start(consumed: int, batch: int, windows) -> int:
+def next_start(consumed: int, batch: int, windows, length: int | None = None) -> int:
     """Where the next batch of ``batch`` samples starts: ``consumed``, or past every window the
-    batch ``[consumed, consumed + batch)`` would overlap."""
+    batch ``[consumed, consumed + batch)`` would overlap. The stream repeats the dataset's
+    ``length`` samples (a run whose left-out batches took it past the end reads on from the
+    start): windows apply on every pass."""
     moved = True
     while moved:
         moved = False
-        for a, b in windows:
-            if consumed < b and consumed + batch > a:
-                consumed, moved = b, True
+        base = consumed // length * length if length else 0
+        for shift in ((base, base + length) if length else (0,)):
+            for a, b in windows:
+                if consumed < b + shift and consumed + batch > a + shift:
+                    consumed, moved = b + shift, True
     return consumed
-
-
-def skipped_before(consumed: int, windows) -> int:
-    """Samples of ``[0, consumed)`` inside the windows (left out, never trained on)."""
-    return sum(max(0, min(b, consumed) - a) for a, b in windows if a < consumed)

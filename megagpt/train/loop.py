@@ -23,7 +23,7 @@ from megagpt.train.datasets import build_datasets
 from megagpt.train.engine import build_engine
 from megagpt.train.export import export
 from megagpt.train.faults import Fault
-from megagpt.train.guard import StepGuard, merge_windows, next_start, skipped_before
+from megagpt.train.guard import StepGuard, merge_windows, next_start
 from megagpt.train.memory import precision_of
 from megagpt.train.metrics import MetricsWriter, device_peak_flops, format_line, peak_memory_bytes
 from megagpt.train.resume import CheckpointPolicy
@@ -60,10 +60,14 @@ class Trainer:
         self.step, self.consumed, self.tokens = state["step"], state["consumed_samples"], state["tokens"]
         self.skip = merge_windows(tr.skip_data + state.get("skip_data", []))
         self.guard = StepGuard(tr.guard, check_grad_norm=self.dtype != torch.float16, state=state.get("guard"))
-        if tr.guard.enabled and hasattr(self.engine.optimizer, "check_grad_overflow"):
-            self.engine.optimizer.check_grad_overflow = True  # ZeRO 1/2 in fp32/bf16 check as in fp16
+        opt = self.engine.optimizer
+        if tr.guard.enabled and hasattr(opt, "check_grad_overflow") and (
+                self.dtype == torch.bfloat16 or not getattr(opt, "compute_grad_norm", True)):
+            # ZeRO 1/2 skips a non-finite gradient norm by itself, except in bf16 (or without a
+            # norm), where its overflow check (one more flag all-reduce) has to be on
+            opt.check_grad_overflow = True
         self.fault = Fault(tr.fault)
-        self.data = None
+        self.data, self.wrapped = None, False
 
         self.train_ds, self.valid_ds, self.valid_by_source = build_datasets(
             run, train_samples=tr.train_iters * self.full_batch,
@@ -77,7 +81,14 @@ class Trainer:
         """One step: its ``Verdict``. Only an applied step moves the step count, the tokens seen and
         the LR schedule; every step moves the data position (a skipped batch is left out)."""
         bs = batch_size_at(self.run.train, self.tokens, full=self.full_batch, multiple=self.micro * self.dp)
-        start = next_start(self.consumed, bs, self.skip)
+        start = next_start(self.consumed, bs, self.skip, len(self.train_ds))
+        if start != self.consumed:  # recorded: a resume leaves the same samples out
+            self.skip = merge_windows(self.skip + [[self.consumed, start]])
+        if start + bs > len(self.train_ds) and not self.wrapped:
+            self.wrapped = True
+            self.metrics.console(f"warning: the training stream reaches its end ({len(self.train_ds)} samples) "
+                                 f"because samples were left out; it reads on from its start, leaving the same "
+                                 f"windows out")
         if self.data is None or start != self.consumed:
             self.consumed = start
             self.data = micro_batches(self.train_ds, self.consumed, self.micro, self.ps.dp_rank, self.dp,
@@ -89,6 +100,8 @@ class Trainer:
                              step=self.step + 1)
         self.consumed += bs
         self.last_batch = (start, self.consumed)
+        if not verdict.applied:
+            self.skip = merge_windows(self.skip + [[start, self.consumed]])
         if verdict.applied:
             if self.sources:
                 self.sources.add_batch(start, bs)
@@ -114,7 +127,7 @@ class Trainer:
             f"peak {self.peak / 1e12:.3f} TFLOP/s per device ({self.peak_source})")
         window_t, window_tokens = time.perf_counter(), 0
         saved_at = self.step
-        watchdog = Watchdog(tr.hang_timeout_s).start()
+        watchdog = Watchdog(tr.hang_timeout_s).start(self.step)
         try:
             while self.step < stop:
                 t0 = time.perf_counter()
@@ -143,7 +156,8 @@ class Trainer:
                         self.save()
                     saved_at = self.step
             if saved_at != self.step:
-                self.save()
+                with watchdog.paused():
+                    self.save()
         finally:
             watchdog.close()
         if tr.export_path and self.step == tr.train_iters:
@@ -170,6 +184,10 @@ class Trainer:
         from there to here out (PaLM's remedy for loss spikes)."""
         cfg = self.run.train.guard
         bad_from, t0 = self.step, time.perf_counter()
+        if self.guard.rewinds >= cfg.max_rewinds:
+            raise GuardError(f"the guard saw {cfg.rewind_after} bad steps in a row at step {self.step + 1} after "
+                             f"{self.guard.rewinds} rewinds (train.guard.max_rewinds): the loss has moved, not "
+                             f"spiked; look at the run, then resume (a higher max_rewinds, or a lower LR).")
         state = self.checkpoints.rewind(self.step - cfg.rewind_min_steps)
         if state is None:
             raise GuardError(f"the guard saw {cfg.rewind_after} bad steps in a row at step {self.step + 1} and "

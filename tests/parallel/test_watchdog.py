@@ -54,3 +54,24 @@ def _pause(rank, world_size):
 def test_a_paused_phase_is_not_a_hang():
     # a firing watchdog would end the rank with status 3 and fail the harness
     assert run_distributed(_pause, 1) == [True]
+
+
+def _fire_together(rank, world_size):
+    from megagpt.parallel.watchdog import Watchdog
+
+    w = Watchdog(1.0, interval=0.2).start(5)
+    if rank == 2:
+        w._stop.set()  # its threads stop beating and watching: rank 2 "stopped"
+        time.sleep(60)
+    time.sleep(60)  # ranks 0 and 1 make no progress: both watchdogs fire, diagnosing at once
+
+
+def test_ranks_diagnosing_at_once_name_only_the_stopped_one(capfd):
+    import pytest
+
+    with pytest.raises(Exception):  # the watchdogs end their ranks (status 3, and SIGKILL for rank 2)
+        run_distributed(_fire_together, 3)
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("hang: ")]
+    assert lines
+    for line in lines:  # a peer busy diagnosing still beats: it is never taken for stopped
+        assert "stopped: rank 2 (last completed: rank 2 step 5)" in line, line

@@ -13,7 +13,7 @@ from dist_harness import run_distributed
 from shards import write_pattern_shard
 from megagpt.config import ConfigError, load_run_config
 from megagpt.config.guard import GuardConfig
-from megagpt.train.guard import StepGuard, Verdict, merge_windows, next_start, skipped_before
+from megagpt.train.guard import StepGuard, Verdict, merge_windows, next_start
 
 BATCH = 8  # micro 2 x gas 2 x dp 2 samples per step
 
@@ -53,7 +53,7 @@ def nan_worker(rank, world, overrides, bad_step):
     while t.step < run.train.train_iters:
         losses.append(t.train_step().loss)
     return {"losses": losses, "reason": verdict.reason, "applied": verdict.applied, "untouched": untouched,
-            "step_after": step_after, "consumed_after": consumed_after}
+            "step_after": step_after, "consumed_after": consumed_after, "skip": t.skip}
 
 
 @pytest.mark.parametrize("ds", ["zero3.json", "auto.json"])  # ZeRO-3, and stage 0 (no DeepSpeed optimizer wrapper)
@@ -73,6 +73,7 @@ def test_nan_on_one_rank_is_skipped_everywhere_bit_for_bit(tmp_path, monkeypatch
         assert r["reason"] == "non-finite loss on rank 1" and r["applied"] is False
         assert r["untouched"], "the skipped step changed weights, Adam moments or the LR schedule"
         assert r["step_after"] == s - 1 and r["consumed_after"] == s * BATCH
+        assert r["skip"] == [[(s - 1) * BATCH, s * BATCH]]  # recorded: a resume leaves it out too
     # the same run with that batch taken out of the stream
     window = f"train.skip_data=[[{(s - 1) * BATCH},{s * BATCH}]]"
     reference = run_distributed(train_worker, 2, overrides("ref", window), use_deepspeed=True)[0]
@@ -156,7 +157,9 @@ def test_data_windows():
     assert next_start(8, 8, w) == 8  # [8, 16) touches no window
     assert next_start(16, 8, w) == 40
     assert next_start(12, 8, [[14, 20]]) == 20  # a batch overlapping a user's unaligned window
-    assert skipped_before(30, w) == 8 + 6
+    # past the end of a 48-sample stream it reads on from the start, leaving the same windows out
+    assert next_start(64, 8, w, 48) == 88 and next_start(48, 8, w, 48) == 48
+    assert next_start(40, 16, [[0, 8]], 48) == 56  # a batch across the end meets the next pass's window
 
 
 def test_guard_and_fault_configuration(monkeypatch):
