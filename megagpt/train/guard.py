@@ -97,7 +97,10 @@ class StepGuard:
         self.bad_in_row += 1
         return self.bad_in_row >= self.cfg.rewind_after
 
-    def rewound(self) -> None:
+    def rewound(self, history) -> None:
+        """The run went back to a checkpoint whose accepted losses were ``history``."""
+        self.history.clear()
+        self.history.extend(history)
         self.rewinds += 1
         self.bad_in_row = 0
 

@@ -30,6 +30,7 @@ from megagpt.train.resume import CheckpointPolicy
 from megagpt.train.step import batch_size_at, train_step
 from megagpt.train.validation import HeldOutLoss
 
+
 class GuardError(RuntimeError):
     """The guard wanted to rewind and had nowhere to go."""
 
@@ -102,7 +103,7 @@ class Trainer:
         self.last_batch = (start, self.consumed)
         if not verdict.applied:
             self.skip = merge_windows(self.skip + [[start, self.consumed]])
-        if verdict.applied:
+        else:
             if self.sources:
                 self.sources.add_batch(start, bs)
             self.tokens += bs * self.seq
@@ -198,10 +199,7 @@ class Trainer:
         self.skip = merge_windows(self.skip + state.get("skip_data", []) + [window])
         self.checkpoints.record_rewind(state["step"], self.skip)
         self.step, self.consumed, self.tokens = state["step"], state["consumed_samples"], state["tokens"]
-        history = (state.get("guard") or {}).get("history", [])
-        self.guard.history.clear()
-        self.guard.history.extend(history)
-        self.guard.rewound()
+        self.guard.rewound((state.get("guard") or {}).get("history", []))
         self.sources.reset(self.consumed, self.skip)
         self.data = None
         line = (f"guard: {cfg.rewind_after} bad steps in a row after step {bad_from}: rewound to step {self.step}, "

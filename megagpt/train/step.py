@@ -46,6 +46,7 @@ def train_step(built, data, *, batch_size: int, seq: int, seed: int, accounting=
     total = torch.zeros(())
     gas = engine.gradient_accumulation_steps()
     verdict, seen = None, []
+    overflow_path = has_overflow_path(engine)
     for k in range(gas):
         last = k == gas - 1
         # explicit boundary: DeepSpeed's own (micro_steps % gas) drifts once gas changes
@@ -63,16 +64,16 @@ def train_step(built, data, *, batch_size: int, seq: int, seed: int, accounting=
             verdict = guard.agree(total / gas, engine.device)
             if verdict.bad:
                 verdict.applied = False
-                if has_overflow_path(engine):
+                if overflow_path:
                     loss = loss * float("nan")
         engine.backward(loss)
-        if last and verdict is not None and verdict.bad and not has_overflow_path(engine):
+        if last and verdict is not None and verdict.bad and not overflow_path:
             engine.zero_grad()
         else:
             engine.step()
     if verdict is None:
         verdict = Verdict(float(dp_mean(total / gas, ps, engine.device)))
-    elif guard is not None:
+    else:  # the guard's verdict
         verdict = guard.after_step(verdict, engine.get_global_grad_norm())
     if accounting and verdict.applied:
         for token_loss, y, src in seen:
