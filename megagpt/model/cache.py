@@ -29,6 +29,13 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
+    @classmethod
+    def of(cls, k: torch.Tensor, v: torch.Tensor, *, ring: bool) -> "KVCache":
+        """A cache over existing buffers (continuous batching builds its batch's caches this way)."""
+        c = cls(0, 0, 0, 0, ring=ring, device="meta")
+        c.k, c.v = k, v
+        return c
+
     @property
     def slots(self) -> int:
         return self.k.size(2)

@@ -1,0 +1,111 @@
+"""Serve a model over OpenAI's HTTP API, with a chat page (``pip install -e .[serve]``).
+
+    python megagpt/serve.py --model demo/run/model.safetensors --port 8000
+    python megagpt/serve.py --model demo/chat/en_forward.safetensors --backward demo/chat/en_backward.safetensors
+    deepspeed --num_gpus 2 megagpt/serve.py --model checkpoints/run --tp 2      # tensor-parallel
+
+``--model`` takes an export, a Hugging Face GPT-2 directory or a training checkpoint (any layout).
+Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (streaming with ``stream``),
+``GET /v1/models``, ``GET /health``, the chat page at ``/``, and ``/tokenize``, ``/detokenize``,
+``/tokenizer_info`` for clients that tokenize through the server (lm-evaluation-harness's
+``local-completions`` with ``tokenizer_backend=remote``). Requests arriving together decode in one
+batch and new requests join the running batch between steps (``megagpt.inference.batching``).
+Under a launcher rank 0 serves HTTP and every rank decodes its shard of the same batch in lockstep.
+``--port 0`` picks a free port; the line ``listening on http://HOST:PORT`` says which.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from megagpt._entry import fix_path
+
+    fix_path(__file__)
+
+
+def parse_args(argv=None):
+    from megagpt.inference import add_model_args
+
+    ap = argparse.ArgumentParser(description="Serve a megagpt model over OpenAI's HTTP API.")
+    add_model_args(ap)
+    ap.add_argument("--backward", help="a backward dialogue model: enables MMI reranking in chat ('mmi': true)")
+    ap.add_argument("--served-model-name", help="the model id clients name (default: the model file's or "
+                                                "directory's name)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000, help="0: any free port")
+    ap.add_argument("--max-batch", type=int, default=32, help="rows decoded together (a request with n choices takes n)")
+    ap.add_argument("--max-body-mb", type=float, default=4.0, help="largest request body accepted")
+    ap.add_argument("--chat-max-tokens", type=int, default=64, help="chat replies: max_tokens when not given")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        import uvicorn
+
+        from megagpt.serving.app import Service, build_app
+    except ImportError as e:
+        print(f"error: serving needs the [serve] extra (pip install -e '.[serve]'): {e}", file=sys.stderr)
+        return 2
+    from megagpt.dialogue.mmi import rerank
+    from megagpt.inference import DTYPES, WeightsError, load, load_for_text
+    from megagpt.inference.batching import BatchEngine
+    from megagpt.inference.distributed import finish, setup_parallel
+    from megagpt.serving.scheduler import Scheduler, follow
+
+    try:
+        if args.max_batch < 1 or args.max_body_mb <= 0:
+            raise ValueError("--max-batch must be >= 1 and --max-body-mb > 0.")
+        ps, device = setup_parallel(args.tp)
+        if ps is not None and ps.dp_size > 1:
+            raise ValueError(f"--tp {ps.tp_size} leaves {ps.dp_size} data-parallel replicas; serve one "
+                             "tensor-parallel group (--tp equal to the number of ranks).")
+        model, tok = load_for_text(args.model, tokenizer=args.tokenizer, ps=ps, tag=args.tag, dtype=args.dtype,
+                                   device=device)
+        bwd = None
+        if args.backward:
+            bwd = load(args.backward, ps=ps, dtype=DTYPES[args.dtype], device=device, with_tokenizer=False).model
+    except (ValueError, FileNotFoundError, WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    engine = BatchEngine(model, eod_id=tok.eod_id, max_rows=args.max_batch)
+    if bwd is not None:
+        engine.register("mmi", lambda turns, cands, weight: rerank(model, bwd, tok, turns, cands, weight=weight))
+    rank, world = (ps.rank, ps.tp_size) if ps is not None else (0, 1)
+    if rank != 0:
+        follow(engine)
+        finish(ps)
+        return 0
+    scheduler = Scheduler(engine, group_size=world).start()
+    name = args.served_model_name or Path(args.model.rstrip("/")).name.removesuffix(".safetensors")
+    service = Service(name, tok, model.cfg.n_positions, scheduler, mmi=bwd is not None,
+                      max_body=int(args.max_body_mb * (1 << 20)), chat_max_tokens=args.chat_max_tokens)
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as e:
+        print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        scheduler.shutdown()
+        finish(ps)
+        return 2
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"megagpt serve: model '{name}' ({model.cfg.n_layer} layers, n_positions {model.cfg.n_positions}"
+          f"{', MMI with ' + args.backward if bwd is not None else ''}{f', tp {world}' if world > 1 else ''}); "
+          f"listening on http://{shown}:{port}", flush=True)
+    server = uvicorn.Server(uvicorn.Config(build_app(service), log_level="warning", timeout_graceful_shutdown=5))
+    server.run(sockets=[sock])
+    scheduler.shutdown()
+    finish(ps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

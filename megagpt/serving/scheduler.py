@@ -1,0 +1,221 @@
+"""The serving loop: rank 0 turns requests into engine plans, one iteration at a time, and hands
+each request its tokens and text; under tensor parallelism it broadcasts every plan first, and the
+other ranks (``follow``) apply the same plans to their shards in lockstep.
+
+Text is rank 0's business: a ``Handle`` decodes its rows as tokens arrive, cuts them at stop
+strings (the engine then drops the row at the next iteration), and streams only text that can no
+longer change: a trailing incomplete UTF-8 character and a tail that may begin a stop string are
+held back, so the streamed pieces add up to the text a non-streamed request gets.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch.distributed as dist
+
+from megagpt.inference.batching import BatchEngine, Job, Plan
+
+
+@dataclass
+class Row:
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list = field(default_factory=list)  # (logprob, top entries) per generated token
+    text: str = ""
+    sent: int = 0  # characters of ``text`` already streamed
+    finish: str | None = None
+
+
+class Handle:
+    """Rank 0's view of one request in flight. ``events`` (an asyncio queue on the server's loop)
+    (shared by the handles of one HTTP request) receives ``(tag, "delta", row, text, logprob
+    entries)``, ``(tag, "finish", row, reason)`` and finally ``(tag, "done", None)`` or
+    ``(tag, "error", message)``."""
+
+    def __init__(self, job: Job, *, decode, stop: list[str], loop: asyncio.AbstractEventLoop,
+                 events: asyncio.Queue, tag: int = 0, lstrip: bool = False):
+        self.job, self.decode, self.stop, self.loop, self.lstrip = job, decode, list(stop), loop, lstrip
+        self.rows = [Row() for _ in range(job.params.num_return_sequences)]
+        self.events, self.tag = events, tag
+        self.prompt_logprobs = None
+        self._prompt_text = decode(job.prompt) if decode else ""
+        self._hold = max((len(s) for s in self.stop), default=1) - 1
+
+    def push(self, *event) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, (self.tag, *event))
+
+    @property
+    def done(self) -> bool:
+        return all(r.finish for r in self.rows)
+
+    def _text(self, row: Row) -> str:
+        whole = self.decode(self.job.prompt + row.tokens)
+        t = whole[len(self._prompt_text):] if whole.startswith(self._prompt_text) else self.decode(row.tokens)
+        return t.lstrip() if self.lstrip else t
+
+    def on_token(self, i: int, token: int, finished: str | None, logprob, top) -> bool:
+        """Take one token of row ``i``; True when the row has to leave the batch for a stop string."""
+        row = self.rows[i]
+        if row.finish:
+            return False
+        cut = False
+        if logprob is not None:  # EOD's too: a scoring client counts one entry per generated token
+            row.logprobs.append((token, logprob, top))
+        if finished != "eod":
+            row.tokens.append(token)
+            row.text = self._text(row)
+            hits = [row.text.find(s) for s in self.stop if s in row.text]
+            if hits:
+                row.text, finished, cut = row.text[:min(hits)], "stop", True
+        if finished:
+            row.finish = "stop" if finished in ("eod", "stop") else "length"
+        ready = row.text
+        if not row.finish:
+            ready = ready[:len(ready) - self._hold] if self._hold else ready
+            ready = ready.rstrip("\ufffd")
+        entries = row.logprobs[-1:] if logprob is not None else []
+        if len(ready) > row.sent or entries:
+            self.push("delta", i, ready[row.sent:], entries)
+            row.sent = max(row.sent, len(ready))
+        if row.finish:
+            self.push("finish", i, row.finish)
+        return cut
+
+
+class Scheduler:
+    """Runs the engine on rank 0 in a thread of its own. ``submit`` and ``call`` are thread-safe."""
+
+    def __init__(self, engine: BatchEngine, *, group_size: int = 1, keepalive_s: float = 30.0):
+        self.engine, self.group_size, self.keepalive_s = engine, group_size, keepalive_s
+        self.inbox: queue.Queue = queue.Queue()
+        self.waiting: list[Handle] = []
+        self.handles: dict[int, Handle] = {}
+        self.to_drop: list = []  # rows (rid, row) or requests (rid) to take out at the next iteration
+        self.ids = itertools.count(1)
+        self.thread = threading.Thread(target=self._run, name="megagpt-scheduler", daemon=True)
+        self.failure: BaseException | None = None
+        self.iterations = 0  # engine iterations run
+        self.cancelled = 0  # requests given up by their clients before they finished
+
+    def start(self) -> "Scheduler":
+        self.thread.start()
+        return self
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def next_id(self) -> int:
+        return next(self.ids)
+
+    def submit(self, handle: Handle) -> Handle:
+        self.inbox.put(("job", handle))
+        return handle
+
+    def cancel(self, rid: int) -> None:
+        self.inbox.put(("cancel", rid))
+
+    def call(self, name: str, *args) -> concurrent.futures.Future:
+        """Run ``engine.calls[name](*args)`` on every rank between two decode steps."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self.inbox.put(("call", (next(self.ids), name, args, fut)))
+        return fut
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        self.inbox.put(("stop", None))
+        self.thread.join(timeout)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _collect(self, plan: Plan, futures: dict, block: bool) -> None:
+        timeout = self.keepalive_s if block else None
+        while True:
+            try:
+                kind, item = self.inbox.get(block=block, timeout=timeout) if block else self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            block = False
+            if kind == "job":
+                self.waiting.append(item)
+            elif kind == "cancel":
+                n = len(self.waiting)
+                self.waiting = [h for h in self.waiting if h.job.rid != item]
+                h = self.handles.pop(item, None)
+                if h is not None:
+                    plan.drop.append(item)
+                self.cancelled += h is not None or len(self.waiting) < n
+            elif kind == "call":
+                cid, name, args, fut = item
+                futures[cid] = fut
+                plan.calls.append((cid, name, args))
+            else:
+                plan.stop = True
+
+    def _run(self) -> None:
+        try:
+            while True:
+                plan, futures = Plan(), {}
+                self._collect(plan, futures, block=not (self.engine.active or self.waiting))
+                plan.drop += self.to_drop
+                self.to_drop = []
+                gone = {d for d in plan.drop if isinstance(d, int)}
+                pairs = {d for d in plan.drop if not isinstance(d, int)}
+                free = self.engine.free_rows() + sum(1 for r in self.engine.rows if r[0] in gone or r in pairs)
+                while self.waiting and self.waiting[0].job.params.num_return_sequences <= free:
+                    h = self.waiting.pop(0)
+                    free -= h.job.params.num_return_sequences
+                    self.handles[h.job.rid] = h
+                    plan.add.append(h.job)
+                if self.group_size > 1:
+                    dist.broadcast_object_list([plan], src=0)
+                if plan.stop:
+                    return
+                self.iterations += 1
+                try:
+                    out = self.engine.apply(plan)
+                except Exception as e:  # noqa: BLE001 - fail what was in flight, keep serving
+                    self.engine.reset()
+                    for h in self.handles.values():
+                        h.push("error", f"{type(e).__name__}: {e}")
+                    self.handles.clear()
+                    for fut in futures.values():
+                        fut.set_exception(e)
+                    continue
+                self._deliver(out, futures)
+        except BaseException as e:  # noqa: BLE001 - /health reports it
+            self.failure = e
+            for h in list(self.handles.values()) + self.waiting:
+                h.push("error", f"the server's decode loop stopped: {type(e).__name__}: {e}")
+            raise
+
+    def _deliver(self, out, futures) -> None:
+        for cid, result in out.calls.items():
+            fut = futures.pop(cid)
+            (fut.set_exception if isinstance(result, BaseException) else fut.set_result)(result)
+        for rid, entries in out.prompt_logprobs.items():
+            if rid in self.handles:
+                self.handles[rid].prompt_logprobs = entries
+        for e in out.tokens:
+            h = self.handles.get(e.rid)
+            if h is not None and h.on_token(e.row, e.token, e.finished, e.logprob, e.top):
+                self.to_drop.append((e.rid, e.row))  # a stop string ended it; the engine still has it
+        for rid in [rid for rid, h in self.handles.items() if h.done or h.job.params.max_new_tokens == 0]:
+            self.to_drop.append(rid)
+            self.handles.pop(rid).push("done", None)
+
+
+def follow(engine: BatchEngine) -> None:
+    """The other ranks of a tensor-parallel server: apply rank 0's plans until it says stop."""
+    while True:
+        box = [None]
+        dist.broadcast_object_list(box, src=0)
+        plan: Plan = box[0]
+        if plan.stop:
+            return
+        try:
+            engine.apply(plan)
+        except Exception:  # noqa: BLE001 - rank 0 met the same error and reports it
+            engine.reset()

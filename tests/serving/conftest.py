@@ -1,0 +1,27 @@
+"""A live ``megagpt/serve.py`` on a random port over tiny exported models (a forward and a backward
+model sharing a sentencepiece tokenizer trained on the project's prose, with byte fallback, so
+Chinese text round-trips), started once per session."""
+import pytest
+
+from serve_common import ROOT, start_server, tiny_model
+
+
+@pytest.fixture(scope="session")
+def serve_models(tmp_path_factory):
+    from data_tools.tokenizer import TokenizerConfig, train
+
+    tmp = tmp_path_factory.mktemp("serve_models")
+    texts = [p.read_text(encoding="utf-8") for p in sorted(ROOT.glob("megagpt/**/*.py"))] + \
+            [(ROOT / "README.md").read_text(encoding="utf-8")]
+    tok = train(texts, tmp / "tok.model", TokenizerConfig(vocab_size=400, sample_bytes=2_000_000))
+    return {"tokenizer": tok, "forward": tiny_model(0, tok, tmp / "fwd.safetensors", n_positions=512),
+            "backward": tiny_model(1, tok, tmp / "bwd.safetensors", n_positions=512),
+            "banded": tiny_model(2, tok, tmp / "banded.safetensors", attention="alternating")}
+
+
+@pytest.fixture(scope="session")
+def server(serve_models):
+    """forward + backward (MMI) models, served as 'fwd'."""
+    s = start_server("--model", serve_models["forward"], "--backward", serve_models["backward"])
+    yield s
+    s.stop()

@@ -1,0 +1,214 @@
+"""The OpenAI-compatible server, live on a random port, through the official ``openai`` client and
+raw HTTP: completions, chat, streaming, n, stop, logprobs, continuous batching under 16
+concurrent clients, bad requests, a client leaving mid-stream, and a tensor-parallel server."""
+import json
+import shutil
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+openai = pytest.importorskip("openai")
+requests = pytest.importorskip("requests")
+
+from serve_common import ROOT, start_server  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def complete(client, prompt, **kw):
+    return client.completions.create(model="fwd", prompt=prompt, temperature=0, **kw)
+
+
+def test_completions_streaming_n_and_stop(client, server):
+    r = complete(client, "The model", max_tokens=24)
+    text = r.choices[0].text
+    assert r.model == "fwd" and text and r.usage.prompt_tokens > 0 and r.usage.completion_tokens == 24
+    assert r.choices[0].finish_reason == "length"
+    # streaming: the chunks add up to the non-streamed text (greedy), then [DONE]
+    pieces, reasons = [], []
+    for chunk in complete(client, "The model", max_tokens=24, stream=True):
+        pieces.append(chunk.choices[0].text)
+        reasons.append(chunk.choices[0].finish_reason)
+    assert len(pieces) > 5 and "".join(pieces) == text and reasons[-1] == "length"
+    raw = requests.post(server.url + "/v1/completions", json={"model": "fwd", "prompt": "The model", "max_tokens": 3,
+                                                           "temperature": 0, "stream": True}).text
+    assert raw.rstrip().endswith("data: [DONE]")
+    # stop: cut before the first occurrence of a string the free run produced
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    cut = complete(client, "The model", max_tokens=24, stop=[stop])
+    assert cut.choices[0].text == text[:text.find(stop)] and cut.choices[0].finish_reason == "stop"
+    # n > 1 with a seed: n different samples, reproducible
+    a = client.completions.create(model="fwd", prompt="The model", max_tokens=12, n=3, temperature=1.0, seed=7)
+    b = client.completions.create(model="fwd", prompt="The model", max_tokens=12, n=3, temperature=1.0, seed=7)
+    assert sorted(c.index for c in a.choices) == [0, 1, 2]
+    assert [c.text for c in a.choices] == [c.text for c in b.choices]
+    assert len({c.text for c in a.choices}) > 1
+    # several prompts in one request, each with its own choices
+    two = complete(client, ["The model", "A server"], max_tokens=24)
+    assert [c.index for c in two.choices] == [0, 1] and two.choices[0].text == text
+
+
+def test_chat_streaming_and_mmi(client):
+    msgs = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "Hello, how are you?"}]
+    r = client.chat.completions.create(model="fwd", messages=msgs, temperature=0, max_tokens=20)
+    text = r.choices[0].message.content
+    assert r.choices[0].message.role == "assistant" and text and r.object == "chat.completion"
+    chunks = list(client.chat.completions.create(model="fwd", messages=msgs, temperature=0, max_tokens=20, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
+    zh = client.chat.completions.create(model="fwd", messages=[{"role": "user", "content": "你好，今天天气怎么样？"}],
+                                        temperature=0.8, max_tokens=20, seed=1)
+    assert zh.choices[0].message.content is not None
+    mmi = client.chat.completions.create(model="fwd", messages=msgs, max_tokens=20, seed=3,
+                                         extra_body={"mmi": True, "mmi_n": 4, "top_k": 50})
+    extra = mmi.model_extra["mmi"]
+    assert extra["candidates"] == 4 and 0 <= extra["chosen"] < 4 and mmi.choices[0].message.content is not None
+
+
+def test_prompt_logprobs_for_scoring(server, serve_models):
+    """What lm-evaluation-harness's local-completions sends: token ids, echo, logprobs, one new
+    token. The prompt's log-probabilities equal megagpt's own scoring."""
+    from megagpt.inference import load, loglikelihood
+
+    model, tok = load(serve_models["forward"])
+    ctx, cont = tok.encode("The server answers"), tok.encode(" every request")
+    body = {"model": "fwd", "prompt": [ctx + cont], "max_tokens": 1, "temperature": 0, "logprobs": 1, "echo": True}
+    out = requests.post(server.url + "/v1/completions", json=body).json()["choices"][0]["logprobs"]
+    n = len(ctx + cont)
+    assert len(out["token_logprobs"]) == n + 1 and out["token_logprobs"][0] is None
+    ref = loglikelihood(model, [(ctx, cont)])[0]
+    assert sum(out["token_logprobs"][len(ctx):n]) == pytest.approx(ref.logprob, abs=1e-4)
+    greedy = all(v == max(top.values()) for v, top in zip(out["token_logprobs"][len(ctx):n],
+                                                          out["top_logprobs"][len(ctx):n]))
+    assert greedy == ref.greedy
+
+
+def test_sixteen_concurrent_clients_equal_alone(client, server):
+    prompts = [f"Request {i} asks the model about {w}" for i, w in
+               enumerate("batches caches layers tokens ranks shards words pages".split() * 2)]
+    lengths = [8 + 5 * (i % 7) for i in range(16)]
+    alone = [complete(client, p, max_tokens=n).choices[0].text for p, n in zip(prompts, lengths)]
+    before = requests.get(server.url + "/health").json()["iterations"]
+    barrier = threading.Barrier(16)
+
+    def one(i):
+        barrier.wait()
+        if i % 2:  # half of them streaming
+            return "".join(c.choices[0].text for c in complete(client, prompts[i], max_tokens=lengths[i], stream=True))
+        return complete(client, prompts[i], max_tokens=lengths[i]).choices[0].text
+
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(one, range(16)))
+    assert together == alone
+    # decoded in shared batches: far fewer iterations than the tokens generated
+    steps = requests.get(server.url + "/health").json()["iterations"] - before
+    assert steps < sum(lengths) / 2, (steps, sum(lengths))
+
+
+BAD = [
+    ("unknown model", {"model": "gpt-5", "prompt": "x"}, 404, "model"),
+    ("negative max_tokens", {"prompt": "x", "max_tokens": -1}, 400, "max_tokens"),
+    ("prompt over the context", {"prompt": "word " * 1000, "max_tokens": 4}, 400, "prompt"),
+    ("max_tokens over the context", {"prompt": "x", "max_tokens": 5000}, 400, "max_tokens"),
+    ("temperature out of range", {"prompt": "x", "temperature": 3}, 400, "temperature"),
+    ("token id out of range", {"prompt": [1, 2, 99999]}, 400, "prompt"),
+    ("no prompt", {"max_tokens": 3}, 400, "prompt"),
+    ("n too large", {"prompt": "x", "n": 1000}, 400, "n"),
+    ("stop of the wrong type", {"prompt": "x", "stop": 5}, 400, "stop"),
+    ("logit_bias", {"prompt": "x", "logit_bias": {"1": 5}}, 400, "logit_bias"),
+]
+
+
+@pytest.mark.parametrize("name,body,status,param", BAD, ids=[b[0] for b in BAD])
+def test_bad_requests_get_openai_errors(server, name, body, status, param):
+    r = requests.post(server.url + "/v1/completions", json=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"] and err["type"] == "invalid_request_error"
+    ok = requests.post(server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2})
+    assert ok.status_code == 200 and len(ok.json()["choices"]) == 1
+
+
+def test_bad_bodies_and_routes(server):
+    url = server.url + "/v1/chat/completions"
+    cases = [
+        (requests.post(url, data=b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}'), 400, "invalid_encoding"),
+        (requests.post(url, data=b'{"messages": [}'), 400, "invalid_json"),
+        (requests.post(url, data=b"[1, 2]"), 400, "invalid_json"),
+        (requests.post(url, data=b"x" * (5 << 20)), 413, "request_too_large"),
+        (requests.post(url, json={"messages": []}), 400, None),
+        (requests.post(url, json={"messages": [{"role": "robot", "content": "hi"}]}), 400, None),
+        (requests.post(url, json={"messages": [{"role": "user", "content": "hi"}], "mmi": "yes"}), 400, None),
+        (requests.get(server.url + "/v2/anything"), 404, None),
+        (requests.get(server.url + "/v1/completions"), 405, None),
+    ]
+    for r, status, code in cases:
+        assert r.status_code == status, r.text
+        assert r.json()["error"]["message"]
+        if code:
+            assert r.json()["error"]["code"] == code
+    assert requests.get(server.url + "/health").json()["status"] == "ok"
+    ok = requests.post(url, json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_client_leaving_mid_stream_frees_its_rows(server):
+    before = requests.get(server.url + "/health").json()
+    body = {"model": "fwd", "prompt": "A long answer", "max_tokens": 500, "n": 16, "temperature": 1.0,
+            "stream": True}
+    with requests.post(server.url + "/v1/completions", json=body, stream=True) as r:
+        for line in r.iter_lines(decode_unicode=True):
+            if line.startswith("data: {"):
+                break  # the first chunk arrived: leave
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        h = requests.get(server.url + "/health").json()
+        if h["rows"] == 0 and h["cancelled"] > before["cancelled"]:
+            break
+        time.sleep(0.05)
+    assert h["rows"] == 0 and h["cancelled"] == before["cancelled"] + 1, h
+    assert requests.post(server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
+
+
+def test_tokenizer_endpoints(server, serve_models):
+    from megagpt.inference import Tokenizer
+
+    tok = Tokenizer(serve_models["tokenizer"])
+    info = requests.get(server.url + "/tokenizer_info").json()
+    ids = requests.post(server.url + "/tokenize", json={"prompt": "Hello" + info["eos_token"] + "你好"}).json()["tokens"]
+    assert ids == tok.encode("Hello") + [tok.eod_id] + tok.encode("你好")
+    assert requests.post(server.url + "/detokenize", json={"tokens": tok.encode("你好")}).json()["prompt"] == "你好"
+
+
+def test_tensor_parallel_server_equals_one_rank(serve_models, client):
+    """torchrun with 2 ranks and --tp 2: rank 0 serves, both decode their shards in lockstep; greedy
+    text, a batch of concurrent requests, and MMI reranking match the one-process server."""
+    torchrun = shutil.which("torchrun") or str(ROOT / ".venv" / "bin" / "torchrun")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tp = start_server("--model", serve_models["forward"], "--backward", serve_models["backward"], "--tp", "2",
+                      "--served-model-name", "fwd",
+                      launcher=[torchrun, "--nproc-per-node", "2", "--master-port", str(port)])
+    try:
+        tp_client = openai.OpenAI(base_url=tp.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        prompts = ["The model", "Every rank", "A tensor-parallel group", "Shards"]
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda p: complete(tp_client, p, max_tokens=20).choices[0].text, prompts))
+        assert got == [complete(client, p, max_tokens=20).choices[0].text for p in prompts]
+        msgs = [{"role": "user", "content": "Hello, how are you?"}]
+        kw = dict(model="fwd", messages=msgs, max_tokens=12, seed=5, extra_body={"mmi": True, "mmi_n": 3})
+        a = tp_client.chat.completions.create(**kw)
+        b = client.chat.completions.create(**kw)
+        assert a.model_extra["mmi"]["chosen"] == b.model_extra["mmi"]["chosen"]
+        assert a.choices[0].message.content == b.choices[0].message.content
+    finally:
+        log = tp.stop()
+    assert "megagpt/serv" not in log, log[-3000:]  # no traceback from the server (torchrun's own agent prints one on SIGTERM)
