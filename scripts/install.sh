@@ -17,6 +17,11 @@ if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") \
         >/dev/null 2>&1 || echo "warning: could not install ${missing[*]}; multi-node (ssh/pdsh) launches will not work" >&2
 fi
+# The chat page's browser test drives a headless Chromium (skipped where none is installable).
+if [ "${1:-test}" = test ] && ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+        >/dev/null 2>&1 || echo "warning: could not install Chromium; the chat page's browser test will be skipped" >&2
+fi
 [ -d .venv ] || python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
