@@ -174,6 +174,9 @@ def main() -> int:
     log(f"chat demo done in {time.time() - t0:.0f}s (English models {t_en - t0:.0f}s, Chinese data and models "
         f"{t_train - t_en:.0f}s, conversations and held-out replies {time.time() - t_train:.0f}s); "
         f"python megagpt/chat.py --model {models['en', 'fwd']} --backward {models['en', 'bwd']}")
+    for lang, name in (("en", "English"), ("zh", "Chinese")):
+        log(f"chat in the browser ({name}): python megagpt/serve.py --model {models[lang, 'fwd']} "
+            f"--backward {models[lang, 'bwd']} --port 8000   then open http://127.0.0.1:8000/")
     return 0
 
 

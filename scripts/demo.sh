@@ -2,7 +2,8 @@
 # Fresh machine -> trained model: install, build the demo corpus from real text, run the data
 # pipeline, build the mixture, pretrain with DeepSpeed on two local ranks, print losses and samples.
 # Rerunning reuses everything that exists. --chat: the pretrained model, then the chat demo
-# (scripts/chat_demo.py: dialogue data, forward and backward models, MMI, English and Chinese).
+# (scripts/chat_demo.py: dialogue data, forward and backward models, MMI, English and Chinese),
+# ending with the commands that serve each chat model to the browser (megagpt/serve.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh test

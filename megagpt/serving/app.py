@@ -11,6 +11,7 @@ events; the decode loop runs in its own thread.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -79,7 +80,7 @@ class Service:
         out = []
         for i, prompt in enumerate(prompts):
             p = common.params
-            params = type(p)(**{**p.__dict__, "max_new_tokens": max_tokens, "seed": seed + i, "stop": ()})
+            params = dataclasses.replace(p, max_new_tokens=max_tokens, seed=seed + i, stop=())
             job = Job(self.scheduler.next_id(), prompt, params, logprobs, echo_logprobs, common.presence,
                       common.frequency)
             out.append(Handle(job, decode=self.tok.decode, stop=common.stop, loop=loop, events=events, tag=i,

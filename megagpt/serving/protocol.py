@@ -107,7 +107,7 @@ def parse_common(body: dict, *, max_n: int) -> Common:
         max_new_tokens=1,
         temperature=float(_number(body, "temperature", 1.0, lo=0, hi=2)),
         top_p=float(_number(body, "top_p", 1.0, lo=0, hi=1, lo_open=True)),
-        top_k=_number(body, "top_k", 0, lo=0, integer=True) if body.get("top_k") != -1 else 0,
+        top_k=0 if body.get("top_k") == -1 else _number(body, "top_k", 0, lo=0, integer=True),  # -1: off (vLLM)
         repetition_penalty=float(_number(body, "repetition_penalty", 1.0, lo=0, lo_open=True)),
         num_return_sequences=_number(body, "n", 1, lo=1, hi=max_n, integer=True),
         seed=0)
