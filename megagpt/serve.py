@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    engine = BatchEngine(model, eod_id=tok.eod_id, max_rows=args.max_batch)
+    engine = BatchEngine(model, eod_id=tok.eod_id, max_rows=args.max_batch, vocab_limit=tok.vocab_size)
     if bwd is not None:
         engine.register("mmi", lambda turns, cands, weight: rerank(model, bwd, tok, turns, cands, weight=weight))
     rank, world = (ps.rank, ps.tp_size) if ps is not None else (0, 1)

@@ -75,6 +75,7 @@ class Outcome:
     tokens: list[TokenEvent] = field(default_factory=list)
     prompt_logprobs: dict = field(default_factory=dict)  # rid -> [(logprob | None, top)] per prompt token
     calls: dict = field(default_factory=dict)  # call_id -> result (or the exception raised)
+    errors: dict = field(default_factory=dict)  # rid -> message: a job that could not join (the batch is untouched)
 
 
 def top_entries(logprobs: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:
@@ -119,8 +120,10 @@ class BatchEngine:
     """The running batch of one model. ``max_rows`` caps the rows decoded together (a request with
     ``n`` choices takes ``n``); the scheduler keeps to it with ``free_rows``."""
 
-    def __init__(self, model, *, eod_id: int | None, max_rows: int = 32):
+    def __init__(self, model, *, eod_id: int | None, max_rows: int = 32, vocab_limit: int | None = None):
         self.model, self.cfg, self.eod_id, self.max_rows = model, model.cfg, eod_id, max_rows
+        # ids at or above vocab_limit (a tokenizer smaller than the model's padded vocabulary) are never chosen
+        self.vocab_limit = vocab_limit if vocab_limit is not None and vocab_limit < model.cfg.vocab_size else None
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.banded = [bool(b.attn.banded) for b in model.blocks]
@@ -161,7 +164,13 @@ class BatchEngine:
             except Exception as e:  # noqa: BLE001 - handed back to the request that asked
                 out.calls[call_id] = e
         for job in plan.add:
-            self._add(job, out)
+            try:
+                self._add(job, out)
+            except Exception as e:  # noqa: BLE001 - that request fails alone (e.g. out of memory)
+                self.requests.pop(job.rid, None)
+                out.tokens = [t for t in out.tokens if t.rid != job.rid]
+                out.prompt_logprobs.pop(job.rid, None)
+                out.errors[job.rid] = f"{type(e).__name__}: {e}"
         if self.rows:
             self._step(out)
         return out
@@ -190,6 +199,8 @@ class BatchEngine:
         entries when the job asked for them."""
         job, p = req.job, req.job.params
         raw = logits.float()
+        if self.vocab_limit is not None:
+            raw[:, self.vocab_limit:] = float("-inf")
         x = raw
         if req.counts is not None:
             c = req.counts[rows]
@@ -231,13 +242,16 @@ class BatchEngine:
         cap = L + job.params.max_new_tokens
         tokens = torch.tensor([job.prompt] * n, dtype=torch.long, device=self.device)
         state = DecodeState.allocate(model, torch.zeros(n, dtype=torch.long, device=self.device), cap)
-        if job.prompt_logprobs is not None:  # every position's logits, from the same pass
-            logits_all = model.head.gather(model.head(model.hidden_states(tokens[:1].expand(n, L), state)))
-            lp = logits_all[0].float().log_softmax(-1)
+        if job.prompt_logprobs is not None:  # every position's logits (of one row), from the same pass
+            h = model.hidden_states(tokens, state)
+            lp = model.head.gather(model.head(h[:1]))[0].float()
+            if self.vocab_limit is not None:
+                lp[:, self.vocab_limit:] = float("-inf")
+            lp = lp.log_softmax(-1)
             picked = [None] + lp[:-1].gather(-1, tokens[0, 1:].unsqueeze(-1))[:, 0].tolist()
             tops = [None] + top_entries(lp[:-1], job.prompt_logprobs)
             out.prompt_logprobs[job.rid] = list(zip(picked, tops))
-            logits = logits_all[:, -1]
+            logits = model.head.gather(model.head(h[:, -1:]))[:, 0]
         else:
             logits = model.next_token_logits(tokens, state)
         state.advance(L)

@@ -76,7 +76,10 @@ class Service:
     def handles(self, prompts, common, *, max_tokens, logprobs=None, echo_logprobs=None, lstrip=False):
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        seed = common.seed if common.seed is not None else random.randrange(2 ** 31)
+        if not self.scheduler.alive():
+            raise APIError(503, f"the decode loop stopped ({self.scheduler.failure!r}); restart the server.",
+                           kind="server_error")
+        seed = common.seed % (2 ** 62) if common.seed is not None else random.randrange(2 ** 31)
         out = []
         for i, prompt in enumerate(prompts):
             p = common.params
@@ -91,14 +94,20 @@ class Service:
 
     async def wait(self, handles, events, request: Request) -> None:
         """Until every handle is done; cancels them if the client goes away."""
-        left = len(handles)
+        left, checked = len(handles), time.monotonic()
         while left:
             try:
-                ev = await asyncio.wait_for(events.get(), 1.0)
+                ev = await asyncio.wait_for(events.get(), 0.5)
             except asyncio.TimeoutError:
+                ev = None
+            if time.monotonic() - checked >= 0.5:  # also while tokens flow: a gone client frees its rows
+                checked = time.monotonic()
                 if await request.is_disconnected():
                     self.cancel(handles)
-                    raise APIError(499, "the client disconnected.") from None
+                    raise APIError(499, "the client disconnected.")
+            if ev is None:
+                if not self.scheduler.alive():
+                    raise APIError(503, "the decode loop stopped; restart the server.", kind="server_error")
                 continue
             if ev[1] == "done":
                 left -= 1
@@ -176,7 +185,7 @@ class Service:
                 usage.completion += len(row.tokens)
                 lp = None
                 if logprobs is not None:
-                    b = LogprobBuilder(self.piece)
+                    b = LogprobBuilder(self.piece, strip_first=echo)
                     if echo:
                         for t, (v, top) in zip(h.job.prompt, h.prompt_logprobs or []):
                             b.add(t, v, top)
@@ -202,8 +211,8 @@ class Service:
             raise APIError(400, f"'mmi' must be true or false, got {mmi!r}.", param="mmi")
         if mmi and not self.mmi:
             raise APIError(400, "'mmi' needs a backward model: start the server with --backward.", param="mmi")
-        mmi_n = _number(body, "mmi_n", 16, lo=1, hi=self.max_n, integer=True)
-        weight = float(_number(body, "mmi_weight", 0.0))
+        mmi_n = _number(body, "mmi_n", min(16, self.max_n), lo=1, hi=self.max_n, integer=True) if mmi else 1
+        weight = float(_number(body, "mmi_weight", 0.0)) if mmi else 0.0
         if mmi and common.params.num_return_sequences != 1:
             raise APIError(400, "'n' must be 1 with 'mmi' (MMI picks one reply from 'mmi_n' samples).", param="n")
         max_tokens = self.chat_max_tokens if common.max_tokens is None else common.max_tokens
@@ -257,16 +266,19 @@ class Service:
         base = {"id": rid, "object": obj, "created": int(time.time()), "model": self.name}
         chat = obj.startswith("chat")
 
+        builders: dict[int, LogprobBuilder] = {}  # per choice: offsets run on across its chunks
+
         def choice(index, text, finish=None, entries=None, role=False):
             if chat:
                 delta = ({"role": "assistant", "content": text} if role else {"content": text}) if text is not None else {}
                 return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
             lp = None
             if entries is not None and logprobs is not None:
-                b = LogprobBuilder(self.piece)
+                b = builders.setdefault(index, LogprobBuilder(self.piece, strip_first=echo))
+                start = len(b.tokens)
                 for t, v, top in entries:
                     b.add(t, v, top)
-                lp = b.body()
+                lp = b.body(start)
             return {"index": index, "text": text or "", "logprobs": lp, "finish_reason": finish}
 
         async def chunks():

@@ -58,13 +58,17 @@ def _number(body: dict, key: str, default, *, lo=None, hi=None, integer=False, l
     return v
 
 
+MAX_STOP = 32  # OpenAI takes 4; lm-evaluation-harness sends a task's stop sequences plus EOS (6 for HumanEval)
+GREEDY_BELOW = 1e-5  # a temperature this small is greedy (dividing by it would overflow the logits)
+
+
 def _stop(body: dict) -> list[str]:
     stop = body.get("stop")
     if stop is None:
         return []
     stop = [stop] if isinstance(stop, str) else stop
-    if not (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) and s for s in stop)):
-        raise APIError(400, "'stop' must be a non-empty string or a list of at most 4 of them.", param="stop")
+    if not (isinstance(stop, list) and len(stop) <= MAX_STOP and all(isinstance(s, str) and s for s in stop)):
+        raise APIError(400, f"'stop' must be a non-empty string or a list of at most {MAX_STOP} of them.", param="stop")
     return stop
 
 
@@ -102,10 +106,11 @@ def parse_common(body: dict, *, max_n: int) -> Common:
     opts = body.get("stream_options") or {}
     if not isinstance(opts, dict):
         raise APIError(400, "'stream_options' must be an object.", param="stream_options")
-    seed = _number(body, "seed", None, integer=True)
+    seed = _number(body, "seed", None, lo=-(2 ** 63), hi=2 ** 63 - 1, integer=True)
+    temperature = float(_number(body, "temperature", 1.0, lo=0, hi=2))
     params = SamplingParams(
         max_new_tokens=1,
-        temperature=float(_number(body, "temperature", 1.0, lo=0, hi=2)),
+        temperature=0.0 if temperature < GREEDY_BELOW else temperature,
         top_p=float(_number(body, "top_p", 1.0, lo=0, hi=1, lo_open=True)),
         top_k=0 if body.get("top_k") == -1 else _number(body, "top_k", 0, lo=0, integer=True),  # -1: off (vLLM)
         repetition_penalty=float(_number(body, "repetition_penalty", 1.0, lo=0, lo_open=True)),
@@ -199,6 +204,7 @@ class LogprobBuilder:
     """OpenAI's legacy completion ``logprobs`` object, built token by token."""
 
     piece: object  # id -> text
+    strip_first: bool = False  # the text starts without the first piece's leading space
     tokens: list = field(default_factory=list)
     token_logprobs: list = field(default_factory=list)
     top_logprobs: list = field(default_factory=list)
@@ -207,6 +213,8 @@ class LogprobBuilder:
 
     def add(self, token: int, logprob, top) -> None:
         text = self.piece(token)
+        if self.strip_first and not self.tokens and text.startswith(" "):
+            text = text[1:]
         self.tokens.append(text)
         self.token_logprobs.append(logprob)
         self.top_logprobs.append(None if top is None else {self.piece(t): lp for t, lp in top})
@@ -214,5 +222,6 @@ class LogprobBuilder:
         self.offset += len(text)
 
     def body(self, start: int = 0) -> dict:
+        """The entries from ``start`` on (a streamed chunk's); offsets count from the choice's start."""
         return {"tokens": self.tokens[start:], "token_logprobs": self.token_logprobs[start:],
                 "top_logprobs": self.top_logprobs[start:], "text_offset": self.text_offset[start:]}

@@ -47,7 +47,10 @@ class Handle:
         self._hold = max((len(s) for s in self.stop), default=1) - 1
 
     def push(self, *event) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, (self.tag, *event))
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (self.tag, *event))
+        except RuntimeError:  # the server's loop is closed (shutting down): nobody is listening
+            pass
 
     @property
     def done(self) -> bool:
@@ -198,13 +201,30 @@ class Scheduler:
         for rid, entries in out.prompt_logprobs.items():
             if rid in self.handles:
                 self.handles[rid].prompt_logprobs = entries
+        for rid, message in out.errors.items():
+            h = self.handles.pop(rid, None)
+            if h is not None:
+                h.push("error", message)
         for e in out.tokens:
             h = self.handles.get(e.rid)
-            if h is not None and h.on_token(e.row, e.token, e.finished, e.logprob, e.top):
-                self.to_drop.append((e.rid, e.row))  # a stop string ended it; the engine still has it
-        for rid in [rid for rid, h in self.handles.items() if h.done or h.job.params.max_new_tokens == 0]:
-            self.to_drop.append(rid)
-            self.handles.pop(rid).push("done", None)
+            if h is None:
+                continue
+            try:
+                if h.on_token(e.row, e.token, e.finished, e.logprob, e.top):
+                    self.to_drop.append((e.rid, e.row))  # a stop string ended it; the engine still has it
+            except Exception as err:  # noqa: BLE001 - this request fails, the loop and the others go on
+                self.handles.pop(e.rid)
+                self.to_drop.append(e.rid)
+                h.push("error", f"{type(err).__name__}: {err}")
+        for rid, h in list(self.handles.items()):
+            if h.job.params.max_new_tokens == 0:  # echo only: the prompt's logprobs are the answer
+                for i, row in enumerate(h.rows):
+                    row.finish = "length"
+                    h.push("delta", i, "", [])
+                    h.push("finish", i, "length")
+            if h.done:
+                self.to_drop.append(rid)
+                self.handles.pop(rid).push("done", None)
 
 
 def follow(engine: BatchEngine) -> None:

@@ -111,3 +111,17 @@ def test_prompt_logprobs_match_a_full_forward():
         assert [i for i, _ in entries[t][1]] == lp[t - 1].topk(3).indices.tolist()
     (event,) = out.tokens
     assert event.token == int(lp[-1].argmax()) and event.finished == "length" and len(event.top) == 2
+
+
+def test_a_job_that_cannot_join_fails_alone_and_ids_stay_in_the_tokenizer():
+    model = model_for("dense")
+    engine = BatchEngine(model, eod_id=None, vocab_limit=250)
+    good = Job(0, [1, 2, 3], SamplingParams(max_new_tokens=30, temperature=2.0, seed=1))
+    bad = Job(1, list(range(60)), SamplingParams(max_new_tokens=30))  # 90 > n_positions=64
+    out = engine.apply(Plan(add=[good]))
+    out2 = engine.apply(Plan(add=[bad]))
+    assert list(out2.errors) == [1] and "n_positions" in out2.errors[1] and 1 not in engine.requests
+    tokens = [e.token for e in out.tokens + out2.tokens if e.rid == 0]
+    while engine.active:
+        tokens += [e.token for e in engine.apply(Plan()).tokens]
+    assert len(tokens) == 30 and max(tokens) < 250

@@ -31,6 +31,8 @@ def test_completions_streaming_n_and_stop(client, server):
     text = r.choices[0].text
     assert r.model == "fwd" and text and r.usage.prompt_tokens > 0 and r.usage.completion_tokens == 24
     assert r.choices[0].finish_reason == "length"
+    tiny = client.completions.create(model="fwd", prompt="The model", max_tokens=24, temperature=1e-9)
+    assert tiny.choices[0].text == text  # a vanishing temperature is greedy, not an overflow
     # streaming: the chunks add up to the non-streamed text (greedy), then [DONE]
     pieces, reasons = [], []
     for chunk in complete(client, "The model", max_tokens=24, stream=True):
@@ -88,6 +90,15 @@ def test_prompt_logprobs_for_scoring(server, serve_models):
     greedy = all(v == max(top.values()) for v, top in zip(out["token_logprobs"][len(ctx):n],
                                                           out["top_logprobs"][len(ctx):n]))
     assert greedy == ref.greedy
+    # scoring alone (max_tokens 0), with and without streaming: the prompt's entries, finish 'length'
+    body.update(max_tokens=0, prompt=ctx + cont)
+    only = requests.post(server.url + "/v1/completions", json=body).json()["choices"][0]
+    assert only["logprobs"]["token_logprobs"] == out["token_logprobs"][:n] and only["finish_reason"] == "length"
+    assert only["logprobs"]["text_offset"][:2] == [0, len(only["logprobs"]["tokens"][0])]
+    chunks = [json.loads(line[6:]) for line in requests.post(server.url + "/v1/completions", json={
+        **body, "stream": True}).text.splitlines() if line.startswith("data: {")]
+    streamed = [v for c in chunks if c["choices"][0]["logprobs"] for v in c["choices"][0]["logprobs"]["token_logprobs"]]
+    assert streamed == out["token_logprobs"][:n] and chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 
 def test_sixteen_concurrent_clients_equal_alone(client, server):
@@ -123,6 +134,7 @@ BAD = [
     ("n too large", {"prompt": "x", "n": 1000}, 400, "n"),
     ("stop of the wrong type", {"prompt": "x", "stop": 5}, 400, "stop"),
     ("logit_bias", {"prompt": "x", "logit_bias": {"1": 5}}, 400, "logit_bias"),
+    ("seed beyond int64", {"prompt": "x", "seed": 2 ** 64}, 400, "seed"),
 ]
 
 
@@ -174,6 +186,22 @@ def test_client_leaving_mid_stream_frees_its_rows(server):
             break
         time.sleep(0.05)
     assert h["rows"] == 0 and h["cancelled"] == before["cancelled"] + 1, h
+    # without streaming too: the server notices the closed connection while tokens are flowing
+    host, port = server.url.removeprefix("http://").split(":")
+    payload = json.dumps({**body, "stream": False}).encode()
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+        deadline = time.time() + 20
+        while requests.get(server.url + "/health").json()["rows"] == 0 and time.time() < deadline:
+            time.sleep(0.01)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        h = requests.get(server.url + "/health").json()
+        if h["rows"] == 0 and h["cancelled"] == before["cancelled"] + 2:
+            break
+        time.sleep(0.05)
+    assert h["rows"] == 0 and h["cancelled"] == before["cancelled"] + 2, h
     assert requests.post(server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
 
 
