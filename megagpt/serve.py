@@ -34,8 +34,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description="Serve a megagpt model over OpenAI's HTTP API.")
     add_model_args(ap)
     ap.add_argument("--backward", help="a backward dialogue model: enables MMI reranking in chat ('mmi': true)")
-    ap.add_argument("--served-model-name", help="the model id clients name (default: the model file's or "
-                                                "directory's name)")
+    ap.add_argument("--served-model-name", help="the model id clients name (default: the export's file "
+                    "name, its directory's for NAME/model.safetensors, or the directory's name)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000, help="0: any free port")
     ap.add_argument("--max-batch", type=int, default=32, help="rows decoded together (a request with n choices takes n)")
@@ -83,7 +83,9 @@ def main(argv=None) -> int:
         finish(ps)
         return 0
     scheduler = Scheduler(engine, group_size=world).start()
-    name = args.served_model_name or Path(args.model.rstrip("/")).name.removesuffix(".safetensors")
+    path = Path(args.model.rstrip("/"))
+    name = args.served_model_name or (path.parent.name if path.name == "model.safetensors" else
+                                      path.name.removesuffix(".safetensors"))
     service = Service(name, tok, model.cfg.n_positions, scheduler, mmi=bwd is not None,
                       max_body=int(args.max_body_mb * (1 << 20)), chat_max_tokens=args.chat_max_tokens)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)

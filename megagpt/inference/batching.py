@@ -163,14 +163,8 @@ class BatchEngine:
                 out.calls[call_id] = self.calls[name](*args)
             except Exception as e:  # noqa: BLE001 - handed back to the request that asked
                 out.calls[call_id] = e
-        for job in plan.add:
-            try:
-                self._add(job, out)
-            except Exception as e:  # noqa: BLE001 - that request fails alone (e.g. out of memory)
-                self.requests.pop(job.rid, None)
-                out.tokens = [t for t in out.tokens if t.rid != job.rid]
-                out.prompt_logprobs.pop(job.rid, None)
-                out.errors[job.rid] = f"{type(e).__name__}: {e}"
+        if plan.add:
+            self._admit(plan.add, out)
         if self.rows:
             self._step(out)
         return out
@@ -233,57 +227,96 @@ class BatchEngine:
             done.append(finished is not None)
         return done
 
-    def _add(self, job: Job, out: Outcome) -> None:
-        model, n, L = self.model, job.params.num_return_sequences, len(job.prompt)
-        if L + job.params.max_new_tokens > self.cfg.n_positions:
-            raise ValueError(f"request {job.rid}: {L} prompt + {job.params.max_new_tokens} new tokens exceed "
-                             f"n_positions={self.cfg.n_positions}")
-        req = self.requests[job.rid] = _Request(job, self.cfg.vocab_size, self.device)
-        cap = L + job.params.max_new_tokens
-        tokens = torch.tensor([job.prompt] * n, dtype=torch.long, device=self.device)
-        state = DecodeState.allocate(model, torch.zeros(n, dtype=torch.long, device=self.device), cap)
-        if job.prompt_logprobs is not None:  # every position's logits (of one row), from the same pass
-            h = model.hidden_states(tokens, state)
-            lp = model.head.gather(model.head(h[:1]))[0].float()
-            if self.vocab_limit is not None:
-                lp[:, self.vocab_limit:] = float("-inf")
-            lp = lp.log_softmax(-1)
-            picked = [None] + lp[:-1].gather(-1, tokens[0, 1:].unsqueeze(-1))[:, 0].tolist()
-            tops = [None] + top_entries(lp[:-1], job.prompt_logprobs)
-            out.prompt_logprobs[job.rid] = list(zip(picked, tops))
-            logits = model.head.gather(model.head(h[:, -1:]))[:, 0]
-        else:
-            logits = model.next_token_logits(tokens, state)
-        state.advance(L)
-        if job.params.max_new_tokens == 0:  # scoring only (OpenAI's echo with max_tokens 0)
-            del self.requests[job.rid]
-            return
-        rows = list(range(n))
-        tok, info = self._sample(req, logits, rows)
-        done = self._emit(out, job.rid, rows, tok, info)
-        keep = [r for r in rows if not done[r]]
-        if not keep:
-            del self.requests[job.rid]
-            return
-        # join the batch: the new rows' slot L lines up with the batch's slot S
+    def _admit(self, jobs: list[Job], out: Outcome) -> None:
+        """Prefill ``jobs`` together and join their rows to the batch; a group that fails is
+        retried one job at a time, so an error (e.g. out of memory) fails only its own request."""
+        ok = []
+        for job in jobs:
+            if len(job.prompt) + job.params.max_new_tokens > self.cfg.n_positions:
+                out.errors[job.rid] = (f"ValueError: {len(job.prompt)} prompt + {job.params.max_new_tokens} new "
+                                       f"tokens exceed n_positions={self.cfg.n_positions}")
+            else:
+                ok.append(job)
+        groups = [ok] if len(ok) == 1 else [ok] + [[j] for j in ok] if ok else []
+        for i, group in enumerate(groups):
+            try:
+                self._add(group, out)
+            except Exception as e:  # noqa: BLE001
+                rids = {j.rid for j in group}
+                for rid in rids:
+                    self.requests.pop(rid, None)
+                    out.prompt_logprobs.pop(rid, None)
+                out.tokens = [t for t in out.tokens if t.rid not in rids]
+                if len(group) == 1:
+                    out.errors[group[0].rid] = f"{type(e).__name__}: {e}"
+                continue
+            if i == 0:
+                return  # the whole group joined
+
+    def _add(self, jobs: list[Job], out: Outcome) -> None:
+        """One prefill for all rows of ``jobs``, left-padded to the longest prompt (each job's
+        first tokens come from it, as in ``generate``), then the rows that go on join the batch."""
+        model, dev = self.model, self.device
+        owner = [(j, r) for j in jobs for r in range(j.params.num_return_sequences)]
+        P = max(len(j.prompt) for j in jobs)
+        pad = torch.tensor([P - len(j.prompt) for j, _ in owner], dtype=torch.long, device=dev)
+        tokens = torch.zeros(len(owner), P, dtype=torch.long, device=dev)
+        for i, (j, _) in enumerate(owner):
+            tokens[i, P - len(j.prompt):] = torch.tensor(j.prompt, device=dev)
+        cap = max(P + j.params.max_new_tokens for j in jobs)
+        state = DecodeState.allocate(model, pad, cap)
+        h = model.hidden_states(tokens, state)
+        logits = model.head.gather(model.head(h[:, -1:]))[:, 0]  # what next_token_logits computes
+        state.advance(P)
+        keep, first, ends, joined = [], [], [], []
         S_old = self.state.start if self.rows else 0
-        S = max(S_old, L)
-        ends_new = torch.full((len(keep),), S + job.params.max_new_tokens, dtype=torch.long)
+        S = max(S_old, P)
+        start = 0
+        for job in jobs:
+            n, L = job.params.num_return_sequences, len(job.prompt)
+            if job.prompt_logprobs is not None:  # every position's logits (of one row), from the same pass
+                lp = model.head.gather(model.head(h[start:start + 1, P - L:]))[0].float()
+                if self.vocab_limit is not None:
+                    lp[:, self.vocab_limit:] = float("-inf")
+                lp = lp.log_softmax(-1)
+                ids = torch.tensor(job.prompt[1:], device=dev)
+                picked = [None] + lp[:-1].gather(-1, ids.unsqueeze(-1))[:, 0].tolist()
+                tops = [None] + top_entries(lp[:-1], job.prompt_logprobs)
+                out.prompt_logprobs[job.rid] = list(zip(picked, tops))
+            if job.params.max_new_tokens == 0:  # scoring only (OpenAI's echo with max_tokens 0)
+                start += n
+                continue
+            req = self.requests[job.rid] = _Request(job, self.cfg.vocab_size, dev)
+            rows = list(range(n))
+            tok, info = self._sample(req, logits[start:start + n], rows)
+            for r, d in zip(rows, self._emit(out, job.rid, rows, tok, info)):
+                if not d:
+                    keep.append(start + r)
+                    first.append(tok[r])
+                    ends.append(S + job.params.max_new_tokens)
+                    joined.append((job.rid, r))
+            if not any(rid == job.rid for rid, _ in joined):
+                del self.requests[job.rid]
+            start += n
+        if not keep:
+            return
+        # join the batch: the group's slot P lines up with the batch's slot S
+        keep_t = torch.tensor(keep, device=dev)
         ends_old = self.ends + (S - S_old)
+        ends_new = torch.tensor(ends, dtype=torch.long)
         cap_new = int(torch.cat([ends_old, ends_new]).max())
-        keep_t = torch.tensor(keep, device=self.device)
-        new_caches = self._relayout([_rows(c, keep_t) for c in state.caches], cap, S, L - S, cap_new)
-        pad_new = torch.full((len(keep),), S - L, dtype=torch.long, device=self.device)
-        if self.rows:
+        new_caches = self._relayout([_rows(c, keep_t) for c in state.caches], cap, S, P - S, cap_new)
+        pad_new = pad[keep_t] + (S - P)
+        if self.state is not None:
             old = self._relayout(self.state.caches, self.state.capacity, S, S_old - S, cap_new)
             caches = [_cat(a, b) for a, b in zip(old, new_caches)]
-            pad = torch.cat([self.state.pad + (S - S_old), pad_new])
+            pad_all = torch.cat([self.state.pad + (S - S_old), pad_new])
         else:
-            caches, pad = new_caches, pad_new
-        self.rows += [(job.rid, r) for r in keep]
+            caches, pad_all = new_caches, pad_new
+        self.rows += joined
         self.ends = torch.cat([ends_old, ends_new])
-        self.next = torch.cat([self.next, tok[keep_t]])
-        self._set_state(pad, cap_new, caches, S)
+        self.next = torch.cat([self.next, torch.stack(first)])
+        self._set_state(pad_all, cap_new, caches, S)
 
     def _drop(self, which) -> None:
         rids = {w for w in which if isinstance(w, int)}

@@ -32,26 +32,27 @@ def jobs(n: int, draw: int, **params):
     return out
 
 
-def run(engine: BatchEngine, todo: list[Job], every: int = 2, drop_at: dict | None = None):
-    """Add one job every ``every`` iterations; ``drop_at``: {iteration: [rid or (rid, row)]}."""
+def run(engine: BatchEngine, todo: list[Job], every: int = 2, drop_at: dict | None = None, per: int = 1):
+    """Add ``per`` jobs (prefilled together) every ``every`` iterations; ``drop_at``:
+    {iteration: [rid or (rid, row)]}."""
     got: dict = {}
     pending, it = list(todo), 0
     while pending or engine.active:
         plan = Plan(drop=(drop_at or {}).get(it, []))
         if pending and it % every == 0:
-            plan.add.append(pending.pop(0))
+            plan.add, pending = pending[:per], pending[per:]
         for e in engine.apply(plan).tokens:
             got.setdefault((e.rid, e.row), []).append(e.token)
         it += 1
     return got
 
 
-@pytest.mark.parametrize("attention", ["dense", "alternating"])
-def test_greedy_rows_joining_and_leaving_equal_alone(attention):
+@pytest.mark.parametrize("attention,per", [("dense", 1), ("alternating", 1), ("dense", 3), ("alternating", 3)])
+def test_greedy_rows_joining_and_leaving_equal_alone(attention, per):
     model = model_for(attention)
     todo = jobs(10, 1, temperature=0, stop_at_eod=False)
     engine = BatchEngine(model, eod_id=None, max_rows=16)
-    got = run(engine, todo)
+    got = run(engine, todo, every=3 if per > 1 else 2, per=per)
     for j in todo:
         assert got[(j.rid, 0)] == generate(model, [j.prompt], j.params)[0].tokens, j.rid
     assert engine.active == 0 and engine.state is None
@@ -64,6 +65,7 @@ def test_sampled_rows_reproduce_their_seed():
     for j in todo:  # each request alone in the engine: the reference
         alone.update(run(BatchEngine(model, eod_id=None), [j]))
     assert run(BatchEngine(model, eod_id=None), todo, every=1) == alone
+    assert run(BatchEngine(model, eod_id=None), todo, every=2, per=4) == alone  # prefilled in groups
     assert any(alone[(j.rid, 0)] != alone[(j.rid, 1)] for j in todo)
 
 
