@@ -1,7 +1,7 @@
 """Serving throughput: ``megagpt/serve.py`` (continuous batching) under concurrent streaming
 clients, against Hugging Face ``generate`` one request at a time, same weights, same run.
 
-The server runs as a subprocess (``--port 0 --max-batch 16``, ``OMP_NUM_THREADS`` = ``--threads``);
+The server runs as a subprocess (``--port 0 --max-batch 16``, its own thread default or ``--server-threads``);
 real HTTP clients (threads, the standard library's ``http.client``) stream ``POST /v1/completions``
 with the prompt as token ids (``--prompt-tokens`` ids drawn with a fixed seed from the tokenizer's
 ordinary pieces, a different prompt per request), ``max_tokens`` = ``--new-tokens``, greedy, and
@@ -16,8 +16,8 @@ and whole-request latency, as p50/p99.
 The baseline, in this process before the server starts: ``AutoModelForCausalLM.from_pretrained``
 of the same weights (``megagpt.formats.hf.write_hf_dir``) and ``generate`` over the same prompts one
 at a time, greedy, stopping at EOD exactly as the server does (no ``min_new_tokens``), so both do
-the same work; a streamer timestamps every token. ``torch.set_num_threads(--threads)`` there, the
-same count the server gets. The last column says whether the server's text equals HF's.
+the same work; a streamer timestamps every token. ``torch.set_num_threads(--threads)`` there (default:
+every core, HF's fastest here). The last column says whether the server's text equals HF's.
 
 The model: by default the demo model's trained weights (``demo/run/model.safetensors``: 4 layers,
 n_positions 128) with its position embedding tiled to ``--n-positions`` (256) rows, since
@@ -182,10 +182,10 @@ def completion_text(tok, prompt, toks) -> str:
 
 # -- the server -----------------------------------------------------------------------------------
 class Server:
-    def __init__(self, model: Path, max_batch: int, threads: int, timeout: float = 300.0):
+    def __init__(self, model: Path, max_batch: int, threads: int | None, timeout: float = 300.0):
         cmd = [sys.executable, str(ROOT / "megagpt" / "serve.py"), "--model", str(model), "--port", "0",
-               "--max-batch", str(max_batch)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+               "--max-batch", str(max_batch)] + ([] if threads is None else ["--threads", str(threads)])
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # the server's own default
         self.log: list[str] = []
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                                      env=env)
@@ -308,8 +308,10 @@ def main():
     ap.add_argument("--requests", type=int, default=None, help="requests per level (default: max(level, 16)); "
                     "the baseline runs this many (default 16)")
     ap.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                    help="the server's OMP_NUM_THREADS and the baseline's torch.set_num_threads")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="the baseline's torch.set_num_threads (default: every core)")
+    ap.add_argument("--server-threads", type=int, default=None,
+                    help="the server's --threads (default: its own: on CPU every core but one, left to HTTP)")
     ap.add_argument("--seed", type=int, default=0, help="for the prompts")
     ap.add_argument("--quick", action="store_true", help="smoke run: 4 requests, 16 new tokens, concurrency 1,4")
     args = ap.parse_args()
@@ -337,7 +339,8 @@ def main():
         print(f"requests: prompt {args.prompt_tokens} token ids (seed {args.seed}, distinct per request), "
               f"max_tokens {args.new_tokens}, greedy, streamed; generation stops at EOD on both sides, so "
               f"'tokens' counts what was generated (EOD not counted)")
-        print(f"server: megagpt/serve.py --max-batch {args.max_batch}, OMP_NUM_THREADS={args.threads}; baseline: "
+        st = "its default threads" if args.server_threads is None else f"--threads {args.server_threads}"
+        print(f"server: megagpt/serve.py --max-batch {args.max_batch}, {st}; baseline: "
               f"transformers {transformers.__version__} generate (greedy, stops at EOD, batch 1, one request at a "
               f"time), torch.set_num_threads({args.threads}); torch {torch.__version__}, {os.cpu_count()} CPUs")
 
@@ -345,7 +348,7 @@ def main():
         hf_wall = sum(r.end - r.start for r in hf_results)
         hf_text = {tuple(p): r for p, r in zip(prompts, hf_results)}
 
-        server = Server(path, args.max_batch, args.threads)
+        server = Server(path, args.max_batch, args.server_threads)
         print(f"server: {server.banner}")
         stream_completion(server.host, server.port, prompts[0], min(8, args.new_tokens))  # warm-up
 
