@@ -240,3 +240,33 @@ def test_tensor_parallel_server_equals_one_rank(serve_models, client):
     finally:
         log = tp.stop()
     assert "megagpt/serv" not in log, log[-3000:]  # no traceback from the server (torchrun's own agent prints one on SIGTERM)
+
+
+def test_connections_to_the_listening_socket_have_nagle_off():
+    """asyncio turns Nagle off only on connections of IPPROTO_TCP sockets; with it on, every small
+    response waited out the client's delayed ACK (42 ms a request)."""
+    import asyncio
+
+    from megagpt.serve import listen_socket
+
+    def nodelay(sock):
+        seen = []
+
+        async def main():
+            def on_connection(reader, writer):
+                seen.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                writer.close()
+            server = await asyncio.start_server(on_connection, sock=sock)
+            reader, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            await reader.read()
+            writer.close()
+            server.close()
+            await server.wait_closed()
+        asyncio.run(main())
+        return seen[0]
+
+    assert nodelay(listen_socket("127.0.0.1", 0)) != 0
+    plain = socket.socket()  # what serve.py made before: protocol 0
+    plain.bind(("127.0.0.1", 0))
+    plain.listen()
+    assert nodelay(plain) == 0
