@@ -41,6 +41,7 @@ def parse_args(argv=None):
     ap.add_argument("--max-batch", type=int, default=32, help="rows decoded together (a request with n choices takes n)")
     ap.add_argument("--max-body-mb", type=float, default=4.0, help="largest request body accepted")
     ap.add_argument("--chat-max-tokens", type=int, default=64, help="chat replies: max_tokens when not given")
+    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for decoding (default on CPU without OMP_NUM_THREADS: every core but one, "
                          "which the HTTP side keeps: sharing it slowed decoding down 1.7x on 2 cores)")

@@ -1,6 +1,7 @@
 """Helpers of the serving tests: tiny exported models and a live ``megagpt/serve.py`` process."""
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -30,8 +31,10 @@ def tiny_model(cfg_seed: int, tokenizer: Path, out: Path, n_positions: int = 128
 class Server:
     def __init__(self, cmd: list, env=None, timeout: float = 120.0):
         self.log = []
+        # a session of its own: stop() signals the whole group, as Ctrl-C does (the deepspeed launcher
+        # passes no signal on to its ranks on one node)
         self.proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, cwd=ROOT, env={**os.environ, **(env or {})})
+                                     text=True, cwd=ROOT, env={**os.environ, **(env or {})}, start_new_session=True)
         deadline = time.time() + timeout
         self.url = None
         while time.time() < deadline:
@@ -48,12 +51,18 @@ class Server:
             raise RuntimeError("the server did not start:\n" + "".join(self.log))
 
     def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.terminate()
+        def signal_group(sig):
             try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        signal_group(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            signal_group(signal.SIGKILL)
+            self.proc.wait(30)
+        signal_group(signal.SIGKILL)  # whatever of the group outlived its launcher
         rest = self.proc.stdout.read() if self.proc.stdout else ""
         return "".join(self.log) + (rest or "")
 
