@@ -206,20 +206,6 @@ class Server:
             raise RuntimeError("the server did not start:\n" + "".join(self.log))
         self.drain = threading.Thread(target=self._drain, daemon=True)  # keep the pipe from filling up
         self.drain.start()
-        while True:  # and answers: a serve.py without sock.listen() before the line refused connections here
-            try:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
-                conn.request("GET", "/health")
-                ok = conn.getresponse().status == 200
-                conn.close()
-                if ok:
-                    break
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.stop()
-                raise RuntimeError("the server did not answer /health:\n" + "".join(self.log))
-            time.sleep(0.05)
 
     def _drain(self):
         for line in self.proc.stdout:

@@ -3,9 +3,10 @@ iteration-level scheduling), over the same left-padded key/value caches as ``gen
 
 The batch is a set of rows advancing in lockstep: at every step each row writes cache slot ``S``.
 A row's position is its slot minus its left padding, so a new request can join a batch at any
-step: it is prefilled alone (its first token comes from that prefill, as in ``generate``), and
-its cache is copied into the batch's so that its last prompt slot lines up with the batch's last
-filled slot (the batch is shifted right first when the new prompt is longer than ``S``). Rows
+step: the requests admitted in one iteration are prefilled together, left-padded to the longest
+prompt (their first tokens come from that prefill, as in ``generate``), and their caches are copied
+into the batch's so that their last prompt slot lines up with the batch's last filled slot (the
+batch is shifted right first when the new prompts are longer than ``S``). Rows
 leave when they finish; when every remaining row has left padding the batch is shifted left, so
 the caches stay about as long as the longest request in flight. Nothing in a row's computation
 depends on its neighbours except through padding the attention mask hides, so a greedy request
@@ -23,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from megagpt.inference.generation import SamplingParams, choose, penalize_repetition
+from megagpt.inference.generation import SamplingParams, _left_pad, choose, penalize_repetition
 from megagpt.model.cache import DecodeState, KVCache
 
 
@@ -65,9 +66,6 @@ class Plan:
     calls: list = field(default_factory=list)
     add: list[Job] = field(default_factory=list)
     stop: bool = False
-
-    def empty(self) -> bool:
-        return not (self.drop or self.calls or self.add or self.stop)
 
 
 @dataclass
@@ -118,14 +116,13 @@ def _remap(old: torch.Tensor, *, old_ring: bool, new_ring: bool, new_slots: int,
 
 class BatchEngine:
     """The running batch of one model. ``max_rows`` caps the rows decoded together (a request with
-    ``n`` choices takes ``n``); the scheduler keeps to it with ``free_rows``."""
+    ``n`` choices takes ``n``); the scheduler keeps to it (``kept_after``)."""
 
     def __init__(self, model, *, eod_id: int | None, max_rows: int = 32, vocab_limit: int | None = None):
         self.model, self.cfg, self.eod_id, self.max_rows = model, model.cfg, eod_id, max_rows
         # ids at or above vocab_limit (a tokenizer smaller than the model's padded vocabulary) are never chosen
         self.vocab_limit = vocab_limit if vocab_limit is not None and vocab_limit < model.cfg.vocab_size else None
         self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
         self.banded = [bool(b.attn.banded) for b in model.blocks]
         self.calls: dict[str, Callable] = {}
         self.requests: dict[int, _Request] = {}
@@ -139,8 +136,11 @@ class BatchEngine:
     def active(self) -> int:
         return len(self.rows)
 
-    def free_rows(self) -> int:
-        return self.max_rows - len(self.rows)
+    def kept_after(self, drop) -> list[int]:
+        """The batch rows a plan's ``drop`` (request ids, or (rid, row) pairs) leaves in."""
+        rids = {d for d in drop if isinstance(d, int)}
+        pairs = {tuple(d) for d in drop if not isinstance(d, int)}
+        return [i for i, (rid, row) in enumerate(self.rows) if rid not in rids and (rid, row) not in pairs]
 
     def register(self, name: str, fn: Callable) -> None:
         """A function plans may call by name (the same on every rank), e.g. MMI reranking."""
@@ -184,6 +184,13 @@ class BatchEngine:
             new.append(KVCache.of(k, v, ring=ring))
         return new
 
+    def _in_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        """fp32 logits without the ids the tokenizer does not have (-inf there)."""
+        logits = logits.float()
+        if self.vocab_limit is not None:
+            logits[..., self.vocab_limit:] = float("-inf")
+        return logits
+
     def _set_state(self, pad: torch.Tensor, capacity: int, caches, S: int) -> None:
         self.state = DecodeState(self.cfg, pad, capacity, caches)
         self.state.start = S
@@ -192,9 +199,7 @@ class BatchEngine:
         """Tokens for some rows of one request from their raw logits (R, V); the log-probability
         entries when the job asked for them."""
         job, p = req.job, req.job.params
-        raw = logits.float()
-        if self.vocab_limit is not None:
-            raw[:, self.vocab_limit:] = float("-inf")
+        raw = self._in_vocab(logits)
         x = raw
         if req.counts is not None:
             c = req.counts[rows]
@@ -237,32 +242,38 @@ class BatchEngine:
                                        f"tokens exceed n_positions={self.cfg.n_positions}")
             else:
                 ok.append(job)
-        groups = [ok] if len(ok) == 1 else [ok] + [[j] for j in ok] if ok else []
-        for i, group in enumerate(groups):
+        if not ok:
+            return
+        try:
+            self._add(ok, out)
+            return
+        except Exception as e:  # noqa: BLE001
+            self._forget(ok, out)
+            if len(ok) == 1:
+                out.errors[ok[0].rid] = f"{type(e).__name__}: {e}"
+                return
+        for job in ok:
             try:
-                self._add(group, out)
+                self._add([job], out)
             except Exception as e:  # noqa: BLE001
-                rids = {j.rid for j in group}
-                for rid in rids:
-                    self.requests.pop(rid, None)
-                    out.prompt_logprobs.pop(rid, None)
-                out.tokens = [t for t in out.tokens if t.rid not in rids]
-                if len(group) == 1:
-                    out.errors[group[0].rid] = f"{type(e).__name__}: {e}"
-                continue
-            if i == 0:
-                return  # the whole group joined
+                self._forget([job], out)
+                out.errors[job.rid] = f"{type(e).__name__}: {e}"
+
+    def _forget(self, jobs: list[Job], out: Outcome) -> None:
+        """Undo what a failed ``_add`` left: the jobs' requests and their events (the batch itself is
+        only changed at its end)."""
+        rids = {j.rid for j in jobs}
+        for rid in rids:
+            self.requests.pop(rid, None)
+            out.prompt_logprobs.pop(rid, None)
+        out.tokens = [t for t in out.tokens if t.rid not in rids]
 
     def _add(self, jobs: list[Job], out: Outcome) -> None:
         """One prefill for all rows of ``jobs``, left-padded to the longest prompt (each job's
         first tokens come from it, as in ``generate``), then the rows that go on join the batch."""
         model, dev = self.model, self.device
-        owner = [(j, r) for j in jobs for r in range(j.params.num_return_sequences)]
-        P = max(len(j.prompt) for j in jobs)
-        pad = torch.tensor([P - len(j.prompt) for j, _ in owner], dtype=torch.long, device=dev)
-        tokens = torch.zeros(len(owner), P, dtype=torch.long, device=dev)
-        for i, (j, _) in enumerate(owner):
-            tokens[i, P - len(j.prompt):] = torch.tensor(j.prompt, device=dev)
+        tokens, pad = _left_pad([j.prompt for j in jobs for _ in range(j.params.num_return_sequences)], 0, dev)
+        P = tokens.size(1)
         cap = max(P + j.params.max_new_tokens for j in jobs)
         state = DecodeState.allocate(model, pad, cap)
         h = model.hidden_states(tokens, state)
@@ -275,10 +286,7 @@ class BatchEngine:
         for job in jobs:
             n, L = job.params.num_return_sequences, len(job.prompt)
             if job.prompt_logprobs is not None:  # every position's logits (of one row), from the same pass
-                lp = model.head.gather(model.head(h[start:start + 1, P - L:]))[0].float()
-                if self.vocab_limit is not None:
-                    lp[:, self.vocab_limit:] = float("-inf")
-                lp = lp.log_softmax(-1)
+                lp = self._in_vocab(model.head.gather(model.head(h[start:start + 1, P - L:]))[0]).log_softmax(-1)
                 ids = torch.tensor(job.prompt[1:], device=dev)
                 picked = [None] + lp[:-1].gather(-1, ids.unsqueeze(-1))[:, 0].tolist()
                 tops = [None] + top_entries(lp[:-1], job.prompt_logprobs)
@@ -319,11 +327,8 @@ class BatchEngine:
         self._set_state(pad_all, cap_new, caches, S)
 
     def _drop(self, which) -> None:
-        rids = {w for w in which if isinstance(w, int)}
-        pairs = {tuple(w) for w in which if not isinstance(w, int)}
-        keep = [i for i, (rid, row) in enumerate(self.rows) if rid not in rids and (rid, row) not in pairs]
-        self._keep(keep)
-        for rid in rids:
+        self._keep(self.kept_after(which))
+        for rid in (d for d in which if isinstance(d, int)):
             self.requests.pop(rid, None)
 
     def _keep(self, keep: list[int]) -> None:

@@ -90,6 +90,20 @@ def choose(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator |
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
+def continuation(decode: Callable[[list[int]], str], prompt: list[int], new: list[int], prompt_text: str) -> str:
+    """The text of ``new`` after ``prompt`` (whose decoded text is ``prompt_text``): decoded together
+    with the prompt (a tokenizer may drop the space that starts a piece at the start of a text),
+    then the prompt's text cut off."""
+    whole = decode(prompt + new)
+    return whole[len(prompt_text):] if whole.startswith(prompt_text) else decode(new)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str | None:
+    """``text`` up to the first of the ``stop`` strings it contains; None when it contains none."""
+    hits = [text.find(s) for s in stop if s in text]
+    return text[:min(hits)] if hits else None
+
+
 def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     P = max(len(r) for r in rows)
     idx = torch.full((len(rows), P), pad_id, dtype=torch.long, device=device)
@@ -149,13 +163,10 @@ def generate(model, prompts: Sequence[Sequence[int]], params: SamplingParams | N
 
     prompt_text: dict[int, str] = {}
 
-    def continuation(i: int) -> str:
-        """Row i's new text: decoded together with its prompt (a tokenizer may drop the space
-        that starts a piece at the start of a text), then the prompt's text cut off."""
+    def new_text(i: int) -> str:
         if i not in prompt_text:
             prompt_text[i] = decode(rows[i])
-        whole = decode(rows[i] + out[i])
-        return whole[len(prompt_text[i]):] if whole.startswith(prompt_text[i]) else decode(out[i])
+        return continuation(decode, rows[i], out[i], prompt_text[i])
 
     logits, state = forward_window(None)
     out: list[list[int]] = [[] for _ in range(B)]
@@ -179,10 +190,9 @@ def generate(model, prompts: Sequence[Sequence[int]], params: SamplingParams | N
                 continue
             out[i].append(tok)
             if p.stop:
-                t = continuation(i)
-                hits = [t.find(s) for s in p.stop if s in t]
-                if hits:
-                    done[i], reason[i], text[i] = True, "stop", t[:min(hits)]
+                cut = cut_at_stop(new_text(i), p.stop)
+                if cut is not None:
+                    done[i], reason[i], text[i] = True, "stop", cut
         if all(done) or step == p.max_new_tokens - 1:
             break
         if seen is not None:
@@ -196,6 +206,6 @@ def generate(model, prompts: Sequence[Sequence[int]], params: SamplingParams | N
     results = []
     for i in range(B):
         if decode is not None and text[i] is None:
-            text[i] = continuation(i)
+            text[i] = new_text(i)
         results.append(Completion(i // p.num_return_sequences, out[i], text[i], reason[i], scores[i]))
     return results

@@ -26,8 +26,8 @@ from starlette.routing import Route
 
 from megagpt.dialogue.mmi import history_ids
 from megagpt.inference.batching import Job
-from megagpt.serving.protocol import (APIError, LogprobBuilder, Usage, _number, encode, parse_body, parse_common,
-                                      parse_messages, parse_prompts)
+from megagpt.serving.protocol import (APIError, LogprobBuilder, Usage, _number, encode, flag, parse_body,
+                                      parse_common, parse_messages, parse_prompts)
 from megagpt.serving.scheduler import Handle, Scheduler
 
 CHAT_PAGE = Path(__file__).with_name("chat.html")
@@ -69,6 +69,10 @@ class Service:
                                 f"{which} has {len(prompt)} tokens and max_tokens is {max_tokens}.",
                            param="max_tokens" if len(prompt) < self.n_positions else "prompt",
                            code="context_length_exceeded")
+
+    def envelope(self, rid: str, obj: str) -> dict:
+        """The fields every response and chunk starts with."""
+        return {"id": rid, "object": obj, "created": int(time.time()), "model": self.name}
 
     def piece(self, token: int) -> str:
         return self.tok.sp.id_to_piece(int(token)).replace("\u2581", " ")
@@ -160,9 +164,7 @@ class Service:
         common = parse_common(body, max_n=self.max_n)
         self.check_model(common.model)
         prompts = parse_prompts(body, self.tok)
-        echo = body.get("echo", False)
-        if not isinstance(echo, bool):
-            raise APIError(400, f"'echo' must be true or false, got {echo!r}.", param="echo")
+        echo = flag(body, "echo")
         logprobs = _number(body, "logprobs", None, lo=0, hi=20, integer=True)
         max_tokens = 16 if common.max_tokens is None else common.max_tokens
         if max_tokens == 0 and not echo:
@@ -177,25 +179,20 @@ class Service:
             return self.stream(request, handles, events, rid, "text_completion", n, common.include_usage,
                                echo=echo, logprobs=logprobs)
         await self.wait(handles, events, request)
-        choices, usage = [], Usage()
+        choices = []
         for i, h in enumerate(handles):
-            usage.prompt += len(h.job.prompt)
             prompt_text = self.tok.decode(h.job.prompt) if echo else ""
             for j, row in enumerate(h.rows):
-                usage.completion += len(row.tokens)
                 lp = None
                 if logprobs is not None:
                     b = LogprobBuilder(self.piece, strip_first=echo)
-                    if echo:
-                        for t, (v, top) in zip(h.job.prompt, h.prompt_logprobs or []):
-                            b.add(t, v, top)
-                    for t, v, top in row.logprobs:
+                    for t, v, top in (h.prompt_entries() if echo else []) + row.logprobs:
                         b.add(t, v, top)
                     lp = b.body()
                 choices.append({"index": i * n + j, "text": prompt_text + row.text, "logprobs": lp,
                                 "finish_reason": row.finish})
-        return JSONResponse({"id": rid, "object": "text_completion", "created": int(time.time()),
-                             "model": self.name, "choices": choices, "usage": usage.body()})
+        return JSONResponse({**self.envelope(rid, "text_completion"), "choices": choices,
+                             "usage": Usage.of(handles).body()})
 
     async def chat(self, request: Request):
         body = await self.body(request)
@@ -206,9 +203,7 @@ class Service:
             if body.get(key) not in (None, False, 0):
                 raise APIError(400, f"'{key}' is not supported for chat; use /v1/completions.", param=key,
                                code="unsupported_parameter")
-        mmi = body.get("mmi", False)
-        if not isinstance(mmi, bool):
-            raise APIError(400, f"'mmi' must be true or false, got {mmi!r}.", param="mmi")
+        mmi = flag(body, "mmi")
         if mmi and not self.mmi:
             raise APIError(400, "'mmi' needs a backward model: start the server with --backward.", param="mmi")
         mmi_n = _number(body, "mmi_n", min(16, self.max_n), lo=1, hi=self.max_n, integer=True) if mmi else 1
@@ -233,9 +228,8 @@ class Service:
         h = handles[0]
         choices = [{"index": j, "message": {"role": "assistant", "content": row.text}, "logprobs": None,
                     "finish_reason": row.finish} for j, row in enumerate(h.rows)]
-        usage = Usage(len(prompt), sum(len(r.tokens) for r in h.rows))
-        return JSONResponse({"id": rid, "object": "chat.completion", "created": int(time.time()),
-                             "model": self.name, "choices": choices, "usage": usage.body()})
+        return JSONResponse({**self.envelope(rid, "chat.completion"), "choices": choices,
+                             "usage": Usage.of(handles).body()})
 
     async def chat_mmi(self, request, handles, events, rid, turns, weight, common):
         await self.wait(handles, events, request)
@@ -244,14 +238,13 @@ class Service:
         scored = await asyncio.wrap_future(self.scheduler.call("mmi", turns, cands, weight))
         best = max(range(len(scored)), key=lambda i: scored[i].score)
         text, finish = scored[best].text, h.rows[best].finish
-        usage = Usage(len(h.job.prompt), sum(len(r.tokens) for r in h.rows))
+        usage = Usage.of(handles)
         extra = {"mmi": {"candidates": len(scored), "chosen": best, "score": scored[best].score}}
         if not common.stream:
-            return JSONResponse({"id": rid, "object": "chat.completion", "created": int(time.time()),
-                                 "model": self.name, "choices": [{"index": 0, "message": {"role": "assistant",
-                                 "content": text}, "logprobs": None, "finish_reason": finish}],
-                                 "usage": usage.body(), **extra})
-        base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": self.name}
+            return JSONResponse({**self.envelope(rid, "chat.completion"), "choices": [{"index": 0, "message": {
+                "role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}],
+                "usage": usage.body(), **extra})
+        base = self.envelope(rid, "chat.completion.chunk")
 
         async def chunks():
             for delta, fin in (({"role": "assistant", "content": ""}, None), ({"content": text}, None), ({}, finish)):
@@ -263,7 +256,7 @@ class Service:
         return StreamingResponse(chunks(), media_type="text/event-stream")
 
     def stream(self, request, handles, events, rid, obj, n, include_usage, *, echo=False, logprobs=None):
-        base = {"id": rid, "object": obj, "created": int(time.time()), "model": self.name}
+        base = self.envelope(rid, obj)
         chat = obj.startswith("chat")
 
         builders: dict[int, LogprobBuilder] = {}  # per choice: offsets run on across its chunks
@@ -282,10 +275,9 @@ class Service:
             return {"index": index, "text": text or "", "logprobs": lp, "finish_reason": finish}
 
         async def chunks():
-            left, usage, finished, echoed = len(handles), Usage(), False, set()
+            left, finished, echoed = len(handles), False, set()
             try:
                 for i, h in enumerate(handles):
-                    usage.prompt += len(h.job.prompt)
                     for j in range(n):
                         if chat:
                             yield sse({**base, "choices": [choice(i * n + j, "", role=True)]})
@@ -299,20 +291,19 @@ class Service:
                         if not chat and echo and logprobs is not None and h.prompt_logprobs \
                                 and (tag, row) not in echoed:  # the prompt's entries come first
                             echoed.add((tag, row))
-                            entries = [(t, v, top) for t, (v, top) in zip(h.job.prompt, h.prompt_logprobs)] + entries
+                            entries = h.prompt_entries() + entries
                         yield sse({**base, "choices": [choice(tag * n + row, text, entries=entries)]})
                     elif kind == "finish":
                         row, reason = rest
                         yield sse({**base, "choices": [choice(tag * n + row, None if chat else "", reason)]})
                     elif kind == "done":
                         left -= 1
-                        usage.completion += sum(len(r.tokens) for r in h.rows)
                     else:
                         yield sse({"error": APIError(500, rest[0], kind="server_error").body()["error"]})
                         break
                 finished = True
                 if include_usage:
-                    yield sse({**base, "choices": [], "usage": usage.body()})
+                    yield sse({**base, "choices": [], "usage": Usage.of(handles).body()})
                 yield "data: [DONE]\n\n"
             finally:
                 if not finished:  # the client went away (or the loop failed): free the batch rows

@@ -62,6 +62,14 @@ MAX_STOP = 32  # OpenAI takes 4; lm-evaluation-harness sends a task's stop seque
 GREEDY_BELOW = 1e-5  # a temperature this small is greedy (dividing by it would overflow the logits)
 
 
+def flag(body: dict, key: str) -> bool:
+    """A true/false field (false when absent)."""
+    v = body.get(key, False)
+    if not isinstance(v, bool):
+        raise APIError(400, f"'{key}' must be true or false, got {v!r}.", param=key)
+    return v
+
+
 def _stop(body: dict) -> list[str]:
     stop = body.get("stop")
     if stop is None:
@@ -100,9 +108,7 @@ def parse_common(body: dict, *, max_n: int) -> Common:
     max_tokens = _number(body, "max_tokens", None, lo=0, integer=True)
     if "max_completion_tokens" in body and body["max_completion_tokens"] is not None:
         max_tokens = _number(body, "max_completion_tokens", None, lo=0, integer=True)
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise APIError(400, f"'stream' must be true or false, got {stream!r}.", param="stream")
+    stream = flag(body, "stream")
     opts = body.get("stream_options") or {}
     if not isinstance(opts, dict):
         raise APIError(400, "'stream_options' must be an object.", param="stream_options")
@@ -193,6 +199,12 @@ def parse_messages(body: dict) -> list[str]:
 class Usage:
     prompt: int = 0
     completion: int = 0
+
+    @classmethod
+    def of(cls, handles) -> "Usage":
+        """The prompt and generated tokens of finished requests (``Handle``s)."""
+        return cls(sum(len(h.job.prompt) for h in handles),
+                   sum(len(r.tokens) for h in handles for r in h.rows))
 
     def body(self) -> dict:
         return {"prompt_tokens": self.prompt, "completion_tokens": self.completion,

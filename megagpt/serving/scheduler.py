@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 import torch.distributed as dist
 
 from megagpt.inference.batching import BatchEngine, Job, Plan
+from megagpt.inference.generation import continuation, cut_at_stop
 
 
 @dataclass
 class Row:
     tokens: list[int] = field(default_factory=list)
-    logprobs: list = field(default_factory=list)  # (logprob, top entries) per generated token
+    logprobs: list = field(default_factory=list)  # (token, logprob, top entries) per generated token
     text: str = ""
     sent: int = 0  # characters of ``text`` already streamed
     finish: str | None = None
@@ -43,7 +44,7 @@ class Handle:
         self.rows = [Row() for _ in range(job.params.num_return_sequences)]
         self.events, self.tag = events, tag
         self.prompt_logprobs = None
-        self._prompt_text = decode(job.prompt) if decode else ""
+        self._prompt_text = decode(job.prompt)
         self._hold = max((len(s) for s in self.stop), default=1) - 1
 
     def push(self, *event) -> None:
@@ -52,13 +53,17 @@ class Handle:
         except RuntimeError:  # the server's loop is closed (shutting down): nobody is listening
             pass
 
+    def prompt_entries(self) -> list:
+        """(token, logprob, top entries) per prompt token, when the job asked for them (the first
+        token's are None)."""
+        return [(t, v, top) for t, (v, top) in zip(self.job.prompt, self.prompt_logprobs or [])]
+
     @property
     def done(self) -> bool:
         return all(r.finish for r in self.rows)
 
     def _text(self, row: Row) -> str:
-        whole = self.decode(self.job.prompt + row.tokens)
-        t = whole[len(self._prompt_text):] if whole.startswith(self._prompt_text) else self.decode(row.tokens)
+        t = continuation(self.decode, self.job.prompt, row.tokens, self._prompt_text)
         return t.lstrip() if self.lstrip else t
 
     def on_token(self, i: int, token: int, finished: str | None, logprob, top) -> bool:
@@ -72,9 +77,9 @@ class Handle:
         if finished != "eod":
             row.tokens.append(token)
             row.text = self._text(row)
-            hits = [row.text.find(s) for s in self.stop if s in row.text]
-            if hits:
-                row.text, finished, cut = row.text[:min(hits)], "stop", True
+            stopped = cut_at_stop(row.text, self.stop)
+            if stopped is not None:
+                row.text, finished, cut = stopped, "stop", True
         if finished:
             row.finish = "stop" if finished in ("eod", "stop") else "length"
         ready = row.text
@@ -164,9 +169,7 @@ class Scheduler:
                 self._collect(plan, futures, block=not (self.engine.active or self.waiting))
                 plan.drop += self.to_drop
                 self.to_drop = []
-                gone = {d for d in plan.drop if isinstance(d, int)}
-                pairs = {d for d in plan.drop if not isinstance(d, int)}
-                free = self.engine.free_rows() + sum(1 for r in self.engine.rows if r[0] in gone or r in pairs)
+                free = self.engine.max_rows - len(self.engine.kept_after(plan.drop))
                 while self.waiting and self.waiting[0].job.params.num_return_sequences <= free:
                     h = self.waiting.pop(0)
                     free -= h.job.params.num_return_sequences
