@@ -1,7 +1,5 @@
 """A tiny dense GPT exported with a sentencepiece tokenizer trained on the project's own prose,
 and small task files in megagpt's format."""
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -11,27 +9,14 @@ from megagpt.formats.weights import save_export
 from megagpt.model import GPT, full_state_dict
 from eval_data import SENTENCES
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
 
 @pytest.fixture(scope="session")
-def tokenizer_path(tmp_path_factory):
-    from data_tools.tokenizer import TokenizerConfig, train
-
-    tmp = tmp_path_factory.mktemp("tok")
-    texts = [p.read_text(encoding="utf-8") for p in sorted(ROOT.glob("megagpt/**/*.py"))] + \
-            [(ROOT / "README.md").read_text(encoding="utf-8")]
-    return train(texts, tmp / "tok.model", TokenizerConfig(vocab_size=400, sample_bytes=2_000_000))
-
-
-@pytest.fixture(scope="session")
-def exported(tmp_path_factory, tokenizer_path):
+def exported(tmp_path_factory, prose_tokenizer):
     tmp = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
     cfg = model_config("tiny", vocab_size=400, n_positions=128, attention="dense",
                        embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
-    return save_export(full_state_dict(GPT(cfg)), cfg, tmp / "model.safetensors", tokenizer=str(tokenizer_path),
+    return save_export(full_state_dict(GPT(cfg)), cfg, tmp / "model.safetensors", tokenizer=str(prose_tokenizer),
                        run_name="tiny_run")
 
 

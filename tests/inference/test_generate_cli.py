@@ -20,17 +20,12 @@ PROMPTS = ["The history of", "Generation must stay inside", "Tensor parallel", "
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A tiny model and a sentencepiece tokenizer trained on the project's own prose."""
-    from data_tools.tokenizer import TokenizerConfig, train
-
-    tmp = tmp_path_factory.mktemp("gen")
-    texts = [p.read_text(encoding="utf-8") for p in sorted(ROOT.glob("megagpt/**/*.py"))] + \
-            [(ROOT / "README.md").read_text(encoding="utf-8")]
-    tok = train(texts, tmp / "tok.model", TokenizerConfig(vocab_size=400, sample_bytes=2_000_000))
+def exported(tmp_path_factory, prose_tokenizer):
+    """A tiny model with the sentencepiece tokenizer trained on the project's own prose."""
     torch.manual_seed(0)
     cfg = model_config("tiny", vocab_size=400, attention="alternating", local_window=8, n_positions=64)
-    return save_export(full_state_dict(GPT(cfg)), cfg, tmp / "model.safetensors", tokenizer=str(tok))
+    return save_export(full_state_dict(GPT(cfg)), cfg, tmp_path_factory.mktemp("gen") / "model.safetensors",
+                       tokenizer=str(prose_tokenizer))
 
 
 def _env():

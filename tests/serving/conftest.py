@@ -3,17 +3,12 @@ model sharing a sentencepiece tokenizer trained on the project's prose, with byt
 Chinese text round-trips), started once per session."""
 import pytest
 
-from serve_common import ROOT, start_server, tiny_model
+from serve_common import start_server, tiny_model
 
 
 @pytest.fixture(scope="session")
-def serve_models(tmp_path_factory):
-    from data_tools.tokenizer import TokenizerConfig, train
-
-    tmp = tmp_path_factory.mktemp("serve_models")
-    texts = [p.read_text(encoding="utf-8") for p in sorted(ROOT.glob("megagpt/**/*.py"))] + \
-            [(ROOT / "README.md").read_text(encoding="utf-8")]
-    tok = train(texts, tmp / "tok.model", TokenizerConfig(vocab_size=400, sample_bytes=2_000_000))
+def serve_models(tmp_path_factory, prose_tokenizer):
+    tmp, tok = tmp_path_factory.mktemp("serve_models"), prose_tokenizer
     return {"tokenizer": tok, "forward": tiny_model(0, tok, tmp / "fwd.safetensors", n_positions=512),
             "backward": tiny_model(1, tok, tmp / "bwd.safetensors", n_positions=512),
             "banded": tiny_model(2, tok, tmp / "banded.safetensors", attention="alternating")}
