@@ -44,6 +44,8 @@ def parse_args(argv=None):
     ap.add_argument("--num-return-sequences", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-cache", action="store_true", help="recompute the whole prefix at every step")
+    ap.add_argument("--compile", action="store_true",
+                    help="decode with a torch.compile'd one-token step over a static cache (tp 1; fp32/bf16/fp16)")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -81,6 +83,12 @@ def main(argv=None) -> int:
         ps, device = setup_parallel(args.tp)
         model, tok = load_for_text(args.model, tokenizer=args.tokenizer, ps=ps, tag=args.tag, dtype=args.dtype,
                                    device=device)
+        if args.compile:
+            from megagpt.inference.compiled import check_compilable
+
+            if args.no_cache:
+                raise ValueError("--compile decodes over a cache; drop --no-cache.")
+            check_compilable(model)
     except (ValueError, FileNotFoundError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -89,7 +97,8 @@ def main(argv=None) -> int:
     for b in range(0, len(mine), args.batch_size):
         chunk = mine[b:b + args.batch_size]
         ids = [tok.encode(prompts[i]) or [tok.eod_id] for i in chunk]
-        for c in generate(model, ids, params, eod_id=tok.eod_id, decode=tok.decode, use_cache=not args.no_cache):
+        for c in generate(model, ids, params, eod_id=tok.eod_id, decode=tok.decode, use_cache=not args.no_cache,
+                          compile=args.compile):
             results.setdefault(chunk[c.prompt_index], []).append((c.text, c.finish_reason))
     results = gather_dp(results, ps)
     if ps is None or ps.rank == 0:

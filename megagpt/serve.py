@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         print(f"error: serving needs the [serve] extra (pip install -e '.[serve]'): {e}", file=sys.stderr)
         return 2
     from megagpt.dialogue.mmi import rerank
-    from megagpt.inference import DTYPES, WeightsError, load, load_for_text
+    from megagpt.inference import WeightsError, load, load_for_text
     from megagpt.inference.batching import BatchEngine
     from megagpt.inference.distributed import finish, setup_parallel
     from megagpt.serving.scheduler import Scheduler, follow
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
                                    device=device)
         bwd = None
         if args.backward:
-            bwd = load(args.backward, ps=ps, dtype=DTYPES[args.dtype], device=device, with_tokenizer=False).model
+            bwd = load(args.backward, ps=ps, dtype=args.dtype, device=device, with_tokenizer=False).model
     except (ValueError, FileNotFoundError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

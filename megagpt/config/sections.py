@@ -186,6 +186,7 @@ class TrainConfig:
     rampup_start_batch: int = 0  # samples; 0 turns GPT-3's batch-size ramp-up off
     rampup_tokens: int = 0
     activation_checkpointing: bool = False
+    compile: bool = False  # torch.compile the model through DeepSpeed's engine.compile() (inductor)
     log_interval: int = 10
     eval_interval: int = 100
     eval_iters: int = 10
@@ -242,8 +243,9 @@ class TrainConfig:
                               f"{self.verify_checkpoint!r}.")
         if self.save_failure not in ("stop", "warn"):
             raise ConfigError(f"train.save_failure must be 'stop' or 'warn', got {self.save_failure!r}.")
-        if not isinstance(self.resume_fallback, bool):
-            raise ConfigError(f"train.resume_fallback must be true or false, got {self.resume_fallback!r}.")
+        for key in ("resume_fallback", "compile", "activation_checkpointing"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"train.{key} must be true or false, got {getattr(self, key)!r}.")
         if self.init_from and self.resume_from:
             raise ConfigError("train.init_from (weights only, a fresh run) and train.resume_from (a run "
                               "continued) exclude each other; set one.")

@@ -7,7 +7,7 @@
 models only in its own table or in modules already imported; ``import megagpt.eval.harness``
 does the same for ``lm_eval.simple_evaluate(model="megagpt", ...)``). Model arguments: ``path``
 (export, Hugging Face directory or checkpoint), ``tokenizer``, ``tag``, ``batch_size``, ``tp``,
-``dtype`` (fp32, bf16, fp16), ``max_gen_toks``. Log-likelihoods go through the batched, vocab-parallel
+``dtype`` (fp32, bf16, fp16, int8), ``max_gen_toks``. Log-likelihoods go through the batched, vocab-parallel
 ``megagpt.inference.loglikelihood`` and generation through the cached generator; under a launcher
 the model is tensor-parallel over ``tp`` ranks and the requests are split over the DP groups
 inside the model, so lm-evaluation-harness itself sees one process.

@@ -17,6 +17,7 @@ from typing import Mapping
 
 import torch
 
+from megagpt.inference.int8 import check_int8, quantize_int8
 from megagpt.inference.generation import Completion, SamplingParams, generate
 from megagpt.inference.scoring import Score, loglikelihood
 from megagpt.data.tokenizer import Tokenizer
@@ -24,11 +25,12 @@ from megagpt.formats import read_weights
 from megagpt.formats.weights import WeightsError
 from megagpt.model.gpt import build_empty
 
-__all__ = ["load", "load_for_text", "add_model_args", "DTYPES", "Loaded", "read_weights", "generate", "SamplingParams", "Completion", "loglikelihood",
+__all__ = ["load", "load_for_text", "add_model_args", "DTYPES", "PRECISIONS", "quantize_int8", "Loaded", "read_weights", "generate", "SamplingParams", "Completion", "loglikelihood",
            "Score", "Tokenizer", "WeightsError"]
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = (*DTYPES, "int8")  # int8: fp32 weights quantized after loading (megagpt.inference.int8)
 
 
 def add_model_args(ap) -> None:
@@ -39,13 +41,14 @@ def add_model_args(ap) -> None:
     ap.add_argument("--tokenizer", help="sentencepiece .model (default: the one the model names)")
     ap.add_argument("--tag", help="checkpoint tag (default: the one in 'latest')")
     ap.add_argument("--tp", type=int, default=None, help="tensor-parallel size (default: world size)")
-    ap.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    ap.add_argument("--dtype", choices=PRECISIONS, default="fp32",
+                    help="int8: int8 weights and fp32 activations on CPU (every linear layer and the head)")
 
 
 def load_for_text(path, *, tokenizer=None, hint: str = "--tokenizer", dtype: str | None = None, **kw) -> "Loaded":
     """``load`` for commands that read and write text: a ValueError when no tokenizer is found
     (``hint`` says how to give one) or when it has more tokens than the model."""
-    loaded = load(path, tokenizer=tokenizer, dtype=DTYPES[dtype] if dtype else None, **kw)
+    loaded = load(path, tokenizer=tokenizer, dtype=dtype, **kw)
     model, tok = loaded
     if tok is None:
         raise ValueError(f"{path}: no tokenizer recorded or found beside it; pass {hint}.")
@@ -84,16 +87,26 @@ def load(path: str | Path, *, tokenizer: str | Path | None = None, ps=None, dtyp
     """Load a model for inference (eval mode, no grad) from ``path``.
 
     ``ps``: a ``ParallelState`` to shard over (each rank reads only what it keeps, one tensor at a
-    time); ``dtype``: e.g. ``torch.bfloat16``; ``tag``: a checkpoint tag other than ``latest``;
+    time); ``dtype``: e.g. ``torch.bfloat16`` or a name in ``PRECISIONS`` ('int8' quantizes every
+    linear layer and the head, on CPU); ``tag``: a checkpoint tag other than ``latest``;
     ``model_cfg``: the model config of an old checkpoint without ``megagpt.json``."""
     from megagpt.formats.weights import load_weights
 
+    int8 = dtype == "int8"
+    if isinstance(dtype, str):
+        if dtype not in PRECISIONS:
+            raise ValueError(f"dtype must be one of {', '.join(PRECISIONS)} or a torch dtype, got {dtype!r}.")
+        dtype = None if int8 else DTYPES[dtype]
+    if int8:
+        check_int8(device)
     cfg, full, meta = read_weights(path, tag=tag, model_cfg=model_cfg)
     model = build_empty(cfg, ps)
     load_weights(model, full, path)
     model.eval().requires_grad_(False)
     if dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)
+    if int8:
+        quantize_int8(model)
     tok = None
     if with_tokenizer:
         base = Path(path) if Path(path).is_dir() else Path(path).parent

@@ -116,13 +116,14 @@ def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
 @torch.no_grad()
 def generate(model, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None, *,
              eod_id: int | None = None, decode: Callable[[list[int]], str] | None = None,
-             use_cache: bool = True, keep_scores: bool = False) -> list[Completion]:
+             use_cache: bool = True, keep_scores: bool = False, compile: bool = False) -> list[Completion]:
     """Continue each prompt (a list of token ids) ``num_return_sequences`` times.
 
     ``decode`` turns ids into text (needed for stop strings and ``Completion.text``);
     ``use_cache=False`` recomputes the whole window at every step (the reference the cache is
     tested and benchmarked against); ``keep_scores`` keeps each step's processed full-vocabulary
-    logits in ``Completion.scores``."""
+    logits in ``Completion.scores``; ``compile`` decodes with a compiled one-token step over a static
+    cache (``megagpt.inference.compiled``; the same tokens, faster once compiled)."""
     p = (params or SamplingParams()).validate()
     if p.stop and decode is None:
         raise ValueError("stop strings need a tokenizer to decode the generated text.")
@@ -137,6 +138,13 @@ def generate(model, prompts: Sequence[Sequence[int]], params: SamplingParams | N
             for r in prompts for _ in range(p.num_return_sequences)]
     B = len(rows)
     tokens, pad = _left_pad(rows, 0, device)
+    static = None
+    if compile:
+        if not use_cache:
+            raise ValueError("compile=True decodes over a cache; it cannot be combined with use_cache=False.")
+        from megagpt.inference.compiled import StaticDecoder
+
+        static = StaticDecoder(model, B, min(n_pos, tokens.size(1) + p.max_new_tokens))
     generator = torch.Generator(device=device).manual_seed(p.seed)
     seen = None
     if p.repetition_penalty != 1.0:
@@ -151,6 +159,8 @@ def generate(model, prompts: Sequence[Sequence[int]], params: SamplingParams | N
             cut = tokens.size(1) - (keep if use_cache else n_pos)
             tokens, pad = tokens[:, cut:], (pad - cut).clamp(min=0)
         T = tokens.size(1)
+        if static is not None:
+            return static.prefill(tokens, pad), static
         if use_cache and state_caches is None:
             state = DecodeState.allocate(model, pad, min(n_pos, T + p.max_new_tokens))
         elif use_cache:  # the window slid: the same buffers (the cache was full: n_positions)
@@ -198,7 +208,9 @@ def generate(model, prompts: Sequence[Sequence[int]], params: SamplingParams | N
         if seen is not None:
             seen[torch.arange(B, device=device), nxt] = True
         tokens = torch.cat([tokens, nxt.unsqueeze(1)], dim=1)
-        if not use_cache or state.start == state.capacity:  # no cache, or the window is full
+        if static is not None:
+            logits = forward_window(None)[0] if static.full else static.step(nxt.unsqueeze(1))
+        elif not use_cache or state.start == state.capacity:  # no cache, or the window is full
             logits, state = forward_window(state.caches if use_cache else None)
         else:
             logits = model.next_token_logits(nxt.unsqueeze(1), state)

@@ -106,6 +106,8 @@ def build_3d(run: RunConfig, make_pipeline, scheduler, init_weights: bool, name_
                                       config=run.deepspeed, lr_scheduler=scheduler)
     if zero_stage(run.deepspeed) == 0:
         keep_grad_norm(engine)
+    if tr.compile:
+        engine.compile()  # the pipeline module compiles each of its layers
     return Built(engine, ps, pipeline=True)
 
 
@@ -176,4 +178,6 @@ def build_zero3(run: RunConfig, make_model, scheduler, init_weights: bool, gpt_o
         # one data-parallel rank: DeepSpeed would still flatten every gradient and all-reduce it
         # over a group of one after each backward
         engine.enable_backward_allreduce = False
+    if tr.compile:
+        engine.compile()
     return Built(engine, ps, pipeline=False)

@@ -47,8 +47,14 @@ def _generate(launcher, model, out, *extra):
     return rows, r.stdout
 
 
-def test_launchers_agree_with_plain_python(exported, tmp_path):
-    ref, stdout = _generate([sys.executable], exported, tmp_path / "tp1.jsonl")
+@pytest.fixture(scope="module")
+def plain(exported, tmp_path_factory):
+    """Greedy continuations from plain python (tp=1), and what it printed."""
+    return _generate([sys.executable], exported, tmp_path_factory.mktemp("plain") / "tp1.jsonl")
+
+
+def test_launchers_agree_with_plain_python(exported, plain, tmp_path):
+    ref, stdout = plain
     assert all(row["completion"] for row in ref) and "--- 'The history of' ->" in stdout
     exe = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
     port = str(29600 + os.getpid() % 1000)
@@ -68,3 +74,17 @@ def test_cli_errors_are_one_line(exported, tmp_path):
                        text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == \
         "error: top_p must be in (0, 1], got 0.0."
+
+
+def test_compile_and_int8_flags(exported, plain, tmp_path):
+    """--compile decodes the same greedy text; --dtype int8 generates; the two together are refused."""
+    ref, _ = plain
+    compiled, _ = _generate([sys.executable], exported, tmp_path / "compiled.jsonl", "--compile")
+    assert compiled == ref
+    int8, _ = _generate([sys.executable], exported, tmp_path / "int8.jsonl", "--dtype", "int8")
+    assert all(row["finish_reason"] in ("length", "eod") for row in int8)
+    r = subprocess.run([sys.executable, str(ROOT / "megagpt" / "generate.py"), "--model", str(exported),
+                        "--prompt", "x", "--dtype", "int8", "--compile"], cwd=ROOT, env=_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
+        "error: compiled decoding runs fp32/bf16/fp16 weights; int8 decodes eagerly")

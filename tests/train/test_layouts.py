@@ -61,3 +61,33 @@ def test_activation_checkpointing_is_exact(tmp_path, shard, layout, pp, world):
     ckpt = _run(tmp_path / "ckpt", shard, layout, 1, pp, world, steps=3,
                 extra=dropout + ["train.activation_checkpointing=true"])
     assert ckpt == plain
+
+
+
+def _compiled_worker(rank, world_size, overrides):
+    import torch._dynamo
+
+    from megagpt.config import load_run_config
+    from megagpt.train.loop import Trainer
+    from megagpt.train.setup import setup_run
+
+    from common import RUN_YAML
+
+    trainer = Trainer(setup_run(load_run_config(RUN_YAML, overrides), world_size))
+    losses = trainer.train()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    return losses, trainer.engine.is_compiled, graphs
+
+
+@pytest.mark.parametrize("layout,pp,world", [("zero3", 1, 1), ("3d", 2, 2)])
+def test_compiled_training_gives_the_eager_losses(tmp_path, shard, reference, layout, pp, world):
+    """train.compile (DeepSpeed's engine.compile, inductor) under ZeRO-3 and inside pipeline
+    stages: graphs were compiled and the losses are eager's."""
+    eager = reference if layout == "zero3" else _run(tmp_path / "eager", shard, layout, 1, pp, world)
+    ov = layout_overrides(layout, 1, pp, 2, GLOBAL_BATCH // (2 * world // pp), tmp_path, "compiled") + no_dropout() + [
+        f"data.prefixes=[{shard}]", f"train.train_iters={STEPS}", "train.eval_interval=1000",
+        "train.log_interval=1000", "train.compile=true"]
+    losses, compiled, graphs = run_distributed(_compiled_worker, world, ov, use_deepspeed=True)[0]
+    assert compiled and graphs > 0, (compiled, graphs)
+    for step, (a, b) in enumerate(zip(losses, eager)):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-4), f"step {step + 1}: {losses} vs {eager}"
