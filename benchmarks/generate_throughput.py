@@ -1,8 +1,10 @@
-"""Generation throughput (new tokens/s), same weights, same run: megagpt with its key/value cache,
-Hugging Face ``GPT2LMHeadModel.generate`` with its cache, and megagpt recomputing the whole
-prefix at every step (no cache). Greedy, so the three must also produce the same tokens. A
-decode step reads every weight once, so at batch 1 both cached generators are bound by memory
-bandwidth: the last column shows the weight bytes each streams per second, next to a measured
+"""Generation throughput (new tokens/s), same weights, same run: Hugging Face
+``GPT2LMHeadModel.generate`` with its cache; megagpt with its key/value cache in fp32, with the
+compiled one-token step over a static cache (``--compile``'s path), and with int8 weights
+(``--dtype int8``); and megagpt recomputing the whole prefix at every step (no cache). Greedy, so
+the fp32 columns must produce HF's tokens; int8's agreement with them is printed. A decode step
+reads every weight once, so at batch 1 the cached generators are bound by the bytes they stream:
+the last column shows the weight bytes fp32 megagpt and HF stream per second, next to a measured
 memory copy.
 
     python benchmarks/generate_throughput.py [--prompt 64 --new 128 --batches 1 8 --n-layer 6 ...]
@@ -10,11 +12,19 @@ memory copy.
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 from _common import add_shape_args, median, same_weights_models, timed
 
 from megagpt.inference.generation import SamplingParams, generate
+from megagpt.inference.int8 import quantize_int8
+
+
+def agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    """The share of positions where two sets of greedy rows hold the same token."""
+    same = sum(x == y for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+    return same / sum(len(r) for r in a)
 
 
 def main():
@@ -30,30 +40,31 @@ def main():
     import transformers
 
     hf, ours = same_weights_models(args, max(args.seq, args.prompt + args.new), bos_token_id=0, eos_token_id=0)
-    hf.eval(), ours.eval()
+    hf.eval(), ours.eval().requires_grad_(False)
+    int8 = quantize_int8(copy.deepcopy(ours))
 
     weight_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())  # lm_head is tied
-    big = torch.empty(64 * 2**20)  # 256 MB, far beyond the caches
-    copy = median(timed(lambda: big.clone(), warmup=1, iters=5))
-    stream = 2 * big.numel() * 4 / copy  # bytes read + written per second
-    print(f"weights {weight_bytes / 2**20:.0f} MiB read once per decode step; measured memory copy "
+    big = torch.empty(64 * 2**20)  # 256 MB
+    copy_s = median(timed(lambda: big.clone(), warmup=1, iters=5))
+    stream = 2 * big.numel() * 4 / copy_s  # bytes read + written per second
+    print(f"weights {weight_bytes / 2**20:.0f} MiB fp32 read once per decode step; measured memory copy "
           f"bandwidth {stream / 1e9:.1f} GB/s (read + write)")
     print(f"shape: {args.n_layer} layers, n_embd {args.n_embd}, {args.n_head} heads, vocab {args.vocab}; "
-          f"prompt {args.prompt}, {args.new} new tokens, greedy, fp32, {args.threads} threads, "
+          f"prompt {args.prompt}, {args.new} new tokens, greedy, {args.threads} threads, "
           f"transformers {transformers.__version__}, torch {torch.__version__}")
-    print(f"{'batch':>5} {'megagpt cache':>14} {'HF generate':>12} {'megagpt no cache':>17} "
-          f"{'vs HF':>6} {'vs no cache':>11} {'same tokens':>11} {'weights GB/s ours/HF':>21}")
+    cols = ["HF generate", "fp32", "compiled", "int8", "no cache"]
+    print(f"{'batch':>5} " + " ".join(f"{c:>12}" for c in cols) + "   vs HF: fp32 compiled int8 | "
+          "fp32 = compiled = HF tokens | int8 tokens = fp32 | weights GB/s fp32/HF")
     for batch in args.batches:
         prompt = torch.randint(0, args.vocab, (batch, args.prompt), generator=torch.Generator().manual_seed(batch))
         rows = prompt.tolist()
         params = SamplingParams(max_new_tokens=args.new, temperature=0, stop_at_eod=False)
         out = {}
 
-        def ours_cached():
-            out["ours"] = [c.tokens for c in generate(ours, rows, params)]
-
-        def ours_nocache():
-            out["nocache"] = [c.tokens for c in generate(ours, rows, params, use_cache=False)]
+        def run(name, model, **kw):
+            def fn():
+                out[name] = [c.tokens for c in generate(model, rows, params, **kw)]
+            return fn
 
         def hf_generate():
             with torch.no_grad():
@@ -62,19 +73,23 @@ def main():
                                   pad_token_id=0, eos_token_id=None)
             out["hf"] = res[:, args.prompt:].tolist()
 
-        t = {}
-        for _ in range(2):  # alternate, so drift in the machine's speed hits both
-            t.setdefault("ours", []).extend(timed(ours_cached, warmup=1, iters=args.iters))
-            t.setdefault("hf", []).extend(timed(hf_generate, warmup=1, iters=args.iters))
+        fns = {"hf": hf_generate, "fp32": run("fp32", ours), "compiled": run("compiled", ours, compile=True),
+               "int8": run("int8", int8)}
+        t: dict = {}
+        for _ in range(2):  # interleaved, so drift in the machine's speed hits every column alike
+            for name, fn in fns.items():
+                t.setdefault(name, []).extend(timed(fn, warmup=1, iters=args.iters))
         if not args.skip_nocache:
-            t["nocache"] = timed(ours_nocache, warmup=0, iters=1)
+            t["nocache"] = timed(run("nocache", ours, use_cache=False), warmup=0, iters=1)
         tok = batch * args.new
         rate = {k: tok / median(v) for k, v in t.items()}
-        same = out["ours"] == out["hf"] and out["ours"] == out.get("nocache", out["ours"])
-        nc = rate.get("nocache", float("nan"))
-        print(f"{batch:5d} {rate['ours']:12.0f}/s {rate['hf']:10.0f}/s {nc:15.0f}/s "
-              f"{rate['ours'] / rate['hf']:5.2f}x {rate['ours'] / nc:10.2f}x {'yes' if same else 'NO':>11} "
-              f"{rate['ours'] / batch * weight_bytes / 1e9:11.1f} / {rate['hf'] / batch * weight_bytes / 1e9:.1f}",
+        same = out["fp32"] == out["hf"] == out["compiled"] and out["fp32"] == out.get("nocache", out["fp32"])
+        cells = [rate.get(k, float("nan")) for k in ("hf", "fp32", "compiled", "int8", "nocache")]
+        print(f"{batch:5d} " + " ".join(f"{c:10.0f}/s" for c in cells) +
+              f"   {rate['fp32'] / rate['hf']:4.2f}x {rate['compiled'] / rate['hf']:5.2f}x "
+              f"{rate['int8'] / rate['hf']:5.2f}x | {'yes' if same else 'NO':>3} | "
+              f"{agreement(out['fp32'], out['int8']):6.1%} | "
+              f"{rate['fp32'] / batch * weight_bytes / 1e9:.1f} / {rate['hf'] / batch * weight_bytes / 1e9:.1f}",
               flush=True)
 
 

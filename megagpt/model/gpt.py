@@ -8,6 +8,7 @@ model into stages.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING
 
@@ -71,7 +72,9 @@ class Attention(nn.Module):
         else:
             p = self.attn_pdrop if self.training else 0.0
             mask = self._band(T, x.device) if self.banded and T > self.window else None
-            with self.ps.rng.fork():  # this rank's heads: independent dropout per TP rank
+            # this rank's heads: independent dropout per TP rank (without dropout no random numbers
+            # are drawn, and leaving the fork out spares torch.compile a graph break)
+            with self.ps.rng.fork() if p > 0 else contextlib.nullcontext():
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
                                                    is_causal=mask is None)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)

@@ -79,11 +79,12 @@ def _compiled_worker(rank, world_size, overrides):
     return losses, trainer.engine.is_compiled, graphs
 
 
-@pytest.mark.parametrize("layout,pp,world", [("zero3", 1, 1), ("3d", 2, 2)])
-def test_compiled_training_gives_the_eager_losses(tmp_path, shard, reference, layout, pp, world):
-    """train.compile (DeepSpeed's engine.compile, inductor) under ZeRO-3 and inside pipeline
-    stages: graphs were compiled and the losses are eager's."""
-    eager = reference if layout == "zero3" else _run(tmp_path / "eager", shard, layout, 1, pp, world)
+def test_compiled_training_gives_the_eager_losses(tmp_path, shard):
+    """train.compile (DeepSpeed's engine.compile, inductor) inside pipeline stages: graphs were
+    compiled and the fp32 losses are eager's. (ZeRO-3 compiled training runs in
+    benchmarks/gpu_acceptance.py --dry-run, tests/test_gpu_acceptance.py.)"""
+    layout, pp, world = "3d", 2, 2
+    eager = _run(tmp_path / "eager", shard, layout, 1, pp, world)
     ov = layout_overrides(layout, 1, pp, 2, GLOBAL_BATCH // (2 * world // pp), tmp_path, "compiled") + no_dropout() + [
         f"data.prefixes=[{shard}]", f"train.train_iters={STEPS}", "train.eval_interval=1000",
         "train.log_interval=1000", "train.compile=true"]
