@@ -1,7 +1,7 @@
 """What int8 decoding (``--dtype int8``) costs in quality, against the same model in fp32: token
 perplexity of a held-out corpus (GPT-2's sliding windows, ``evaluate.py --perplexity``'s code) and
-greedy agreement (the first ``--new`` greedy tokens after each of ``--prompts`` held-out document
-openings), with the time each takes. Needs a trained model: ``scripts/demo.sh`` writes one.
+greedy agreement (the first ``--new`` greedy tokens after each of ``--prompts`` held-out
+prompts: consecutive windows of the documents), with the time each takes. Needs a trained model: ``scripts/demo.sh`` writes one.
 
     python benchmarks/int8_quality.py [--model demo/run/model.safetensors --corpus demo/eval/corpora/lee_heldout.jsonl]
 """
@@ -23,7 +23,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="demo/run/model.safetensors")
     ap.add_argument("--corpus", default="demo/eval/corpora/lee_heldout.jsonl")
-    ap.add_argument("--prompts", type=int, default=100, help="greedy prompts (held-out document openings)")
+    ap.add_argument("--prompts", type=int, default=100, help="greedy prompts (windows of the held-out documents)")
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new", type=int, default=32, help="greedy tokens compared per prompt")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -33,7 +33,9 @@ def main():
     fp32, tok = load_for_text(args.model)
     int8, _ = load_for_text(args.model, dtype="int8")
     docs = list(read_corpus(args.corpus, tok, None))
-    openings = [ids[:args.prompt_tokens] for ids, _ in docs if len(ids) >= args.prompt_tokens][:args.prompts]
+    # prompts: consecutive --prompt-tokens windows of the held-out documents, the first --prompts of them
+    k = args.prompt_tokens
+    openings = [ids[i:i + k] for ids, _ in docs for i in range(0, len(ids) - k + 1, k)][:args.prompts]
     greedy = SamplingParams(max_new_tokens=args.new, temperature=0, stop_at_eod=False)
     res = {}
     for name, model in (("fp32", fp32), ("int8", int8)):

@@ -12,6 +12,7 @@ gradient clipping at 1.0, the same batches. Rows:
   plain loop, fused AdamW the same with torch's fused AdamW
   Trainer <config>        megagpt's Trainer.train_step (data stream, DeepSpeed forward/backward/
                           step, loss averaging) with one of the shipped DeepSpeed JSONs
+  Trainer <config>, train.compile   the same with the model compiled (DeepSpeed's engine.compile)
   HF GPT-2 + AdamW        transformers' GPT2LMHeadModel in the plain loop
 Each row runs in a fresh process, one after the other: building a ZeRO-3 engine replaces
 torch.nn.functional.linear for the rest of its process, and a row must not pay for another's
@@ -54,13 +55,14 @@ CONFIGS = {  # row label -> (DeepSpeed JSON, zero_optimization overrides)
     "ZeRO stage 0": ("zero3.json", {"stage": 0}),
     "auto": ("auto.json", {}),
 }
+COMPILED = {"ZeRO stage 0, train.compile": "ZeRO stage 0", "ZeRO-3, train.compile": "ZeRO-3"}  # row -> its eager row
 
 
 def _device():
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def run_config(args, ds_file: str, zero: dict, precision: str, world: int, prefix: str):
+def run_config(args, ds_file: str, zero: dict, precision: str, world: int, prefix: str, compile: bool = False):
     from megagpt.config import DataConfig, ParallelConfig, RunConfig, TrainConfig, load_file, model_config
     from megagpt.train.setup import setup_run
 
@@ -73,7 +75,8 @@ def run_config(args, ds_file: str, zero: dict, precision: str, world: int, prefi
                          vocab_size=args.vocab, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
     run = RunConfig(model=model, parallel=ParallelConfig(), data=DataConfig(prefixes=[prefix], valid_fraction=0.0),
                     train=TrainConfig(train_iters=args.steps + 1, checkpoint_dir=None, tensorboard_dir=None,
-                                      deepspeed_config=ds_file, log_interval=10 ** 9, eval_interval=10 ** 9),
+                                      deepspeed_config=ds_file, log_interval=10 ** 9, eval_interval=10 ** 9,
+                                      compile=compile),
                     deepspeed=ds)
     return setup_run(run, world)
 
@@ -144,6 +147,7 @@ class PlainRow:
 
 ROWS = (["plain loop", "plain loop, fused AdamW"]
         + [f"Trainer {k}" for k, (f, _) in CONFIGS.items() if (ROOT / "ds_configs" / f).is_file()]
+        + [f"Trainer {k}" for k in COMPILED]
         + ["HF GPT-2 + AdamW"])
 
 
@@ -156,7 +160,9 @@ def one_row(args, name: str, precision: str, prefix: str) -> tuple[list[float], 
     ds = GPTDataset(ranges, args.seq, (args.steps + 1) * args.batch, seed=1234)
     notes: list[str] = []
     if name.startswith("Trainer "):
-        row = TrainerRow(run_config(args, *CONFIGS[name[len("Trainer "):]], precision, 1, prefix))
+        label = name[len("Trainer "):]
+        row = TrainerRow(run_config(args, *CONFIGS[COMPILED.get(label, label)], precision, 1, prefix,
+                                    compile=label in COMPILED))
         notes = getattr(row.trainer.run, "notes", [])
     else:
         row = PlainRow(args, True if "fused" in name else None, hf=name.startswith("HF"), precision=precision,

@@ -38,6 +38,8 @@ def parse_args(argv=None):
     ap.add_argument("--n", type=int, default=16, help="MMI: candidates sampled per reply")
     ap.add_argument("--mmi-weight", type=float, default=0.0, help="MMI: weight of the forward log-probability")
     ap.add_argument("--tokenizer", help="sentencepiece .model (default: the one the model names)")
+    ap.add_argument("--dtype", choices=("fp32", "bf16", "fp16", "int8"), default="fp32",
+                    help="int8: int8 weights on CPU for both models (megagpt/inference/int8.py)")
     ap.add_argument("--turns", type=int, default=6, help="turns of history kept")
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--temperature", type=float, default=0.8)
@@ -106,8 +108,9 @@ def main(argv=None) -> int:
     try:
         params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, seed=args.seed).validate()
-        fwd, tok = load_for_text(args.model, tokenizer=args.tokenizer)
-        bwd = None if (args.no_mmi or not args.backward) else load(args.backward, with_tokenizer=False).model
+        fwd, tok = load_for_text(args.model, tokenizer=args.tokenizer, dtype=args.dtype)
+        bwd = None if (args.no_mmi or not args.backward) else load(args.backward, with_tokenizer=False,
+                                                                  dtype=args.dtype).model
         if args.n < 1 or args.turns < 1:
             raise ValueError("--n and --turns must be at least 1.")
     except (ValueError, FileNotFoundError, WeightsError) as e:

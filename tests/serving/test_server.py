@@ -277,3 +277,20 @@ def test_connections_to_the_listening_socket_have_nagle_off():
     plain.bind(("127.0.0.1", 0))
     plain.listen()
     assert nodelay(plain) == 0
+
+
+def test_int8_server_decodes_as_int8_generate(serve_models):
+    """--dtype int8: the server's greedy text is the int8 model's, decoded in-process."""
+    from megagpt.inference import load
+    from megagpt.inference.generation import SamplingParams, generate
+
+    q = start_server("--model", serve_models["forward"], "--dtype", "int8", "--served-model-name", "fwd")
+    try:
+        c = openai.OpenAI(base_url=q.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        got = complete(c, "The model", max_tokens=16).choices[0].text
+    finally:
+        q.stop()
+    model, tok = load(serve_models["forward"], dtype="int8")
+    ids = tok.encode("The model")
+    ref = generate(model, [ids], SamplingParams(max_new_tokens=16, temperature=0), eod_id=tok.eod_id, decode=tok.decode)
+    assert got == ref[0].text and got
