@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,6 +26,8 @@ def test_dry_run_checks_every_cpu_path(tmp_path):
     assert train["bf16 compiled"]["compiled"] and not train["bf16 eager"]["compiled"]
     for row in train.values():
         assert row["tokens_per_s"] > 0 and row["predicted_gib"] > 0 and len(row["losses"]) == 3
+        # the dry run compiles with aot_eager (the same ops): every variant trains like bf16 eager
+        assert row["losses"] == pytest.approx(train["bf16 eager"]["losses"], rel=1e-5), row["variant"]
     # the rows that need CUDA say so rather than fail
     assert r.stdout.count("needs CUDA: not run on CPU") == 2
     decode = [row for row in res["results"] if row.get("what", "").startswith("decode")]

@@ -186,7 +186,8 @@ class TrainConfig:
     rampup_start_batch: int = 0  # samples; 0 turns GPT-3's batch-size ramp-up off
     rampup_tokens: int = 0
     activation_checkpointing: bool = False
-    compile: bool = False  # torch.compile the model through DeepSpeed's engine.compile() (inductor)
+    compile: bool = False  # torch.compile the model through DeepSpeed's engine.compile()
+    compile_backend: str = "inductor"  # torch.compile's backend ('aot_eager': capture only, no code generation)
     log_interval: int = 10
     eval_interval: int = 100
     eval_iters: int = 10
@@ -243,6 +244,8 @@ class TrainConfig:
                               f"{self.verify_checkpoint!r}.")
         if self.save_failure not in ("stop", "warn"):
             raise ConfigError(f"train.save_failure must be 'stop' or 'warn', got {self.save_failure!r}.")
+        if not isinstance(self.compile_backend, str) or not self.compile_backend:
+            raise ConfigError(f"train.compile_backend must name a torch.compile backend, got {self.compile_backend!r}.")
         for key in ("resume_fallback", "compile", "activation_checkpointing"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"train.{key} must be true or false, got {getattr(self, key)!r}.")

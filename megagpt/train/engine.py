@@ -107,7 +107,7 @@ def build_3d(run: RunConfig, make_pipeline, scheduler, init_weights: bool, name_
     if zero_stage(run.deepspeed) == 0:
         keep_grad_norm(engine)
     if tr.compile:
-        engine.compile()  # the pipeline module compiles each of its layers
+        engine.compile(backend=tr.compile_backend)  # the pipeline module compiles each of its layers
     return Built(engine, ps, pipeline=True)
 
 
@@ -179,5 +179,5 @@ def build_zero3(run: RunConfig, make_model, scheduler, init_weights: bool, gpt_o
         # over a group of one after each backward
         engine.enable_backward_allreduce = False
     if tr.compile:
-        engine.compile()
+        engine.compile(backend=tr.compile_backend)
     return Built(engine, ps, pipeline=False)

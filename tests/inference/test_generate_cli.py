@@ -76,11 +76,9 @@ def test_cli_errors_are_one_line(exported, tmp_path):
         "error: top_p must be in (0, 1], got 0.0."
 
 
-def test_compile_and_int8_flags(exported, plain, tmp_path):
-    """--compile decodes the same greedy text; --dtype int8 generates; the two together are refused."""
-    ref, _ = plain
-    compiled, _ = _generate([sys.executable], exported, tmp_path / "compiled.jsonl", "--compile")
-    assert compiled == ref
+def test_int8_flag_and_compile_refusal(exported, tmp_path):
+    """--dtype int8 generates; --compile with it is refused (compiled decoding itself is tested in
+    test_generation.py)."""
     int8, _ = _generate([sys.executable], exported, tmp_path / "int8.jsonl", "--dtype", "int8")
     assert all(row["finish_reason"] in ("length", "eod") for row in int8)
     r = subprocess.run([sys.executable, str(ROOT / "megagpt" / "generate.py"), "--model", str(exported),

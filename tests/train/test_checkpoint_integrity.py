@@ -135,7 +135,7 @@ def test_kill_9_during_saves_always_resumes_from_a_whole_checkpoint(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, str(ROOT / "megagpt" / "pretrain.py"), "--config", str(ROOT / "tests/train/run_tiny.yaml")]
     mid_save = 0
-    for trial, delay in enumerate([1.1, 1.6, 2.1, 2.6, 3.1]):
+    for trial, delay in enumerate([1.1, 2.1, 3.1]):
         log = tmp_path / f"run{trial}.log"
         with open(log, "w") as f:
             p = subprocess.Popen(cmd + ov, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
@@ -156,4 +156,4 @@ def test_kill_9_during_saves_always_resumes_from_a_whole_checkpoint(tmp_path):
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         assert f"resumed from {ckpt} at step {step} " in r.stdout, r.stdout[-2000:]
-    print(f"{mid_save} of 5 kills landed during a save")
+    print(f"{mid_save} of 3 kills landed during a save")
