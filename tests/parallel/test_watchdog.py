@@ -70,7 +70,7 @@ def test_ranks_diagnosing_at_once_name_only_the_stopped_one(capfd):
     import pytest
 
     with pytest.raises(Exception):  # the watchdogs end their ranks (status 3, and SIGKILL for rank 2)
-        run_distributed(_fire_together, 3)
+        run_distributed(_fire_together, 3, start_method="spawn")  # capfd reads the ranks' stderr
     lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("hang: ")]
     assert lines
     for line in lines:  # a peer busy diagnosing still beats: it is never taken for stopped
