@@ -1,6 +1,6 @@
 """A compiled one-token decode step over a static key/value cache (gpt-fast's approach).
 
-``torch.compile`` wants the same shapes at every call. The eager cache (``model.cache``) grows
+``torch.compile`` wants the same shapes at every call. The eager cache (``megagpt.model.cache``) grows
 what attention reads by one slot per step and keeps GPT-3's banded layers in rings; here every
 layer instead gets a buffer of a fixed ``capacity`` written with ``index_copy_`` at a slot given
 as a tensor, and attention reads all ``capacity`` slots under a mask (causal, real tokens only,
