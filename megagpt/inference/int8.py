@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from megagpt.model.gpt import GPT, LMHead
 from megagpt.parallel.layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
-from megagpt.parallel.mappings import copy_to_tp, gather_from_tp, reduce_from_tp, scatter_to_tp
+from megagpt.parallel.mappings import copy_to_tp
 
 
 def _rows_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,82 +49,71 @@ def _matmul(x: torch.Tensor, packed) -> torch.Tensor:
     return torch.ops.quantized.linear_dynamic(x.float(), packed, True)
 
 
-class Int8Linear(nn.Module):
-    """A ``ColumnParallelLinear`` or ``RowParallelLinear`` with this rank's shard in int8; the
-    tensor-parallel communication around the matmul is the layer's own."""
+class Int8ColumnParallelLinear(ColumnParallelLinear):
+    """``layer`` with this rank's shard (and bias) packed in int8; the tensor-parallel
+    communication around the matmul is ColumnParallelLinear's own."""
 
-    def __init__(self, layer: ColumnParallelLinear | RowParallelLinear):
-        super().__init__()
-        self.ps = layer.ps
-        self.row = isinstance(layer, RowParallelLinear)
-        self.input_is_parallel = getattr(layer, "input_is_parallel", True)
-        self.gather_output = getattr(layer, "gather_output", False)
-        self.out_features, self.in_features = layer.weight.shape
-        q, scale = _rows_int8(layer.weight)
-        # a row-parallel layer adds its whole bias once, after the all-reduce
-        self._packed = _pack(q, scale, None if self.row else layer.bias)
-        self.bias = nn.Parameter(layer.bias.detach().float(), requires_grad=False) \
-            if self.row and layer.bias is not None else None
+    def __init__(self, layer: ColumnParallelLinear):
+        nn.Module.__init__(self)  # not the parent's: it would allocate and draw a new weight
+        self.ps, self.gather_output = layer.ps, layer.gather_output
+        self._packed = _pack(*_rows_int8(layer.weight), layer.bias)
+        self.bias = None  # packed with the weight
+        self.shape = tuple(layer.weight.shape)
 
-    def forward(self, x):
-        if self.row:
-            if not self.input_is_parallel:
-                x = scatter_to_tp(x, self.ps.tp_group)
-            y = reduce_from_tp(_matmul(x, self._packed), self.ps.tp_group)
-            return y + self.bias if self.bias is not None else y
-        y = _matmul(copy_to_tp(x, self.ps.tp_group), self._packed)
-        return gather_from_tp(y, self.ps.tp_group) if self.gather_output else y
+    def local(self, x):
+        return _matmul(x, self._packed)
 
     def extra_repr(self) -> str:
-        kind = "row" if self.row else "column"
-        return f"{self.in_features} -> {self.out_features} (this rank), int8, {kind}-parallel"
+        return f"{self.shape[1]} -> {self.shape[0]} (this rank), int8"
 
 
-class Int8Embedding(nn.Module):
-    """The vocabulary-parallel token table in int8 (per-row scales), shared by the lookup (rows
-    dequantized on the fly) and the tied head (``packed``, valid rows only)."""
+class Int8RowParallelLinear(RowParallelLinear):
+    """``layer`` with this rank's shard packed in int8; its whole bias is added after the
+    all-reduce, as RowParallelLinear does."""
 
-    def __init__(self, emb: VocabParallelEmbedding, vocab_size: int):
-        super().__init__()
-        self.ps = emb.ps
-        self.num_embeddings, self.vocab_start, self.vocab_end = emb.num_embeddings, emb.vocab_start, emb.vocab_end
-        self.rows = emb.weight.size(0)  # this rank's rows, padding included
+    def __init__(self, layer: RowParallelLinear):
+        nn.Module.__init__(self)
+        self.ps, self.input_is_parallel = layer.ps, layer.input_is_parallel
+        self._packed = _pack(*_rows_int8(layer.weight), None)
+        self.bias = layer.bias
+        self.shape = tuple(layer.weight.shape)
+
+    def local(self, x):
+        return _matmul(x, self._packed)
+
+    def extra_repr(self) -> str:
+        return f"{self.shape[1]} (this rank) -> {self.shape[0]}, int8"
+
+
+class Int8Embedding(VocabParallelEmbedding):
+    """The vocabulary-parallel token table in int8 (per-row scales): the lookup dequantizes the
+    rows it reads, and the tied head (``Int8LMHead``) multiplies by the same int8 rows."""
+
+    def __init__(self, emb: VocabParallelEmbedding):
+        nn.Module.__init__(self)
+        self.ps, self.num_embeddings = emb.ps, emb.num_embeddings
+        self.vocab_start, self.vocab_end = emb.vocab_start, emb.vocab_end
         q, scale = _rows_int8(emb.weight)
         self.register_buffer("qweight", q)
         self.register_buffer("scale", scale)
-        valid = max(0, min(self.rows, vocab_size - self.vocab_start))  # padding is never predicted
-        self.valid = valid
-        self._packed = _pack(q[:valid], scale[:valid], None) if valid else None
 
-    def _lookup(self, ids):
-        return F.embedding(ids, self.qweight).float() * F.embedding(ids, self.scale.unsqueeze(1))
-
-    def forward(self, ids):
-        if self.ps.tp_size == 1:
-            return self._lookup(ids)
-        outside = (ids < self.vocab_start) | (ids >= self.vocab_end)
-        local = (ids - self.vocab_start).masked_fill(outside, 0)
-        out = self._lookup(local).masked_fill(outside.unsqueeze(-1), 0.0)
-        return reduce_from_tp(out, self.ps.tp_group)
+    def lookup(self, local_ids):
+        return F.embedding(local_ids, self.qweight).float() * F.embedding(local_ids, self.scale.unsqueeze(1))
 
 
 class Int8LMHead(LMHead):
-    """The tied output head over the int8 table."""
+    """The tied output head over the int8 table (its real-vocabulary rows, packed once)."""
+
+    def __init__(self, cfg, ps, embedding: Int8Embedding):
+        super().__init__(cfg, ps, embedding)
+        valid = self.valid_rows
+        self._packed = _pack(embedding.qweight[:valid], embedding.scale[:valid], None) if valid else None
 
     def forward(self, h):
-        emb = self.embedding[0]
         h = copy_to_tp(h, self.ps.tp_group)
-        if emb._packed is None:  # every row of this rank's slice is padding
+        if self._packed is None:  # every row of this rank's slice is padding
             return h.new_zeros(*h.shape[:-1], 0, dtype=torch.float32)
-        return _matmul(h, emb._packed)
-
-    def gather(self, logits):
-        if self.ps.tp_size == 1:
-            return logits
-        per_rank = self.embedding[0].rows
-        if logits.size(-1) < per_rank:
-            logits = F.pad(logits, (0, per_rank - logits.size(-1)), value=float("-inf"))
-        return gather_from_tp(logits, self.ps.tp_group)[..., : self.vocab_size]
+        return _matmul(h, self._packed)
 
 
 def check_int8(device=None) -> None:
@@ -145,15 +134,11 @@ def quantize_int8(model: GPT) -> GPT:
     if next(model.parameters()).dtype != torch.float32:
         raise ValueError("int8 quantization starts from fp32 weights; load without another --dtype.")
     for block in model.blocks:
-        for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"),
-                             (block.mlp, "c_proj")):
-            setattr(parent, name, Int8Linear(getattr(parent, name)))
-    wte = Int8Embedding(model.embed.wte, model.cfg.vocab_size)
-    model.embed.wte = wte
-    model.head = Int8LMHead(model.cfg, model.head.ps, wte)
+        block.attn.c_attn = Int8ColumnParallelLinear(block.attn.c_attn)
+        block.attn.c_proj = Int8RowParallelLinear(block.attn.c_proj)
+        block.mlp.c_fc = Int8ColumnParallelLinear(block.mlp.c_fc)
+        block.mlp.c_proj = Int8RowParallelLinear(block.mlp.c_proj)
+    model.embed.wte = Int8Embedding(model.embed.wte)
+    model.head = Int8LMHead(model.cfg, model.head.ps, model.embed.wte)
     model.quantized = "int8"
     return model.requires_grad_(False)
-
-
-def is_int8(model) -> bool:
-    return getattr(model, "quantized", None) == "int8"

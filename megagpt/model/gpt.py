@@ -170,9 +170,15 @@ class LMHead(nn.Module):
     def weight(self) -> torch.Tensor:
         return self.embedding[0].weight
 
+    @property
+    def valid_rows(self) -> int:
+        """Rows of this rank's slice that are real vocabulary (the rest is padding)."""
+        emb = self.embedding[0]
+        return max(0, min(emb.vocab_end - emb.vocab_start, self.vocab_size - emb.vocab_start))
+
     def forward(self, h):
         emb = self.embedding[0]
-        valid = max(0, min(emb.weight.size(0), self.vocab_size - emb.vocab_start))
+        valid = self.valid_rows
         w = emb.weight if valid == emb.weight.size(0) else emb.weight[:valid]
         # matmul, not F.linear: ZeRO-3 swaps F.linear for a version that fails on a rank whose
         # slice is all padding (zero columns)
@@ -186,7 +192,8 @@ class LMHead(nn.Module):
         """Full-vocabulary logits (B, T, vocab_size) on every TP rank."""
         if self.ps.tp_size == 1:
             return logits
-        per_rank = self.embedding[0].weight.size(0)
+        emb = self.embedding[0]
+        per_rank = emb.vocab_end - emb.vocab_start
         if logits.size(-1) < per_rank:  # all_gather needs equal shapes: pad, then cut
             logits = F.pad(logits, (0, per_rank - logits.size(-1)), value=float("-inf"))
         return gather_from_tp(logits, self.ps.tp_group)[..., : self.vocab_size]

@@ -79,8 +79,12 @@ class ColumnParallelLinear(nn.Module):
         else:
             self.register_parameter("bias", None)
 
+    def local(self, x):
+        """This rank's product X A_r + b_r (int8 decoding swaps it: megagpt/inference/int8.py)."""
+        return F.linear(x, self.weight, self.bias)
+
     def forward(self, x):
-        y = F.linear(copy_to_tp(x, self.ps.tp_group), self.weight, self.bias)
+        y = self.local(copy_to_tp(x, self.ps.tp_group))
         return gather_from_tp(y, self.ps.tp_group) if self.gather_output else y
 
 
@@ -100,10 +104,14 @@ class RowParallelLinear(nn.Module):
         _mark(self.weight, 1)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
+    def local(self, x):
+        """This rank's partial product X_r A_r, before the all-reduce and the bias."""
+        return F.linear(x, self.weight)
+
     def forward(self, x):
         if not self.input_is_parallel:
             x = scatter_to_tp(x, self.ps.tp_group)
-        y = reduce_from_tp(F.linear(x, self.weight), self.ps.tp_group)
+        y = reduce_from_tp(self.local(x), self.ps.tp_group)
         return y + self.bias if self.bias is not None else y
 
 
@@ -128,10 +136,14 @@ class VocabParallelEmbedding(nn.Module):
                                                  valid_rows=num_valid))
         _mark(self.weight, 0)
 
+    def lookup(self, local_ids):
+        """Rows of this rank's table (int8 decoding swaps it: megagpt/inference/int8.py)."""
+        return F.embedding(local_ids, self.weight)
+
     def forward(self, ids):
         if self.ps.tp_size == 1:
-            return F.embedding(ids, self.weight)
+            return self.lookup(ids)
         outside = (ids < self.vocab_start) | (ids >= self.vocab_end)
         local = (ids - self.vocab_start).masked_fill(outside, 0)
-        out = F.embedding(local, self.weight).masked_fill(outside.unsqueeze(-1), 0.0)
+        out = self.lookup(local).masked_fill(outside.unsqueeze(-1), 0.0)
         return reduce_from_tp(out, self.ps.tp_group)

@@ -11,7 +11,7 @@ from megagpt.config import model_config
 from megagpt.formats.weights import save_export
 from megagpt.inference import load
 from megagpt.inference.generation import SamplingParams, generate
-from megagpt.inference.int8 import Int8Embedding, Int8Linear
+from megagpt.inference.int8 import Int8ColumnParallelLinear, Int8Embedding, Int8RowParallelLinear
 from megagpt.model import GPT, full_state_dict
 
 VOCAB, SEQ = 200, 48
@@ -55,7 +55,7 @@ def test_int8_rows_are_within_half_a_step_of_the_weights(trained):
     path, _ = trained
     fp32 = load(path, with_tokenizer=False).model
     q = load(path, with_tokenizer=False, dtype="int8").model
-    layers = [(a, b) for a, b in zip(fp32.modules(), q.modules()) if isinstance(b, Int8Linear)]
+    layers = [(a, b) for a, b in zip(fp32.modules(), q.modules()) if isinstance(b, (Int8ColumnParallelLinear, Int8RowParallelLinear))]
     assert len(layers) == 4 * fp32.cfg.n_layer
     for ref, layer in layers:
         w = torch.ops.quantized.linear_unpack(layer._packed)[0]
@@ -87,7 +87,7 @@ def _tp_int8_worker(rank, world_size, path, held_out):
     from megagpt.parallel.state import ParallelState
 
     model = load(path, ps=ParallelState.build(tp_size=world_size), with_tokenizer=False, dtype="int8").model
-    assert model.blocks[0].attn.c_attn.out_features == 3 * model.cfg.n_embd // world_size
+    assert model.blocks[0].attn.c_attn.shape[0] == 3 * model.cfg.n_embd // world_size
     with torch.no_grad():
         logits = model.gathered_logits(held_out[:4, :-1])
     tokens = [c.tokens for c in generate(model, held_out[:4, :8].tolist(), SamplingParams(max_new_tokens=8, temperature=0))]
