@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from megagpt.model.cache import attention_mask
 from megagpt.model.gpt import GPT
 
 _ROUND = 64
@@ -46,13 +47,7 @@ class StaticState:
         return (self.slots.unsqueeze(0) - self.pad.unsqueeze(1)).clamp(min=0)
 
     def mask(self, banded: bool, T: int) -> torch.Tensor:
-        q = self.slots.unsqueeze(1)  # (T, 1)
-        k = torch.arange(self.key_mask.size(1), device=q.device).unsqueeze(0)  # (1, capacity)
-        allowed = k <= q
-        if banded:
-            allowed = allowed & (k > q - self.window)
-        m = (allowed.unsqueeze(0) & self.key_mask.unsqueeze(1)) | (k == q).unsqueeze(0)  # (B, T, capacity)
-        return m.unsqueeze(1)
+        return attention_mask(self.slots, self.key_mask, self.window if banded else None)
 
 
 def _step(model, idx, slots, pad, key_mask, ks, vs):

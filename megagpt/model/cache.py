@@ -127,7 +127,6 @@ class DecodeState:
 
     def _build_mask(self, banded: bool, T: int) -> torch.Tensor:
         dev = self.pad.device
-        q = torch.arange(self.start, self.start + T, device=dev).unsqueeze(1)  # (T, 1) query slots
         ring = banded and self.caches is not None and self.start > 0 and self.window < self.capacity
         if ring:  # ring slot j holds the newest slot t <= start with t = j (mod window)
             W = self.window
@@ -136,10 +135,18 @@ class DecodeState:
             real = self.key_mask[:, t.clamp(min=0)] & (t >= 0)  # (B, W)
             m = real.unsqueeze(1) | (t == self.start).unsqueeze(0).unsqueeze(0)  # (B, 1, W)
             return m.unsqueeze(1)  # (B, 1, 1, W)
-        S = self.start + T
-        k = torch.arange(S, device=dev).unsqueeze(0)  # (1, S) key slots
-        allowed = k <= q
-        if banded:
-            allowed = allowed & (k > q - self.window)
-        m = (allowed.unsqueeze(0) & self.key_mask[:, None, :S]) | (k == q).unsqueeze(0)  # (B, T, S)
-        return m.unsqueeze(1)
+        q = torch.arange(self.start, self.start + T, device=dev)  # this call's query slots
+        return attention_mask(q, self.key_mask[:, :self.start + T], self.window if banded else None)
+
+
+def attention_mask(q_slots: torch.Tensor, key_mask: torch.Tensor, window: int | None) -> torch.Tensor:
+    """(B, 1, T, S) boolean mask for queries at slots ``q_slots`` (T,) over keys at slots 0..S-1:
+    causal, real keys only (``key_mask`` (B, S)), within ``window`` when given; each query always
+    sees itself, so padding rows stay finite."""
+    q = q_slots.unsqueeze(1)  # (T, 1)
+    k = torch.arange(key_mask.size(1), device=q.device).unsqueeze(0)  # (1, S)
+    allowed = k <= q
+    if window is not None:
+        allowed = allowed & (k > q - window)
+    m = (allowed.unsqueeze(0) & key_mask.unsqueeze(1)) | (k == q).unsqueeze(0)  # (B, T, S)
+    return m.unsqueeze(1)
