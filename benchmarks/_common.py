@@ -53,3 +53,22 @@ def same_weights_models(args, n_positions: int, **hf_config):
     ours = GPT(config_from_hf(hf_cfg))
     load_full_state_dict(ours, full_from_hf_gpt2(hf.state_dict()))
     return hf, ours
+
+
+def token_agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    """The share of positions where two sets of generated rows hold the same token."""
+    same = sum(x == y for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+    return same / sum(len(r) for r in a)
+
+
+def random_token_shard(prefix, vocab: int, n_docs: int, doc_len: int) -> str:
+    """A Megatron shard of ``n_docs`` documents of ``doc_len`` uniformly random ids in [1, vocab)."""
+    import numpy as np
+
+    from megagpt.data.indexed import IndexedDatasetWriter, token_dtype
+
+    rng = np.random.default_rng(0)
+    with IndexedDatasetWriter(prefix, token_dtype(vocab)) as w:
+        for _ in range(n_docs):
+            w.add_document(rng.integers(1, vocab, doc_len))
+    return str(prefix)

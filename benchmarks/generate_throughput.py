@@ -15,16 +15,10 @@ import argparse
 import copy
 
 import torch
-from _common import add_shape_args, median, same_weights_models, timed
+from _common import add_shape_args, median, same_weights_models, timed, token_agreement
 
 from megagpt.inference.generation import SamplingParams, generate
 from megagpt.inference.int8 import quantize_int8
-
-
-def agreement(a: list[list[int]], b: list[list[int]]) -> float:
-    """The share of positions where two sets of greedy rows hold the same token."""
-    same = sum(x == y for ra, rb in zip(a, b) for x, y in zip(ra, rb))
-    return same / sum(len(r) for r in a)
 
 
 def main():
@@ -88,7 +82,7 @@ def main():
         print(f"{batch:5d} " + " ".join(f"{c:10.0f}/s" for c in cells) +
               f"   {rate['fp32'] / rate['hf']:4.2f}x {rate['compiled'] / rate['hf']:5.2f}x "
               f"{rate['int8'] / rate['hf']:5.2f}x | {'yes' if same else 'NO':>3} | "
-              f"{agreement(out['fp32'], out['int8']):6.1%} | "
+              f"{token_agreement(out['fp32'], out['int8']):6.1%} | "
               f"{rate['fp32'] / batch * weight_bytes / 1e9:.1f} / {rate['hf'] / batch * weight_bytes / 1e9:.1f}",
               flush=True)
 

@@ -26,7 +26,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -34,9 +33,8 @@ import traceback
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
-from _common import median, same_weights_models, timed
+from _common import median, random_token_shard, same_weights_models, timed, token_agreement
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,16 +56,6 @@ DRY = dict(models=["tiny"], seq=64, micro=2, steps=3, timed_from=1, vocab=512,
            decode_layers=2, decode_embd=64, decode_heads=4, prompt=16, new=8, score_batch=4, score_requests=8, iters=1,
            compile_backend="aot_eager")  # the dry run captures graphs but generates no code
 LOSS_TOLERANCE = 0.05  # |loss - bf16 eager's| after the last step: half-precision noise over a few steps
-
-
-def write_tokens(prefix: Path, vocab: int, tokens: int) -> str:
-    from megagpt.data.indexed import IndexedDatasetWriter
-
-    rng = np.random.RandomState(0)
-    with IndexedDatasetWriter(prefix, np.uint16 if vocab < 65500 else np.int32) as w:
-        for _ in range(max(1, tokens // 4096)):
-            w.add_document(np.append(rng.randint(1, vocab, 4095), 0))
-    return str(prefix)
 
 
 def run_variant(name: str, model: str, shape: dict, data: str, tmp: Path, peak_override: float | None) -> dict:
@@ -164,7 +152,7 @@ def decode_and_score(shape: dict, cuda: bool) -> list[dict]:
         t = {k: median(timed(f, warmup=1, iters=shape["iters"])) for k, f in
              (("hf", hf_gen), ("eager", ours_gen()), ("compiled", ours_gen(True)))}
         n = batch * shape["new"]
-        agree = sum(x == y for a, b in zip(out["eager"], out["hf"]) for x, y in zip(a, b)) / n
+        agree = token_agreement(out["eager"], out["hf"])
         rows.append({"what": f"decode batch {batch}", "hf": n / t["hf"], "eager": n / t["eager"],
                      "compiled": n / t["compiled"], "agree_hf": agree, "compiled_equal": out["compiled"] == out["eager"]})
     # scoring: (context, continuation) pairs of the prompt length, as multiple-choice evaluation sends them
@@ -228,7 +216,8 @@ def main(argv=None) -> int:
     t_start = time.time()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        data = write_tokens(tmp / "tokens", shape["vocab"], shape["seq"] * shape["micro"] * (shape["steps"] + 2) * 2)
+        n_tokens = shape["seq"] * shape["micro"] * (shape["steps"] + 2) * 2
+        data = random_token_shard(tmp / "tokens", shape["vocab"], max(1, n_tokens // 4096), 4096)
         print(f"{'model':10} {'variant':26} {'step s':>8} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU':>6} "
               f"{'mem GiB':>8} {'plan GiB':>8} {'last loss':>9}  notes", flush=True)
         for model in shape["models"]:

@@ -11,7 +11,7 @@ import argparse
 import time
 
 import torch
-from _common import median  # noqa: F401  (puts the repository on sys.path)
+from _common import token_agreement  # (importing _common puts the repository on sys.path)
 
 from megagpt.eval.runner import Evaluator
 from megagpt.evaluate import read_corpus
@@ -44,9 +44,9 @@ def main():
         t1 = time.perf_counter()
         rows = [c.tokens for c in generate(model, openings, greedy)]
         res[name] = (ppl, rows, t1 - t0, time.perf_counter() - t1)
-    (p32, g32, e32, s32), (p8, g8, e8, s8) = res["fp32"], res["int8"]
+    (p32, g32, *_), (p8, g8, *_) = res["fp32"], res["int8"]
     same_rows = sum(a == b for a, b in zip(g32, g8))
-    same_tokens = sum(x == y for a, b in zip(g32, g8) for x, y in zip(a, b)) / sum(len(a) for a in g32)
+    same_tokens = token_agreement(g32, g8)
     prefix = sum(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a)) for a, b in zip(g32, g8)) / len(g32)
     print(f"model {args.model}: {fp32.cfg.n_layer} x {fp32.cfg.n_embd}, vocab {fp32.cfg.vocab_size}; corpus "
           f"{args.corpus}: {p32['docs']} docs, {p32['tokens']} tokens; {len(openings)} prompts of "

@@ -37,7 +37,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import add_shape_args, median  # noqa: E402
+from _common import add_shape_args, median, random_token_shard  # noqa: E402
 
 CONFIGS = {  # row label -> (DeepSpeed JSON, zero_optimization overrides)
     "ZeRO-3, 50M buckets (before)": ("zero3.json", {"stage": 3, "reduce_bucket_size": 50_000_000,
@@ -79,17 +78,6 @@ def run_config(args, ds_file: str, zero: dict, precision: str, world: int, prefi
                                       compile=compile),
                     deepspeed=ds)
     return setup_run(run, world)
-
-
-def write_tokens(path: Path, args) -> str:
-    from megagpt.data.indexed import IndexedDatasetWriter, token_dtype
-
-    rng = np.random.default_rng(0)
-    prefix = str(path / "bench_text_document")
-    with IndexedDatasetWriter(prefix, token_dtype(args.vocab)) as w:
-        for _ in range((args.steps + 2) * args.batch * 2):
-            w.add_document(rng.integers(1, args.vocab, args.seq + 1))
-    return prefix
 
 
 class TrainerRow:
@@ -293,7 +281,8 @@ def main():
     from megagpt.train.metrics import device_peak_flops
 
     tmp = Path(tempfile.mkdtemp(prefix="megagpt_bench_"))
-    prefix = write_tokens(tmp, args)
+    prefix = random_token_shard(tmp / "bench_text_document", args.vocab, (args.steps + 2) * args.batch * 2,
+                                args.seq + 1)
     cfg = model_config(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, n_positions=args.seq,
                        vocab_size=args.vocab)
     tokens = args.batch * args.seq
