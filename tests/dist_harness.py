@@ -31,9 +31,8 @@ def _worker(rank, world_size, port, fn, args, outdir, use_deepspeed, environ):
         dist.destroy_process_group()
 
 
-_PRELOAD = ["torch", "torch.distributed", "deepspeed", "megagpt.train.loop", "megagpt.inference",
-            "megagpt.parallel.layers", "numpy"]
-mp.set_forkserver_preload(_PRELOAD)
+# what the ranks' code imports (torch, deepspeed and the rest come with these two)
+mp.set_forkserver_preload(["megagpt.train.loop", "megagpt.inference"])
 
 
 def run_distributed(fn, world_size: int, *args, use_deepspeed: bool = False, start_method: str = "forkserver") -> list:
