@@ -58,13 +58,14 @@ DRY = dict(models=["tiny"], seq=64, micro=2, steps=3, timed_from=1, vocab=512,
 LOSS_TOLERANCE = 0.05  # |loss - bf16 eager's| after the last step: half-precision noise over a few steps
 
 
-def run_variant(name: str, model: str, shape: dict, data: str, tmp: Path, peak_override: float | None) -> dict:
-    """Train ``shape['steps']`` steps of one variant in this process; its figures."""
+def run_variant(name: str, model: str, shape: dict, data: str, tmp: Path, peak: float) -> dict:
+    """Train ``shape['steps']`` steps of one variant in this process; its figures (MFU against
+    ``peak`` FLOP/s)."""
     from megagpt.config import load_run_config
     from megagpt.model.flops import model_flops_per_token
     from megagpt.train.loop import Trainer
     from megagpt.train.memory import predict
-    from megagpt.train.metrics import device_peak_flops, peak_memory_bytes
+    from megagpt.train.metrics import peak_memory_bytes
     from megagpt.train.setup import setup_run
 
     precision, extra, _ = VARIANTS[name]
@@ -102,16 +103,13 @@ def run_variant(name: str, model: str, shape: dict, data: str, tmp: Path, peak_o
                 scales.append(float(trainer.engine.optimizer.cur_scale))
     step = median(times[shape["timed_from"]:])
     tokens = trainer.full_batch * trainer.seq
-    peak, source = device_peak_flops(torch.bfloat16 if precision in ("bf16", "fp16") else torch.float32)
-    if peak_override:
-        peak, source = peak_override * 1e12, "--peak-tflops"
     flops = model_flops_per_token(run.model, trainer.seq) * tokens / step
     zero = run.deepspeed["zero_optimization"]
     predicted = predict(run.model, seq=trainer.seq, micro_batch=trainer.micro, zero=3, precision=precision,
                         checkpointing=run.train.activation_checkpointing,
                         offload=zero.get("offload_optimizer", {}).get("device") == "cpu").total
     out = {"variant": name, "model": model, "step_s": step, "tokens_per_s": tokens / step,
-           "tflops": flops / 1e12, "mfu": flops / peak, "peak_source": source,
+           "tflops": flops / 1e12, "mfu": flops / peak,
            "memory_gib": peak_memory_bytes() / 2**30 if cuda else None, "predicted_gib": predicted / 2**30,
            "losses": losses, "loss_scales": scales, "compiled": bool(trainer.engine.is_compiled),
            "skipped_steps": int(getattr(trainer.engine, "skipped_steps", 0) or 0)}
@@ -227,7 +225,7 @@ def main(argv=None) -> int:
                     print(f"{model:10} {name:26} {'needs CUDA: not run on CPU':>53}", flush=True)
                     continue
                 try:
-                    r = run_variant(name, model, shape, data, tmp, args.peak_tflops)
+                    r = run_variant(name, model, shape, data, tmp, peak)
                 except Exception as e:  # a variant that cannot run is a finding, not the end of the script
                     failures.append(f"{model} {name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
                     print(f"{model:10} {name:26} FAILED {failures[-1]}", flush=True)
