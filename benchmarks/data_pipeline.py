@@ -35,8 +35,7 @@ from data_tools import dedup as dd  # noqa: E402
 from data_tools import native  # noqa: E402
 from data_tools.clean import clean  # noqa: E402
 from data_tools.document import Document, ErrorLog, Stats  # noqa: E402
-from data_tools.filters import (C4Filter, FineWebFilter, GopherQuality, GopherRepetition,  # noqa: E402
-                                LanguageFilter)
+from data_tools.filters import C4Filter, FineWebFilter, GopherQuality, GopherRepetition, LanguageFilter  # noqa: E402
 from data_tools.readers import read_file  # noqa: E402
 
 WORDS = ("the be to of and a in that have it for not on with he as you do at this but his by from they we "
@@ -167,6 +166,7 @@ def main():
     rate("decontaminate (13-grams)", time.perf_counter() - t0, len(d2), nbytes, rows)
 
     import sentencepiece as spm
+
     from data_tools.tokenizer import TokenizerConfig, train
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

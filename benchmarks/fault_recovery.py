@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from shards import write_pattern_shard  # noqa: E402
+
 from megagpt.parallel.launch import free_port  # noqa: E402
 
 GUARD = ["train.guard.window=5", "train.guard.min_history=2", "train.guard.zscore=3", "train.guard.min_ratio=1.2",

@@ -3,4 +3,4 @@
 Every step follows one contract (datatrove style): it takes an iterator of ``Document`` and yields
 ``Document``; filters answer keep-or-drop with a reason, and every reason is counted in ``Stats``.
 """
-from data_tools.document import Document, Stats, InputError, ErrorLog  # noqa: F401
+from data_tools.document import Document, ErrorLog, InputError, Stats  # noqa: F401

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import random
 import json
+import random
 import sys
 from collections import Counter
 from pathlib import Path
@@ -32,8 +32,15 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_tools.dialogues import (DialogueFilter, build_forest, clean_session, read_mail, read_reddit,  # noqa: E402
-                                  read_turn_lists, sessions)
+from data_tools.dialogues import (  # noqa: E402
+    DialogueFilter,
+    build_forest,
+    clean_session,
+    read_mail,
+    read_reddit,
+    read_turn_lists,
+    sessions,
+)
 
 
 def encode_session(turns: list[str], tok) -> tuple[list[int], list[int]]:

@@ -226,8 +226,8 @@ def run(a) -> int:
     barrier()
     rc = 0
     if rank == 0:
-        from megagpt.data.indexed import IndexedDataset
         from data_tools.shards import merge
+        from megagpt.data.indexed import IndexedDataset
         final = out / f"{cfg.source}_text_document"
         if not a.shard_per_file and not Path(str(final) + ".idx").is_file():
             merge(prefixes, final)

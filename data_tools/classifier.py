@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import xxhash
@@ -67,7 +67,7 @@ class QualityClassifier:
         self.w = np.zeros(cfg.n_features) if w is None else w
         self.b = b
 
-    def train(self, positives: list[str], negatives: list[str]) -> "QualityClassifier":
+    def train(self, positives: list[str], negatives: list[str]) -> QualityClassifier:
         c = self.cfg
         indptr, idx, val = featurize(list(positives) + list(negatives), c.n_features)
         y = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
@@ -99,7 +99,7 @@ class QualityClassifier:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path) -> "QualityClassifier":
+    def load(cls, path) -> QualityClassifier:
         z = np.load(path)
         cfg = ClassifierConfig(**json.loads(str(z["cfg"])))
         return cls(cfg, z["w"].astype(np.float64), float(z["b"]))

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from data_tools import native
 from data_tools.document import Document, Stats
@@ -61,7 +61,8 @@ def _mojibake_trigger() -> re.Pattern:
     from ftfy.badness import BADNESS_RE, is_bad
 
     try:
-        from re import _constants as sc, _parser as sp
+        from re import _constants as sc
+        from re import _parser as sp
     except ImportError:  # Python 3.10
         import sre_constants as sc
         import sre_parse as sp

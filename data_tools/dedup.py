@@ -19,8 +19,8 @@ product with multiply-shift hashing, and reduced per document with ``np.minimum.
 from __future__ import annotations
 
 import string
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 import xxhash
@@ -30,6 +30,7 @@ from data_tools.document import Document, Stats
 from megagpt.data.ngrams import MIX as _MIX
 from megagpt.data.ngrams import WIDE_PUNCT as _WIDE_PUNCT
 from megagpt.data.ngrams import word_hashes
+
 
 @dataclass
 class DedupConfig:

@@ -19,9 +19,9 @@ import json
 import mailbox
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 _QUOTE_PREFIX = re.compile(r"^\s*((?:>\s?)+)")  # '>', '>>', '> >', '> > >': the depth is the number of '>'
 _QUOTE_INTRO = re.compile(r"^(In article|On .{0,80}wrote:|.{0,80}\bwrites?:\s*$)", re.I)

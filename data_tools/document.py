@@ -36,7 +36,7 @@ class Document:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "Document":
+    def from_json(cls, d: dict) -> Document:
         return cls(text=d["text"], id=d["id"], source=d.get("source", ""), url=d.get("url"),
                    title=d.get("title"), meta=d.get("meta") or {})
 
@@ -91,7 +91,7 @@ class Stats:
         finally:
             self.times[stage] += time.perf_counter() - t0
 
-    def merge(self, other: "Stats | dict") -> None:
+    def merge(self, other: Stats | dict) -> None:
         if isinstance(other, Stats):
             other = other.to_json()
         for step, c in other.get("counters", {}).items():

@@ -14,9 +14,9 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -25,9 +25,20 @@ from data_tools.classifier import ClassifierFilter, QualityClassifier
 from data_tools.clean import CleanConfig, clean
 from data_tools.decontam import DecontamConfig, Decontaminate
 from data_tools.document import Document, ErrorLog, Stats
-from data_tools.filters import (C4Config, C4Filter, FineWebConfig, FineWebFilter, GopherQuality,
-                                GopherQualityConfig, GopherRepetition, GopherRepetitionConfig,
-                                LanguageConfig, LanguageFilter, UrlConfig, UrlFilter)
+from data_tools.filters import (
+    C4Config,
+    C4Filter,
+    FineWebConfig,
+    FineWebFilter,
+    GopherQuality,
+    GopherQualityConfig,
+    GopherRepetition,
+    GopherRepetitionConfig,
+    LanguageConfig,
+    LanguageFilter,
+    UrlConfig,
+    UrlFilter,
+)
 from data_tools.readers import read_file
 from data_tools.tokenizer import TokenizerConfig
 from megagpt.config import check_value

@@ -15,9 +15,9 @@ import json
 import os
 import re
 import zlib
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Iterator
 from xml.etree import ElementTree as ET
 
 from data_tools.document import Document, ErrorLog

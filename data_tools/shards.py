@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from megagpt.data.indexed import IndexedDataset, IndexedDatasetWriter, token_dtype, paths
+from megagpt.data.indexed import IndexedDataset, IndexedDatasetWriter, paths, token_dtype
 
 
 def tokenize_file(jsonl: Path, model_path: Path, prefix: Path, position: int = 0,

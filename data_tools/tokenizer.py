@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
 EOD = "<|endoftext|>"
 SPECIAL_TOKENS = ("<|ft_start|>", "<|ft_delim|>", "<|ft_extract|>", "<|turn|>")

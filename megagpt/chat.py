@@ -102,8 +102,8 @@ def heldout_report(args, fwd, bwd, tok, params) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from megagpt.inference import SamplingParams, WeightsError, load, load_for_text
     from megagpt.dialogue.mmi import reply
+    from megagpt.inference import SamplingParams, WeightsError, load, load_for_text
 
     try:
         params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,

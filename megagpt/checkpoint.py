@@ -20,8 +20,7 @@ if __package__ in (None, ""):
 
 from pathlib import Path  # noqa: E402
 
-from megagpt.formats.manifest import (MANIFEST, VERIFY_LEVELS, CheckpointError, choose_tag,  # noqa: E402
-                                      latest_tag, tags, verify)
+from megagpt.formats.manifest import MANIFEST, VERIFY_LEVELS, CheckpointError, choose_tag, latest_tag, tags, verify  # noqa: E402
 
 
 def _describe(tag_dir: Path) -> str:

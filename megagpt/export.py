@@ -93,8 +93,8 @@ def main(argv=None) -> int:
 
     from pathlib import Path
 
-    from megagpt.formats import read_weights
     from megagpt.data.tokenizer import tokenizer_file
+    from megagpt.formats import read_weights
     from megagpt.formats.weights import save_export
 
     source = args.model or args.from_hf

@@ -26,11 +26,20 @@ if __package__ in (None, ""):
     fix_path(__file__)
 
 from megagpt.config import PRESETS, ConfigError, load_run_config, model_config  # noqa: E402
-from megagpt.planner.model import (GPT3_BATCH_SEQUENCES, GPT3_BATCH_TOKENS, Cluster, Layout, Problem, accumulation,  # noqa: E402
-                                   communication, evaluate, rank_params)
-from megagpt.planner.report import _examples, check_one, gpt3_table, header, refused_summary, report  # noqa: E402
-from megagpt.planner.search import TIE, candidates, families, explain, parse_layout, plan_all  # noqa: E402
 from megagpt.model.flops import param_count  # noqa: E402
+from megagpt.planner.model import (  # noqa: E402
+    GPT3_BATCH_SEQUENCES,
+    GPT3_BATCH_TOKENS,
+    Cluster,
+    Layout,
+    Problem,
+    accumulation,
+    communication,
+    evaluate,
+    rank_params,
+)
+from megagpt.planner.report import _examples, check_one, gpt3_table, header, refused_summary, report  # noqa: E402
+from megagpt.planner.search import TIE, candidates, explain, families, parse_layout, plan_all  # noqa: E402
 from megagpt.train.autotune import HEADROOM  # noqa: E402
 from megagpt.train.memory import precision_of  # noqa: E402
 from megagpt.train.setup import setup_run  # noqa: E402

@@ -47,9 +47,9 @@ def main(argv=None) -> int:
     import torch.distributed as dist
 
     from megagpt.data.indexed import ShardError
+    from megagpt.eval.in_training import pretraining_hooks
     from megagpt.formats.manifest import CheckpointError
     from megagpt.train.checkpoint import SaveError
-    from megagpt.eval.in_training import pretraining_hooks
     from megagpt.train.loop import GuardError, Trainer
 
     try:

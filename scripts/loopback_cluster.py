@@ -149,13 +149,13 @@ class LoopbackCluster:
         return f"loopback-{host.rsplit('.', 1)[-1]}" if self.uts else socket.gethostname()
 
     # lifecycle ---------------------------------------------------------------------------------
-    def __enter__(self) -> "LoopbackCluster":
+    def __enter__(self) -> LoopbackCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self) -> "LoopbackCluster":
+    def start(self) -> LoopbackCluster:
         missing = missing_tools(pdsh=False)
         if missing:
             raise ClusterError("not installed: " + ", ".join(missing))

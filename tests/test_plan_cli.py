@@ -11,9 +11,9 @@ import pytest
 
 from megagpt import plan
 from megagpt.config import ConfigError, ParallelConfig, load_run_config, model_config
-from megagpt.train.setup import setup_run
 from megagpt.train.autotune import HEADROOM
 from megagpt.train.memory import predict
+from megagpt.train.setup import setup_run
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2 ** 30

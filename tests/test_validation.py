@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from megagpt.config import ConfigError, DataConfig, ModelConfig, ParallelConfig, load_run_config
-from megagpt.train.setup import setup_run
-from megagpt.config import TrainConfig
+from megagpt.config import ConfigError, DataConfig, ModelConfig, ParallelConfig, TrainConfig, load_run_config
 from megagpt.data.mixture import load_spec
+from megagpt.train.setup import setup_run
 
 RUN = Path(__file__).parent / "train" / "run_tiny.yaml"
 BAD = {".nan": "finite", ".inf": "finite", "seventy": "must be", "-3": "negative"}

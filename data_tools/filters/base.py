@@ -1,7 +1,7 @@
 """The filter contract: ``check(doc)`` returns None to keep or a short reason to drop."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from data_tools.document import Document, Stats
 

@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 
 from data_tools.document import Document
-from data_tools.filters.base import Filter, TERMINAL_PUNCT
+from data_tools.filters.base import TERMINAL_PUNCT, Filter
 
 _SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f]+(?=[\s\"'\u201d\u2019)]|$)")
 

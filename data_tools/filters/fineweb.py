@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from data_tools.document import Document
-from data_tools.filters.base import Filter, TERMINAL_PUNCT, duplicate_stats
+from data_tools.filters.base import TERMINAL_PUNCT, Filter, duplicate_stats
 
 
 @dataclass

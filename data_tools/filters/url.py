@@ -2,9 +2,9 @@
 user callable ``hook(url) -> reason | None``."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlsplit
 
 from data_tools.document import Document

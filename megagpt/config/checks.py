@@ -4,8 +4,9 @@ rejected."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any, Mapping
+from typing import Any
 
 
 class ConfigError(ValueError):

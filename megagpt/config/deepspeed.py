@@ -10,7 +10,8 @@ top-level key DeepSpeed does not know is named, with the closest known key."""
 from __future__ import annotations
 
 import difflib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from megagpt.config.checks import ConfigError
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from megagpt.config.checks import ConfigError, _from_dict, _positive
 
@@ -30,7 +31,7 @@ class GuardConfig:
     rewind_min_steps: int = 10  # N: rewind to a checkpoint at least this many steps older
     max_rewinds: int = 10  # then the run stops: the loss has moved, not spiked
 
-    def validate(self) -> "GuardConfig":
+    def validate(self) -> GuardConfig:
         w = "train.guard"
         _positive(w, window=self.window, rewind_after=self.rewind_after, max_rewinds=self.max_rewinds)
         if not isinstance(self.min_history, int) or not 2 <= self.min_history <= self.window:
@@ -60,7 +61,7 @@ class FaultConfig:
     count: int = 1
     spike_factor: float = 20.0
 
-    def validate(self) -> "FaultConfig":
+    def validate(self) -> FaultConfig:
         if os.environ.get(FAULTS_ALLOWED) != "1":
             raise ConfigError(f"train.fault injects a failure on purpose and only runs in tests; set "
                               f"{FAULTS_ALLOWED}=1 in the environment to allow it.")

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from megagpt.config.checks import ConfigError, _from_dict
 from megagpt.config.deepspeed import check_deepspeed
-from megagpt.config.sections import (DataConfig, FinetuneConfig, ModelConfig, ParallelConfig, TrainConfig,
-                                     model_config_from_dict)
+from megagpt.config.sections import (
+    DataConfig,
+    FinetuneConfig,
+    ModelConfig,
+    ParallelConfig,
+    TrainConfig,
+    model_config_from_dict,
+)
 
 
 def load_file(path: str | Path) -> dict[str, Any]:

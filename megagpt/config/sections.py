@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from megagpt.config.checks import ConfigError, _from_dict, _positive, _probability
 from megagpt.config.guard import FaultConfig, GuardConfig, section, skip_windows
@@ -48,7 +49,7 @@ class ModelConfig:
     def is_banded(self, layer_idx: int) -> bool:
         return self.attention == "alternating" and layer_idx % 2 == 1
 
-    def validate(self, tp_size: int = 1) -> "ModelConfig":
+    def validate(self, tp_size: int = 1) -> ModelConfig:
         w = "model"
         _positive(w, n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
                   n_positions=self.n_positions, vocab_size=self.vocab_size,
@@ -92,7 +93,7 @@ class ParallelConfig:
     def dp_size(self, world_size: int) -> int:
         return world_size // (self.tp_size * self.pp_size)
 
-    def validate(self, world_size: int | None = None) -> "ParallelConfig":
+    def validate(self, world_size: int | None = None) -> ParallelConfig:
         _positive("parallel", tp_size=self.tp_size, pp_size=self.pp_size)
         if self.layout not in LAYOUTS:
             raise ConfigError(f"parallel.layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}.")
@@ -152,7 +153,7 @@ class DataConfig:
     # responses, data_tools/build_dialogues.py); the loss is averaged over those tokens
     loss_mask: bool = False
 
-    def validate(self) -> "DataConfig":
+    def validate(self) -> DataConfig:
         for key in ("prefixes", "valid_prefixes"):
             value = getattr(self, key)
             if isinstance(value, str):
@@ -231,7 +232,7 @@ class TrainConfig:
             return None
         return str(Path(self.tensorboard_dir) / (self.run_name or "run"))
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         if self.run_name is not None and (not self.run_name or "/" in self.run_name or self.run_name in (".", "..")):
             raise ConfigError(f"train.run_name must be a folder name (no '/'), got {self.run_name!r}.")
         _positive("train", train_iters=self.train_iters, log_interval=self.log_interval,
@@ -281,7 +282,7 @@ class FinetuneConfig:
     max_length: int | None = None  # tokens per input sequence (default: model.n_positions)
     best_dir: str | None = None  # where the best model by validation metric goes (default: <checkpoint_dir>/best)
 
-    def validate(self) -> "FinetuneConfig":
+    def validate(self) -> FinetuneConfig:
         if not self.task_file:
             raise ConfigError("finetune.task_file must name the task's JSONL file.")
         _positive("finetune", epochs=self.epochs)

@@ -11,8 +11,8 @@ two rows, tokens and mask; the targets of masked-out tokens become -100, which t
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch

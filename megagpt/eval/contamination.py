@@ -5,13 +5,13 @@ of the task's item lengths in words, clipped to 8..13. Words and n-gram hashes a
 report and the filter agree on what overlaps."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
-from megagpt.data.ngrams import ngram_hashes, words
 from megagpt import jsonl
+from megagpt.data.ngrams import ngram_hashes, words
 from megagpt.eval.tasks import Item, Task
 
 

@@ -8,8 +8,8 @@ order, so every rank returns the same numbers.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 from megagpt.eval import metrics as M
 from megagpt.eval.tasks import Prompt, Task, build_prompt

@@ -111,7 +111,7 @@ def _read(path: Path):
     return examples, header
 
 
-def _finish(path: Path, header: dict, examples: list) -> "FinetuneTask":
+def _finish(path: Path, header: dict, examples: list) -> FinetuneTask:
     kind = header["type"]
     regression = bool(header.get("regression", False))
     _need(not regression or kind == "similarity", f"{path}:1", "'regression' is only for similarity tasks.")

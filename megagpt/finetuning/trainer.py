@@ -127,8 +127,8 @@ class FinetuneTrainer:
         self.pipe_loss = None
         if run.parallel.layout == "3d":
             from megagpt.finetuning.pipeline import build_finetune_pipeline
-            from megagpt.train.engine import build_3d
             from megagpt.model.naming import pipeline_param_name
+            from megagpt.train.engine import build_3d
 
             def make_pipe(ps, topo):
                 module, self.pipe_loss = build_finetune_pipeline(
@@ -353,8 +353,9 @@ def predict(best_dir: str | Path, task_file: str | Path, split: str = "test", ou
             batch_size: int = 16) -> tuple[list, dict]:
     """Answers of the fine-tuned model in ``best_dir`` for a split of a task file (one process):
     (one row per example, metrics where the split has labels); rows go to ``output`` as JSONL."""
-    from megagpt.inference import load
     from safetensors.torch import load_file
+
+    from megagpt.inference import load
 
     best_dir = Path(best_dir)
     if not (best_dir / "finetune.json").is_file():

@@ -193,8 +193,8 @@ def _optimizer_param_names(state: dict, cfg: ModelConfig, tp: int, pipeline: boo
         raise WeightsError(f"{f}: no parameter names for the optimizer state (a pipeline checkpoint saved "
                            f"before megagpt recorded them); resume it in the layout it was saved with.")
     from megagpt.model.gpt import GPT
-    from megagpt.parallel.state import ParallelState
     from megagpt.model.naming import param_group_names
+    from megagpt.parallel.state import ParallelState
 
     with torch.device("meta"):
         model = GPT(cfg, ParallelState(tp_size=tp))

@@ -11,18 +11,18 @@ tokenizer::
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
-from megagpt.inference.int8 import check_int8, quantize_int8
-from megagpt.inference.generation import Completion, SamplingParams, generate
-from megagpt.inference.scoring import Score, loglikelihood
 from megagpt.data.tokenizer import Tokenizer
 from megagpt.formats import read_weights
 from megagpt.formats.weights import WeightsError
+from megagpt.inference.generation import Completion, SamplingParams, generate
+from megagpt.inference.int8 import check_int8, quantize_int8
+from megagpt.inference.scoring import Score, loglikelihood
 from megagpt.model.gpt import build_empty
 
 __all__ = ["load", "load_for_text", "add_model_args", "DTYPES", "PRECISIONS", "quantize_int8", "Loaded", "read_weights", "generate", "SamplingParams", "Completion", "loglikelihood",
@@ -45,7 +45,7 @@ def add_model_args(ap) -> None:
                     help="int8: int8 weights and fp32 activations on CPU (every linear layer and the head)")
 
 
-def load_for_text(path, *, tokenizer=None, hint: str = "--tokenizer", dtype: str | None = None, **kw) -> "Loaded":
+def load_for_text(path, *, tokenizer=None, hint: str = "--tokenizer", dtype: str | None = None, **kw) -> Loaded:
     """``load`` for commands that read and write text: a ValueError when no tokenizer is found
     (``hint`` says how to give one) or when it has more tokens than the model."""
     loaded = load(path, tokenizer=tokenizer, dtype=dtype, **kw)

@@ -19,8 +19,8 @@ all ranks pick the same tokens and leave the batch at the same steps.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

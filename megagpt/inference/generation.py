@@ -14,8 +14,8 @@ token at a time would, so cached and uncached outputs agree exactly only while e
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
@@ -34,7 +34,7 @@ class SamplingParams:
     num_return_sequences: int = 1
     seed: int = 0
 
-    def validate(self) -> "SamplingParams":
+    def validate(self) -> SamplingParams:
         checks = [("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
                   ("temperature", self.temperature >= 0, ">= 0 (0 is greedy)"),
                   ("top_k", self.top_k >= 0, ">= 0 (0 turns it off)"),

@@ -30,7 +30,7 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     @classmethod
-    def of(cls, k: torch.Tensor, v: torch.Tensor, *, ring: bool) -> "KVCache":
+    def of(cls, k: torch.Tensor, v: torch.Tensor, *, ring: bool) -> KVCache:
         """A cache over existing buffers (continuous batching builds its batch's caches this way)."""
         c = cls(0, 0, 0, 0, ring=ring, device="meta")
         c.k, c.v = k, v
@@ -84,7 +84,7 @@ class DecodeState:
         self._masks_for: tuple | None = None
 
     @classmethod
-    def allocate(cls, model, pad: torch.Tensor, capacity: int, *, dtype=None) -> "DecodeState":
+    def allocate(cls, model, pad: torch.Tensor, capacity: int, *, dtype=None) -> DecodeState:
         """A state with empty caches for every layer of ``model`` (a ``megagpt.model.GPT``)."""
         cfg = model.cfg
         B = pad.size(0)

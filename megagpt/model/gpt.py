@@ -57,7 +57,7 @@ class Attention(nn.Module):
             m = self._mask_cache = band_mask(T, self.window, device)
         return m[:T, :T]
 
-    def forward(self, x, state: "DecodeState | None" = None):
+    def forward(self, x, state: DecodeState | None = None):
         B, T, _ = x.shape
         qkv = self.c_attn(x)  # (B, T, 3 * nh * hs), nh = heads on this rank
         q, k, v = qkv.split(self.n_head * self.head_dim, dim=-1)
@@ -104,7 +104,7 @@ class Block(nn.Module):
         self.mlp = MLP(cfg, ps)
         self.drop = nn.Dropout(cfg.resid_pdrop)
 
-    def forward(self, x, state: "DecodeState | None" = None):
+    def forward(self, x, state: DecodeState | None = None):
         if state is not None and self.pre_ln:  # inference: no dropout modules to call
             x = x + self.attn(self.ln_1(x), state)
             return x + self.mlp(self.ln_2(x))
@@ -226,7 +226,7 @@ class GPT(nn.Module):
         self.ln_f = FinalNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon) if cfg.ln_position == "pre" else None
         self.head = LMHead(cfg, ps, self.embed.wte)
 
-    def hidden_states(self, idx, state: "DecodeState | None" = None):
+    def hidden_states(self, idx, state: DecodeState | None = None):
         """Final hidden states (B, T, n_embd). With a ``DecodeState`` (inference): positions and
         attention masks come from it, and its key/value caches, if any, are read and extended."""
         if state is not None:
@@ -252,7 +252,7 @@ class GPT(nn.Module):
             return logits
         return self.head.loss(logits, targets)
 
-    def next_token_logits(self, idx, state: "DecodeState") -> torch.Tensor:
+    def next_token_logits(self, idx, state: DecodeState) -> torch.Tensor:
         """Full-vocabulary logits (B, vocab_size) of the last input position (inference: only that
         position goes through the output head)."""
         h = self.hidden_states(idx, state)[:, -1:]

@@ -44,12 +44,12 @@ class ParallelState:
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
-    def single(cls) -> "ParallelState":
+    def single(cls) -> ParallelState:
         """No parallelism: an ordinary single-device model, no process group needed."""
         return cls()
 
     @classmethod
-    def build(cls, tp_size: int = 1, pp_size: int = 1) -> "ParallelState":
+    def build(cls, tp_size: int = 1, pp_size: int = 1) -> ParallelState:
         """Split the initialised default process group into TP, PP and DP groups.
 
         Every rank must call this, in the same order, because ``new_group`` is collective.

@@ -51,7 +51,7 @@ class Watchdog:
         # diagnosing at the same time does not take it for stopped
         self._beater = threading.Thread(target=self._beat_loop, name="megagpt-heartbeat", daemon=True)
 
-    def start(self, step: int = 0) -> "Watchdog":
+    def start(self, step: int = 0) -> Watchdog:
         """Every rank calls this at the same point (a collective: who runs where), at ``step``."""
         self.peers = [None] * self.world
         dist.all_gather_object(self.peers, (self.host, self.pid))

@@ -7,6 +7,7 @@ from megagpt.planner.model import GIB, GPT3_BATCH_SEQUENCES, GPT3_BATCH_TOKENS, 
 from megagpt.planner.search import families, layouts_for, plan_all, smallest_cluster
 from megagpt.train.autotune import HEADROOM
 
+
 def header(problem: Problem, cluster: Cluster) -> list[str]:
     cfg = problem.model
     n = param_count(cfg)

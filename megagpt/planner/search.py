@@ -8,6 +8,7 @@ from megagpt.config import ConfigError
 from megagpt.planner.model import GIB, Cluster, Layout, Plan, Problem, evaluate
 from megagpt.train.autotune import HEADROOM
 
+
 def _divisors(n: int) -> list[int]:
     return [k for k in range(1, n + 1) if n % k == 0]
 

@@ -26,8 +26,18 @@ from starlette.routing import Route
 
 from megagpt.dialogue.mmi import history_ids
 from megagpt.inference.batching import Job
-from megagpt.serving.protocol import (APIError, LogprobBuilder, Usage, _number, encode, flag, parse_body,
-                                      parse_common, parse_messages, parse_prompts)
+from megagpt.serving.protocol import (
+    APIError,
+    LogprobBuilder,
+    Usage,
+    _number,
+    encode,
+    flag,
+    parse_body,
+    parse_common,
+    parse_messages,
+    parse_prompts,
+)
 from megagpt.serving.scheduler import Handle, Scheduler
 
 CHAT_PAGE = Path(__file__).with_name("chat.html")

@@ -201,7 +201,7 @@ class Usage:
     completion: int = 0
 
     @classmethod
-    def of(cls, handles) -> "Usage":
+    def of(cls, handles) -> Usage:
         """The prompt and generated tokens of finished requests (``Handle``s)."""
         return cls(sum(len(h.job.prompt) for h in handles),
                    sum(len(r.tokens) for h in handles for r in h.rows))

@@ -14,7 +14,6 @@ import concurrent.futures
 import itertools
 import queue
 import threading
-import time
 from dataclasses import dataclass, field
 
 import torch.distributed as dist
@@ -110,7 +109,7 @@ class Scheduler:
         self.iterations = 0  # engine iterations run
         self.cancelled = 0  # requests given up by their clients before they finished
 
-    def start(self) -> "Scheduler":
+    def start(self) -> Scheduler:
         self.thread.start()
         return self
 

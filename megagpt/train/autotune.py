@@ -18,6 +18,7 @@ the transient buffers at the peak.
 from __future__ import annotations
 
 import os
+
 from megagpt.config import ConfigError
 from megagpt.train.memory import device_type, persistence_threshold, precision_of, predict, reduce_bucket
 

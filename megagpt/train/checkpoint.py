@@ -23,8 +23,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megagpt.formats.manifest import (TAG, CheckpointError, choose_tag, describe, latest_tag, saved_layout, step_of,
-                                      tags, verify, write_atomic, write_manifest)
+from megagpt.formats.manifest import (
+    TAG,
+    CheckpointError,
+    choose_tag,
+    describe,
+    latest_tag,
+    saved_layout,
+    step_of,
+    tags,
+    verify,
+    write_atomic,
+    write_manifest,
+)
 
 
 def _rng_path(ckpt_dir: Path, tag: str, rank: int) -> Path:

@@ -7,7 +7,6 @@ as they are made), our ParallelState passed as ``mpu``. ``3d``: the same layers 
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import deepspeed
@@ -89,7 +88,7 @@ def build_engine(run: RunConfig, total_tokens: int) -> Built:
 def build_3d(run: RunConfig, make_pipeline, scheduler, init_weights: bool, name_map) -> Built:
     """The 3d layout's pipeline engine around ``make_pipeline(ps, topology)``; ``name_map`` turns
     its parameter names into the full state dict's (None: not from the pretrained weights)."""
-    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology, PipelineParallelGrid
+    from deepspeed.runtime.pipe.topology import PipelineParallelGrid, PipeModelDataParallelTopology
 
     par, tr = run.parallel, run.train
     dp = par.dp_size(dist.get_world_size())

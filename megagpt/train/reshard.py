@@ -13,8 +13,15 @@ import torch.distributed as dist
 from megagpt.config import ConfigError, ModelConfig, arch_mismatch, model_config_from_dict
 from megagpt.formats.checkpoint_reader import OPTIMIZER_KEYS
 from megagpt.formats.manifest import describe, layout_of, verify
-from megagpt.formats.universal import (DS_COUNTERS, KEYS, is_universal, param_file, read_info, read_param,
-                                       write_universal)
+from megagpt.formats.universal import (
+    DS_COUNTERS,
+    KEYS,
+    is_universal,
+    param_file,
+    read_info,
+    read_param,
+    write_universal,
+)
 from megagpt.formats.weights import WeightsError
 from megagpt.model.convert import local_shard, whole_tensor
 from megagpt.model.naming import pipeline_param_name

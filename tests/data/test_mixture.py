@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from shards import write_pattern_shard
+
 from megagpt.data import mixture
 from megagpt.data.gpt_dataset import micro_batches
 

@@ -3,7 +3,6 @@ import json
 import subprocess
 import sys
 
-
 from data_tools.classifier import ClassifierFilter, QualityClassifier
 from data_tools.document import Document, Stats
 

@@ -6,8 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from data_tools.dialogues import (DialogueFilter, Message, build_forest, clean_session, read_mail, read_reddit,
-                                  read_turn_lists, sessions)
+from data_tools.dialogues import (
+    DialogueFilter,
+    build_forest,
+    clean_session,
+    read_mail,
+    read_reddit,
+    read_turn_lists,
+    sessions,
+)
 
 
 def _paths(forest):

@@ -3,8 +3,15 @@ import pytest
 
 from data_tools.clean import clean, clean_text
 from data_tools.document import Document, Stats
-from data_tools.filters import (C4Filter, FineWebFilter, GopherQuality, GopherRepetition,
-                                LanguageFilter, UrlConfig, UrlFilter)
+from data_tools.filters import (
+    C4Filter,
+    FineWebFilter,
+    GopherQuality,
+    GopherRepetition,
+    LanguageFilter,
+    UrlConfig,
+    UrlFilter,
+)
 from data_tools.filters.gopher import GopherQualityConfig
 
 

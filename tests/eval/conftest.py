@@ -2,12 +2,12 @@
 and small task files in megagpt's format."""
 import pytest
 import torch
+from eval_data import SENTENCES
 
 from megagpt.config import model_config
 from megagpt.eval.tasks import write_task
 from megagpt.formats.weights import save_export
 from megagpt.model import GPT, full_state_dict
-from eval_data import SENTENCES
 
 
 @pytest.fixture(scope="session")

@@ -105,8 +105,8 @@ test_split: test
 
 
 def test_lm_eval_megagpt_equals_hf(exported, task_files, tmp_path):
-    from megagpt.inference import load
     from megagpt.formats.hf import write_hf_dir
+    from megagpt.inference import load
     from megagpt.model import full_state_dict
 
     model, tok = load(exported)

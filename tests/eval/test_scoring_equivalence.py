@@ -6,13 +6,13 @@ import random
 
 import pytest
 import torch
-
 from eval_data import SENTENCES
+
 from megagpt.eval.contamination import TrainingNgrams, ngram_size
 from megagpt.eval.runner import Evaluator, run_suite
 from megagpt.eval.tasks import load_task, write_task
-from megagpt.inference import load
 from megagpt.formats.hf import write_hf_dir
+from megagpt.inference import load
 
 
 @pytest.fixture(scope="module")

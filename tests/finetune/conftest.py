@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from ft_common import corpus_lines, write_classification
 
 

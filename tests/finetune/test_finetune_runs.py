@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from dist_harness import run_distributed
 from ft_common import ROOT, finetune_worker, run_yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
 def _run(ft_setup, tag, world, *overrides):

@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
+from megagpt.data.tokenizer import Tokenizer
 from megagpt.finetuning.data import Encoder, FinetuneDataError, collate, load_finetune_task
 from megagpt.finetuning.model import FinetuneGPT
-from megagpt.data.tokenizer import Tokenizer
 
 
 def _task(tmp_path, kind, rows, **header):

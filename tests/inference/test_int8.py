@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
-
 from dist_harness import run_distributed
+
 from megagpt.config import model_config
 from megagpt.formats.weights import save_export
 from megagpt.inference import load

@@ -4,13 +4,13 @@ import random
 
 import pytest
 import torch
-
 from dist_harness import run_distributed
+
 from megagpt.config import model_config
-from megagpt.inference import load
 from megagpt.formats.hf import write_hf_dir
-from megagpt.inference.scoring import loglikelihood
 from megagpt.formats.weights import save_export
+from megagpt.inference import load
+from megagpt.inference.scoring import loglikelihood
 from megagpt.model import GPT, full_state_dict
 
 

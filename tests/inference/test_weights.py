@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tamper import Payload
 
 import megagpt
-from tamper import Payload
 from megagpt.config import model_config
-from megagpt.inference import WeightsError, load
 from megagpt.formats.weights import save_export
+from megagpt.inference import WeightsError, load
 from megagpt.model import GPT, full_state_dict
 
 ROOT = Path(__file__).resolve().parents[2]

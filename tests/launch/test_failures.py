@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from shards import write_pattern_shard
+
 from megagpt.parallel.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,8 +1,8 @@
 """tp=2 and tp=4 give the logits, loss and gathered gradients of tp=1 from the same weights."""
 import pytest
 import torch
-
 from dist_harness import run_distributed
+
 from megagpt.config import model_config
 from megagpt.model import GPT, full_state_dict, load_full_state_dict
 from megagpt.parallel import ParallelState, gather_tensor

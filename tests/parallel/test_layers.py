@@ -1,10 +1,16 @@
 """Parallel layers and mappings against plain torch layers holding the gathered weights."""
 import torch
 import torch.nn.functional as F
-
 from dist_harness import run_distributed
-from megagpt.parallel import (ColumnParallelLinear, ParallelState, RowParallelLinear,
-                              VocabParallelEmbedding, gather_tensor, shard_tensor)
+
+from megagpt.parallel import (
+    ColumnParallelLinear,
+    ParallelState,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    gather_tensor,
+    shard_tensor,
+)
 from megagpt.parallel.layers import unshard_tensors
 
 

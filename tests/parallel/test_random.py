@@ -1,9 +1,9 @@
 """TP-aware RNG: replicated activations get one dropout mask, split ones get one per rank."""
 import torch
 import torch.distributed as dist
+from dist_harness import run_distributed
 from torch.utils.checkpoint import checkpoint
 
-from dist_harness import run_distributed
 from megagpt.parallel import ParallelState
 
 

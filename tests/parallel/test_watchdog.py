@@ -4,7 +4,6 @@ says so. (The whole path, SIGSTOP to the launcher's exit, is tests/launch/test_f
 import time
 
 import torch.distributed as dist
-
 from dist_harness import run_distributed
 
 

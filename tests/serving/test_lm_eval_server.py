@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from serve_common import ROOT
 
 pytest.importorskip("lm_eval")

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from common import layout_overrides, train_worker
 from dist_harness import run_distributed
 from shards import write_pattern_shard
+
 from megagpt.formats.manifest import choose_tag, latest_tag, verify
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from shards import write_pattern_shard
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,13 +2,13 @@
 weights, whatever the layout, logged to TensorBoard as eval/<task>/<metric>, equal to evaluating
 the exported model of the same step."""
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from common import layout_overrides, no_dropout, train_worker
 from dist_harness import run_distributed
+from shards import write_pattern_shard
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 from megagpt.eval.runner import Evaluator, run_suite
 from megagpt.eval.tasks import load_task, write_task
-from shards import write_pattern_shard
 
 WORDS = ["red", "blue", "green", "black", "white", "cold", "warm", "dark", "light", "small"]
 

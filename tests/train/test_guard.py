@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
-
 from common import RUN_YAML, layout_overrides, train_worker
 from dist_harness import run_distributed
 from shards import write_pattern_shard
+
 from megagpt.config import ConfigError, load_run_config
 from megagpt.config.guard import GuardConfig
 from megagpt.train.guard import StepGuard, Verdict, merge_windows, next_start

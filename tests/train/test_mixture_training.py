@@ -1,9 +1,8 @@
 """A tiny pretraining run on a 3-source mixture logs per-source train and valid losses."""
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from common import layout_overrides, train_worker
 from dist_harness import run_distributed
 from shards import write_pattern_shard
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
 def test_per_source_scalars(tmp_path):

@@ -16,12 +16,12 @@ step (DeepSpeed gives the unused copy of the position table a zero gradient ther
 from pathlib import Path
 
 import pytest
-
 from common import RUN_YAML, layout_overrides, no_dropout
 from dist_harness import run_distributed
+from shards import write_pattern_shard
+
 from megagpt.config import load_run_config
 from megagpt.train.memory import predict, stage_params
-from shards import write_pattern_shard
 
 SHAPE = ["model.n_layer=4", "model.n_head=4", "model.n_embd=256", "model.n_positions=128", "model.vocab_size=1000",
          "model.local_window=32"]
@@ -48,11 +48,11 @@ def _overrides(case, shard, tmp: Path, tag: str):
 
 
 def _measure_worker(rank, world_size, overrides, shard):
-    from megagpt.train.setup import setup_run
     from megagpt.data.gpt_dataset import GPTDataset, micro_batches, split_documents, token_mean
     from megagpt.data.indexed import IndexedDataset
     from megagpt.train.engine import build_engine
     from megagpt.train.memory import measure
+    from megagpt.train.setup import setup_run
 
     run = setup_run(load_run_config(RUN_YAML, overrides), world_size)
     built = build_engine(run, total_tokens=10 ** 9)

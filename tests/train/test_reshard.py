@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from common import RUN_YAML, layout_overrides, no_dropout, train_worker
 from dist_harness import run_distributed
 from shards import write_pattern_shard
+
 from megagpt.formats.checkpoint_reader import OPTIMIZER_KEYS, SavedCheckpoint
 
 ROOT = Path(__file__).parents[2]
@@ -35,9 +35,9 @@ def _overrides(tmp, shard, name, layout, tp, pp, stage, world=4, extra=()):
 def _resume_worker(rank, world_size, overrides):
     """Build the trainer (which loads the checkpoint), gather its state whole, then train on."""
     from megagpt.config import load_run_config
-    from megagpt.train.setup import setup_run
     from megagpt.train.loop import Trainer
     from megagpt.train.reshard import _torch_optimizer, train_state
+    from megagpt.train.setup import setup_run
 
     run = setup_run(load_run_config(RUN_YAML, overrides), world_size)
     trainer = Trainer(run)
@@ -119,7 +119,8 @@ def test_universal_export_and_refusals(tmp_path, shard):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     saved = SavedCheckpoint(ckpt)
-    from megagpt.formats.universal import read_info, read_param as _read_param
+    from megagpt.formats.universal import read_info
+    from megagpt.formats.universal import read_param as _read_param
 
     info = read_info(out)
     assert info["params"] == list(saved.tensors())

@@ -3,10 +3,10 @@ so RNG streams, optimizer, scheduler and data position all have to come back exa
 import os
 
 import pytest
-
 from common import layout_overrides, train_worker
 from dist_harness import run_distributed
 from shards import write_pattern_shard
+
 from megagpt.formats.manifest import latest_tag
 
 N, K = 6, 3

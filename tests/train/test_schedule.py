@@ -3,11 +3,11 @@ import math
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from common import RUN_YAML, layout_overrides
 from dist_harness import run_distributed
 from shards import write_pattern_shard
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 from megagpt.train.schedule import WarmupCosineLR, rampup_batch_size
 
 
@@ -40,8 +40,8 @@ def test_rampup_batch_size():
 
 def _ramp_worker(rank, world_size, overrides):
     from megagpt.config import load_run_config
-    from megagpt.train.setup import setup_run
     from megagpt.train.loop import Trainer
+    from megagpt.train.setup import setup_run
 
     trainer = Trainer(setup_run(load_run_config(RUN_YAML, overrides), world_size))
     losses = trainer.train()

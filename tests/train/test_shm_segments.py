@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from dist_harness import run_distributed
 
 
