@@ -35,9 +35,9 @@ from megagpt.train.setup import setup_run  # noqa: E402
 def _from_engine(args) -> int:
     from megagpt.formats.manifest import latest_tag
     from megagpt.parallel.launch import close_distributed, init_distributed, launch_world_size
-    from megagpt.train import checkpoint
+    from megagpt.train import engine_checkpoint
+    from megagpt.train.consolidate import export
     from megagpt.train.engine import build_engine
-    from megagpt.train.export import export
 
     try:
         run = setup_run(load_run_config(args.config, args.overrides), launch_world_size())
@@ -49,7 +49,7 @@ def _from_engine(args) -> int:
         return 2
     init_distributed()
     built = build_engine(run, total_tokens=1)
-    state = checkpoint.load(built.engine, run.train.checkpoint_dir, built.ps)
+    state = engine_checkpoint.load(built.engine, run.train.checkpoint_dir, built.ps)
     export(built, run.model, args.out, tokenizer=args.tokenizer or run.data.tokenizer, step=state["step"])
     if built.ps.rank == 0:
         print(f"exported step {state['step']} of {run.train.checkpoint_dir} to {args.out}", flush=True)

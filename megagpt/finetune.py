@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     import torch.distributed as dist
 
     from megagpt.formats.manifest import CheckpointError
-    from megagpt.train.checkpoint import SaveError
+    from megagpt.train.engine_checkpoint import SaveError
 
     try:
         from megagpt.finetuning.trainer import FinetuneTrainer

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     from megagpt.data.indexed import ShardError
     from megagpt.eval.in_training import pretraining_hooks
     from megagpt.formats.manifest import CheckpointError
-    from megagpt.train.checkpoint import SaveError
+    from megagpt.train.engine_checkpoint import SaveError
     from megagpt.train.loop import GuardError, Trainer
 
     try:

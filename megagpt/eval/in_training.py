@@ -12,7 +12,7 @@ from megagpt.eval.runner import Evaluator, run_suite, tensorboard_scalars
 from megagpt.eval.tasks import TaskError, load_task
 from megagpt.formats.weights import load_weights
 from megagpt.model.gpt import build_empty
-from megagpt.train.export import consolidated_state_dict
+from megagpt.train.consolidate import consolidated_state_dict
 
 
 def check_tasks(tasks, tokenizer: str | None, n_positions: int, path) -> None:

@@ -18,7 +18,7 @@ from megagpt.finetuning.data import Encoder, FinetuneTask, collate, epoch_order,
 from megagpt.finetuning.model import FinetuneGPT
 from megagpt.formats.manifest import latest_tag
 from megagpt.parallel.launch import dp_mean
-from megagpt.train import checkpoint
+from megagpt.train import engine_checkpoint as checkpoint
 from megagpt.train.metrics import MetricsWriter
 
 
@@ -257,7 +257,7 @@ class FinetuneTrainer:
     def save_best(self, value: float, metrics: dict) -> None:
         """The fine-tuned model (an export megagpt.load reads, plus W_y and the task) in best_dir."""
         from megagpt.formats.weights import save_export
-        from megagpt.train.export import consolidated_state_dict, replicated_fp32
+        from megagpt.train.consolidate import consolidated_state_dict, replicated_fp32
 
         module = self.engine.module
         if self.built.pipeline:

@@ -19,9 +19,9 @@ from megagpt.data.gpt_dataset import micro_batches
 from megagpt.model.flops import model_flops_per_token
 from megagpt.parallel.watchdog import Watchdog
 from megagpt.train.accounting import SourceAccounting
+from megagpt.train.consolidate import export
 from megagpt.train.datasets import build_datasets
 from megagpt.train.engine import build_engine
-from megagpt.train.export import export
 from megagpt.train.faults import Fault
 from megagpt.train.guard import StepGuard, merge_windows, next_start
 from megagpt.train.memory import precision_of

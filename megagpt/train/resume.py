@@ -16,7 +16,7 @@ from megagpt.config import ConfigError, RunConfig
 from megagpt.formats.manifest import TAG, latest_tag, layout_of, write_atomic
 from megagpt.formats.universal import is_universal
 from megagpt.model.naming import param_group_names
-from megagpt.train import checkpoint
+from megagpt.train import engine_checkpoint as checkpoint
 from megagpt.train.reshard import ensure_universal, load_into
 
 

@@ -19,7 +19,7 @@ BF16_ZERO1 = ["deepspeed.bf16.enabled=true", "deepspeed.zero_optimization.stage=
 
 
 def _train_and_consolidate(rank, world_size, overrides):
-    from megagpt.train.export import consolidated_state_dict
+    from megagpt.train.consolidate import consolidated_state_dict
     from megagpt.train.loop import Trainer
 
     run = setup_run(load_run_config(RUN_YAML, overrides), world_size)

@@ -13,8 +13,8 @@ from megagpt.train.setup import setup_run
 
 
 def _export_worker(rank, world_size, overrides):
+    from megagpt.train.consolidate import consolidated_state_dict
     from megagpt.train.engine import build_engine
-    from megagpt.train.export import consolidated_state_dict
 
     run = setup_run(load_run_config(RUN_YAML, overrides), world_size)
     built = build_engine(run, total_tokens=10_000)
