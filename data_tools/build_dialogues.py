@@ -102,16 +102,19 @@ def main(argv=None) -> int:
     ap.add_argument("--max-words", type=int, default=200)
     ap.add_argument("--offensive", help="a file with one offensive word per line")
     ap.add_argument("--reverse", action="store_true", help="sessions back to front (the backward model's data)")
-    ap.add_argument("--seed", type=int, default=1, help="the order of the sessions in the shards (the same forward and reverse)")
+    ap.add_argument("--seed", type=int, default=1,
+                    help="the order of the sessions in the shards (the same forward and reverse)")
     ap.add_argument("--heldout", type=int, default=0, metavar="N",
-                    help="hold out whole threads until N sessions are out of the shards; they go to <name>_heldout.jsonl")
+                    help="hold out whole threads until N sessions are out of the shards; they go to "
+                         "<name>_heldout.jsonl")
     args = ap.parse_args(argv)
     from megagpt.data.indexed import IndexedDatasetWriter, token_dtype
     from megagpt.data.tokenizer import Tokenizer
 
     try:
         tok = Tokenizer(args.tokenizer)
-        offensive = frozenset(w.strip() for w in open(args.offensive, encoding="utf-8")) if args.offensive else frozenset()
+        offensive = (frozenset(w.strip() for w in open(args.offensive, encoding="utf-8"))
+                     if args.offensive else frozenset())
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -142,7 +145,8 @@ def main(argv=None) -> int:
               "language": args.language, "reverse": args.reverse}
     (args.out / f"{args.name}_report.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"{args.name}: {len(raw)} sessions in, {len(kept)} kept ({sum(map(len, kept))} turns, {tokens} tokens, "
-          f"{responses} response tokens), {len(heldout)} held out; " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+          f"{responses} response tokens), {len(heldout)} held out; "
+          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return 0
 
 

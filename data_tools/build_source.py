@@ -11,11 +11,12 @@ Outputs under ``--out``: ``<source>/deduped/*.jsonl``, ``<source>_text_document.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import sys
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script from the repo root
@@ -55,11 +56,9 @@ def parse_args(argv=None):
 
 
 def make_config(a) -> pl.PipelineConfig:
-    d = {}
-    if a.config:
-        from megagpt.config import load_file  # names the file and line of a syntax error
+    from megagpt.config import from_dict, load_file  # load_file names the file and line of a syntax error
 
-        d = load_file(a.config)
+    d = load_file(a.config) if a.config else {}
     d["source"] = a.source
     if a.format:
         d["format"] = a.format
@@ -74,7 +73,7 @@ def make_config(a) -> pl.PipelineConfig:
     if a.vocab_size:
         d.setdefault("tokenizer", {})["vocab_size"] = a.vocab_size
     try:
-        return pl.from_dict(pl.PipelineConfig, d)
+        return from_dict(pl.PipelineConfig, d)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{a.config or 'command line'}: {e}") from None
 
@@ -88,160 +87,198 @@ def _comm():
 
 def _map(fn, jobs, workers, stage):
     """Runs ``fn`` over jobs in ``workers`` processes (in-process for 1); results in job order."""
-    done = 0
-    if workers <= 1 or len(jobs) <= 1:
-        out = []
-        for j in jobs:
-            out.append(fn(j))
-            done += 1
-            pl.interrupt_hook(stage, done)
-        return out
     import multiprocessing as mp
-    with mp.get_context("fork").Pool(workers) as pool:
-        out = []
-        for r in pool.imap(fn, jobs):
+
+    parallel = workers > 1 and len(jobs) > 1
+    out = []
+    with (mp.get_context("fork").Pool(workers) if parallel else contextlib.nullcontext()) as pool:
+        for r in pool.imap(fn, jobs) if parallel else map(fn, jobs):
             out.append(r)
-            done += 1
-            pl.interrupt_hook(stage, done)
-        return out
+            pl.interrupt_hook(stage, len(out))
+    return out
 
 
-def _tokenize_job(job):
+@dataclass
+class _Run:
+    """One rank's view of a build: its arguments, config, paths, inputs and MPI communicator, and
+    ``walls``, the wall time of each stage (``walls.timer(stage)``) for the report."""
+    a: argparse.Namespace
+    cfg: pl.PipelineConfig
+    comm: object | None
+    inputs: list[str]
+    walls: Stats = field(default_factory=Stats)
+
+    def __post_init__(self):
+        self.rank, self.size = (self.comm.Get_rank(), self.comm.Get_size()) if self.comm else (0, 1)
+        self.out = Path(self.a.out)
+        self.work = self.out / "work" / self.cfg.source
+        self.mine = [i for i in range(len(self.inputs)) if i % self.size == self.rank]
+        self.deduped = [pl.deduped_jsonl(self.work, i) for i in range(len(self.inputs))]
+
+    def barrier(self) -> None:
+        if self.comm:
+            self.comm.Barrier()
+
+
+@dataclass(frozen=True)
+class TokenizeJob:
+    """Stage 5 for one deduped JSONL: its shard ``prefix``; ``position`` is its progress bar's row."""
+    jsonl: str
+    model: str
+    prefix: str
+    position: int
+    progress: bool
+
+
+def _tokenize_job(job: TokenizeJob):
     from data_tools.shards import tokenize_file
-    jsonl, model, prefix, pos, progress = job
-    return tokenize_file(Path(jsonl), Path(model), Path(prefix), position=pos, progress=progress)
+    return tokenize_file(Path(job.jsonl), Path(job.model), Path(job.prefix), position=job.position,
+                         progress=job.progress)
 
 
-def _report(cfg, work: Path, out: Path, n_inputs: int, summary: dict, tok: dict, walls: dict) -> dict:
+def _report(r: _Run, summary: dict, tok: dict) -> dict:
     """Merges the per-file stats and writes ``<out>/<source>_report.{json,txt}``; returns errors."""
     stats, errors = Stats(), {"counts": {}, "entries": []}
-    for i in range(n_inputs):
-        rec = json.loads((work / "filtered" / f"{i:05d}.stats.json").read_text())
+    for i in range(len(r.inputs)):
+        rec = json.loads(pl.filter_marker(r.work, i).read_text())
         stats.merge(rec["stats"])
         for k, v in rec["errors"]["counts"].items():
             errors["counts"][k] = errors["counts"].get(k, 0) + v
         errors["entries"] += rec["errors"]["entries"]
-        stats.merge(json.loads((work / "deduped" / f"{i:05d}.stats.json").read_text())["stats"])
-    rep = report.build(cfg.source, stats.to_json(), errors, summary, tok, walls)
-    report.write(rep, out / f"{cfg.source}_report")
+        stats.merge(json.loads(pl.write_marker(r.work, i).read_text())["stats"])
+    rep = report.build(r.cfg.source, stats.to_json(), errors, summary, tok, dict(r.walls.times))
+    report.write(rep, r.out / f"{r.cfg.source}_report")
     print(report.table(rep))
     return errors
 
 
-def run(a) -> int:
+def _start(a) -> _Run:
+    """The run's inputs; rank 0 makes the work dirs and checks that a resumed run is the same run."""
+    from megagpt.atomic import write_atomic
+
     cfg = make_config(a)
     comm = _comm()
-    rank, size = (comm.Get_rank(), comm.Get_size()) if comm else (0, 1)
-    barrier = comm.Barrier if comm else (lambda: None)
-    out = Path(a.out)
-    work = out / "work" / cfg.source
-    inputs = [str(p) for p in list_inputs(a.inputs, exclude=out)]
+    inputs = [str(p) for p in list_inputs(a.inputs, exclude=Path(a.out))]
     if not inputs:
         raise SystemExit(f"no input files found in {a.inputs}; pass files or directories of a known format.")
-    if rank == 0:
+    r = _Run(a, cfg, comm, inputs)
+    if r.rank == 0:
         for d in ("filtered", "deduped", "dedup"):
-            (work / d).mkdir(parents=True, exist_ok=True)
+            (r.work / d).mkdir(parents=True, exist_ok=True)
         # a resumed run must be the same run: same inputs, same configuration
         run_desc = {"inputs": inputs, "dedup_against": a.dedup_against,
                     "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "strict"}}
         run_desc = json.loads(json.dumps(run_desc))
-        listing = work / "run.json"
+        listing = r.work / "run.json"
         if listing.is_file() and json.loads(listing.read_text()) != run_desc:
             raise SystemExit(f"error: {listing}: inputs or options differ from the run being resumed; "
                              f"rerun with the same ones or use a fresh --out.")
-        pl._atomic_write(listing, json.dumps(run_desc, indent=1))
-        pl._atomic_write(work / "inputs.json", json.dumps(inputs))
-    barrier()
-    mine = [i for i in range(len(inputs)) if i % size == rank]
-    walls = {}
+        write_atomic(listing, json.dumps(run_desc, indent=1))
+        write_atomic(r.work / "inputs.json", json.dumps(inputs))
+    r.barrier()
+    return r
 
-    # stage 1: read, clean, filter, decontaminate, sign -- per file
-    t0 = time.perf_counter()
-    if "language" in cfg.filters and a.workers > 1:
-        from data_tools.filters.lang import identifier
-        identifier()  # load once before the workers fork, not once per worker
-    _map(pl.filter_file, [(i, inputs[i], cfg, str(work)) for i in mine], a.workers, "filter")
-    barrier()
-    walls["filter"] = time.perf_counter() - t0
 
-    # stage 2: dedup (global; buckets exchanged across ranks)
-    t0 = time.perf_counter()
-    summary_path = work / "dedup" / "summary.json"
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-    else:
-        files = {i: work / "filtered" / f"{i:05d}" for i in mine}
-        for j, ref in enumerate(a.dedup_against):
-            ref_inputs = json.loads((Path(ref) / "inputs.json").read_text())
-            files.update({pl.REF_BASE + j * 65536 + k: Path(ref) / "filtered" / f"{k:05d}"
-                          for k in range(len(ref_inputs)) if k % size == rank})
-        res = pl.dedup_stage(files, cfg.dedup, comm)
-        summary = res["summary"]
-        if rank == 0:  # sorted id lists; the summary is written last and marks the stage done
-            pl._atomic_save(work / "dedup" / "removed.npy", res["removed_ids"])
-            pl._atomic_save(work / "dedup" / "cross.npy", res["cross_ids"])
-            pl._atomic_write(summary_path, json.dumps(summary))
-    barrier()
-    walls["dedup"] = time.perf_counter() - t0
+def _filter(r: _Run) -> None:
+    """Stage 1: read, clean, filter, decontaminate, sign -- per file."""
+    with r.walls.timer("filter"):
+        if "language" in r.cfg.filters and r.a.workers > 1:
+            from data_tools.filters.lang import identifier
+            identifier()  # load once before the workers fork, not once per worker
+        _map(pl.filter_file, [pl.FilterJob(i, r.inputs[i], r.cfg, str(r.work)) for i in r.mine], r.a.workers, "filter")
+        r.barrier()
 
-    # stage 3: deduped JSONL per file
-    t0 = time.perf_counter()
-    _map(pl.write_file, [(i, str(work)) for i in mine], a.workers, "write")
-    barrier()
-    walls["write"] = time.perf_counter() - t0
-    deduped = [out / cfg.source / "deduped" / f"{i:05d}.jsonl" for i in range(len(inputs))]
+
+def _dedup(r: _Run) -> dict:
+    """Stage 2: dedup (global; buckets exchanged across ranks); returns the summary."""
+    from megagpt.atomic import write_atomic
+
+    with r.walls.timer("dedup"):
+        summary_path = r.work / "dedup" / "summary.json"
+        if summary_path.is_file():
+            summary = json.loads(summary_path.read_text())
+        else:
+            files = {i: pl.filtered_base(r.work, i) for i in r.mine}
+            files.update(pl.reference_files(r.a.dedup_against, r.rank, r.size))
+            res = pl.dedup_stage(files, r.cfg.dedup, r.comm)
+            summary = res["summary"]
+            if r.rank == 0:  # sorted id lists; the summary is written last and marks the stage done
+                pl.save_array(r.work / "dedup" / "removed.npy", res["removed_ids"])
+                pl.save_array(r.work / "dedup" / "cross.npy", res["cross_ids"])
+                write_atomic(summary_path, json.dumps(summary))
+        r.barrier()
+    return summary
+
+
+def _tokenizer(r: _Run, summary: dict) -> Path | None:
+    """Stage 4: the tokenizer (``--tokenizer``, or trained on rank 0); None when no text is left
+    (after saying so, with the report written)."""
+    with r.walls.timer("tokenizer"):
+        model = Path(r.a.tokenizer) if r.a.tokenizer else r.out / "tokenizer.model"
+        if r.a.tokenizer and not model.is_file():
+            raise ValueError(f"--tokenizer {model}: file not found; pass a sentencepiece .model or omit it "
+                             f"to train one.")
+        total = sum(p.stat().st_size for p in r.deduped)
+        if total == 0 and not model.is_file():
+            # nothing survived: say so plainly (and keep the report) instead of a trainer error
+            if r.rank == 0:
+                _report(r, summary, {})
+                print(f"error: no documents left after filtering and dedup (see {r.out / r.cfg.source}_report.txt); "
+                      f"nothing to train a tokenizer on. Check --filters/--config, or pass --tokenizer.",
+                      file=sys.stderr)
+            return None
+        if r.rank == 0 and not model.is_file():
+            from data_tools.tokenizer import train
+            train((json.loads(line)["text"] for p in r.deduped for line in open(p, "rb")),
+                  model, r.cfg.tokenizer, total_bytes=total)
+        r.barrier()
+    return model
+
+
+def _tokenize(r: _Run, model: Path) -> dict:
+    """Stage 5: shards per file, merged on rank 0 unless ``--shard-per-file``; returns the counts
+    (rank 0)."""
+    tok = {}
+    with r.walls.timer("tokenize"):
+        shard_dir = r.out / "shards" if r.a.shard_per_file else r.work / "shards"
+        prefixes = [shard_dir / f"{r.cfg.source}_{i:05d}_text_document" for i in range(len(r.inputs))]
+        jobs = [TokenizeJob(str(r.deduped[i]), str(model), str(prefixes[i]), k, not r.a.no_progress)
+                for k, i in enumerate(r.mine)]
+        _map(_tokenize_job, jobs, r.a.workers, "tokenize")
+        r.barrier()
+        if r.rank == 0:
+            from data_tools.shards import merge
+            from megagpt.data.indexed import IndexedDataset
+            final = r.out / f"{r.cfg.source}_text_document"
+            if not r.a.shard_per_file and not Path(str(final) + ".idx").is_file():
+                merge(prefixes, final)
+            tok = {"documents": 0, "tokens": 0, "bytes": sum(p.stat().st_size for p in r.deduped)}
+            for p in prefixes:
+                ds = IndexedDataset(p)
+                tok["documents"] += len(ds)
+                tok["tokens"] += ds.num_tokens
+    return tok
+
+
+def run(a) -> int:
+    r = _start(a)
+    _filter(r)
+    summary = _dedup(r)
+    with r.walls.timer("write"):  # stage 3: deduped JSONL per file
+        _map(pl.write_file, [pl.WriteJob(i, str(r.work)) for i in r.mine], r.a.workers, "write")
+        r.barrier()
     if a.no_tokenize:
-        if rank == 0:
-            _report(cfg, work, out, len(inputs), summary, {}, walls)
+        if r.rank == 0:
+            _report(r, summary, {})
         return 0
-
-    # stage 4: tokenizer
-    t0 = time.perf_counter()
-    model = Path(a.tokenizer) if a.tokenizer else out / "tokenizer.model"
-    if a.tokenizer and not model.is_file():
-        raise ValueError(f"--tokenizer {model}: file not found; pass a sentencepiece .model or omit it to train one.")
-    total = sum(p.stat().st_size for p in deduped)
-    if total == 0 and not model.is_file():
-        # nothing survived: say so plainly (and keep the report) instead of a trainer error
-        if rank == 0:
-            _report(cfg, work, out, len(inputs), summary, {}, walls)
-            print(f"error: no documents left after filtering and dedup (see {out / cfg.source}_report.txt); "
-                  f"nothing to train a tokenizer on. Check --filters/--config, or pass --tokenizer.",
-                  file=sys.stderr)
+    model = _tokenizer(r, summary)
+    if model is None:
         return 1
-    if rank == 0 and not model.is_file():
-        from data_tools.tokenizer import train
-        train((json.loads(line)["text"] for p in deduped for line in open(p, "rb")),
-              model, cfg.tokenizer, total_bytes=total)
-    barrier()
-    walls["tokenizer"] = time.perf_counter() - t0
-
-    # stage 5: tokenize per file, then merge
-    t0 = time.perf_counter()
-    shard_dir = out / "shards" if a.shard_per_file else work / "shards"
-    prefixes = [shard_dir / f"{cfg.source}_{i:05d}_text_document" for i in range(len(inputs))]
-    jobs = [(str(deduped[i]), str(model), str(prefixes[i]), k, not a.no_progress)
-            for k, i in enumerate(mine)]
-    _map(_tokenize_job, jobs, a.workers, "tokenize")
-    barrier()
-    rc = 0
-    if rank == 0:
-        from data_tools.shards import merge
-        from megagpt.data.indexed import IndexedDataset
-        final = out / f"{cfg.source}_text_document"
-        if not a.shard_per_file and not Path(str(final) + ".idx").is_file():
-            merge(prefixes, final)
-        tok = {"documents": 0, "tokens": 0, "bytes": sum(p.stat().st_size for p in deduped)}
-        for p in prefixes:
-            ds = IndexedDataset(p)
-            tok["documents"] += len(ds)
-            tok["tokens"] += ds.num_tokens
-        walls["tokenize"] = time.perf_counter() - t0
-
-        errors = _report(cfg, work, out, len(inputs), summary, tok, walls)
-        if errors["counts"] and cfg.strict:
-            rc = 1
-    return rc
+    tok = _tokenize(r, model)
+    if r.rank != 0:
+        return 0
+    errors = _report(r, summary, tok)
+    return 1 if errors["counts"] and r.cfg.strict else 0
 
 
 def main(argv=None) -> int:

@@ -9,12 +9,12 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import xxhash
 
 from data_tools.document import Document, Stats
+from megagpt.atomic import replacing
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -93,10 +93,8 @@ class QualityClassifier:
         return bool(rng.pareto(self.cfg.alpha) > 1 - score)
 
     def save(self, path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, w=self.w.astype(np.float32), b=self.b, cfg=json.dumps(asdict(self.cfg)))
-        tmp.replace(path)
+        with replacing(path, ".npz", unique=False) as tmp:
+            np.savez(tmp, w=self.w.astype(np.float32), b=self.b, cfg=json.dumps(asdict(self.cfg)))
 
     @classmethod
     def load(cls, path) -> QualityClassifier:

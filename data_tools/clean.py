@@ -178,15 +178,24 @@ def clean_text(text: str, cfg: CleanConfig = CleanConfig()) -> str:
     return text
 
 
-def clean(docs: Iterator[Document], stats: Stats, cfg: CleanConfig = CleanConfig()) -> Iterator[Document]:
-    """Step: cleaned documents; ones left empty are dropped with reason ``empty``."""
-    for doc in docs:
-        before = doc.text
-        doc.text = clean_text(doc.text, cfg)
-        if doc.text != before:
-            stats.count("clean", "changed")
-        if not doc.text:
-            stats.count("clean", "dropped:empty")
-            continue
-        stats.count("clean", "kept")
-        yield doc
+class Clean:
+    """Step: cleaned documents (``clean_text``); ones left empty are dropped with reason ``empty``."""
+    name = "clean"
+
+    def __init__(self, cfg: CleanConfig = CleanConfig()):
+        self.cfg = cfg
+
+    def __call__(self, docs: Iterator[Document], stats: Stats) -> Iterator[Document]:
+        for doc in docs:
+            before = doc.text
+            doc.text = clean_text(doc.text, self.cfg)
+            if doc.text != before:
+                stats.count(self.name, "changed")
+            if not doc.text:
+                stats.count(self.name, "dropped:empty")
+                continue
+            stats.count(self.name, "kept")
+            yield doc
+
+
+clean = Clean()  # the step with the default configuration: ``clean(docs, stats)``

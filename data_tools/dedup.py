@@ -300,8 +300,19 @@ def removals(groups: list[np.ndarray], is_reference: Callable[[np.ndarray], np.n
             cross.append(g[~ref])
         else:
             remove.append(g[1:])  # g is sorted: the first document in input order survives
-    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, dtype=np.int64)  # noqa: E731
-    return cat(remove + cross), cat(cross), sizes
+    return concat(remove + cross, np.int64), concat(cross, np.int64), sizes
+
+
+def concat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    """``np.concatenate`` that also takes no parts (an empty array of ``dtype``)."""
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+
+def unique_edges(parts: list[np.ndarray]) -> np.ndarray:
+    """The distinct (M, 2) edges of all parts together, sorted."""
+    if not parts or not sum(map(len, parts)):
+        return np.zeros((0, 2), np.int64)
+    return np.unique(np.concatenate(parts), axis=0)
 
 
 def dedup_texts(texts: list[str], cfg: DedupConfig, references: list[str] = ()) -> dict:

@@ -7,9 +7,9 @@ Three kinds of input become the same thing, a forest of messages with parent lin
   * plain dialogues (chatterbot-corpus YAML ``conversations``, or JSONL ``{"turns": [...]}``),
     which are already linear.
 Every root-to-leaf path of a tree is a session. A mail reply whose parent is not in the input but
-which quotes it (``> `` lines) gets that parent back from the quote, as its first turn; other
-orphans start their own tree, duplicate ids keep the first message, and a cycle is broken where it closes; each
-is counted, none stops the run.
+which quotes it (``> `` lines, or ``|>``, ``#``, ``:``, ``}`` ones: see ``quote_levels``) gets that parent back
+from the quote, as its first turn; other orphans start their own tree, duplicate ids keep the first
+message, and a cycle is broken where it closes; each is counted, none stops the run.
 """
 from __future__ import annotations
 
@@ -23,8 +23,18 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_QUOTE_PREFIX = re.compile(r"^\s*((?:>\s?)+)")  # '>', '>>', '> >', '> > >': the depth is the number of '>'
-_QUOTE_INTRO = re.compile(r"^(In article|On .{0,80}wrote:|.{0,80}\bwrites?:\s*$)", re.I)
+# Usenet quotes a line with '>' and, depending on the newsreader, with '|' or rn's '|> ', '#', tin's
+# ': ' or '}', nested in any mixture ('> |>', '}:', '#>>'); a line is quoted when its first
+# character past any indentation is such a mark that its body quotes with (``quote_levels``)
+_MARKS = ">|#:}"
+_MARK = re.compile(r"^\s*([>|#:}])")
+_OVER_QUOTE = re.compile(r"^\s*[|#] ?>")  # '|>', '# >': the mark quoting a '>' quote
+# the attribution a quote opens with: "In article <id>, x writes:", "On <date>, x wrote:", and
+# "x@y wrote:" or "Name (x@y) says:" (prose may end a line in "says:" too: an address or a closing
+# bracket before it marks an attribution, and so does an "In article" line before it)
+_QUOTE_INTRO = re.compile(r"^(In article|On .{0,80}wrote:|.{0,80}\bwrites?:\s*$"
+                          r"|.{0,80}[@)>].{0,80}\b(?:wrote|says):\s*$)", re.I)
+_INTRO_END = re.compile(r"^.{0,80}\b(?:writes?|wrote|says):\s*$", re.I)
 _URL = re.compile(r"(https?://|www\.)\S+|\b\S+\.(com|org|net|edu|gov)\b", re.I)
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
@@ -60,7 +70,7 @@ class Message:
     text: str
     author: str = ""
     where: str = ""  # file:line or file, for reports
-    quoted: str = ""  # mail: the parent's text as this reply quotes it (first-level '> ' lines)
+    quoted: str = ""  # mail: the parent's text as this reply quotes it (its first-level quoted lines)
 
 
 @dataclass
@@ -144,37 +154,77 @@ def sessions(forest: Forest) -> Iterator[list[Message]]:
 
 
 # --- readers -------------------------------------------------------------------------------------
+def quote_levels(lines: list[str]) -> dict[str, str]:
+    """The quote marks a body's lines use, each with the prefix one level of quoting adds with it.
+    '>' always; '|', '#', ':' and '}' where the body shows them quoting: a line '|>' or '#>' (the
+    mark over a '>' quote), an attribution behind the mark ('#In article <id>, x writes:'), or the
+    first line after an attribution. '|' and '#' are one level together with the '>' after them
+    (rn's '|> ') where every line they start goes on with '>'; otherwise each mark is a level."""
+    starts = [m.group(1) if (m := _MARK.match(line)) and not _box_row(line, m.group(1)) else "" for line in lines]
+    levels, after_intro = {">": ">"}, False
+    for line, mark in zip(lines, starts):
+        if mark and mark not in levels and (after_intro or _attribution(line) or _OVER_QUOTE.match(line)):
+            levels[mark] = mark
+        if line.strip():
+            after_intro = _attribution(line)
+    for mark in set(levels) & set("|#"):
+        if all(line.lstrip()[1:2] == ">" for line, m in zip(lines, starts) if m == mark):
+            levels[mark] = mark + ">"
+    return levels
+
+
+def _box_row(line: str, mark: str) -> bool:
+    """'|  Adda Wainwright  |  eczcaw@...  |': a row of a signature box or a table, not a quote."""
+    s = line.strip()
+    return mark != ">" and len(s) > 1 and s.endswith(mark) and s[1] != ">"
+
+
+def _attribution(line: str, before: str = "") -> bool:
+    """An attribution line (``before``: the line above it), also behind quote marks."""
+    line, before = (x.lstrip(" \t" + _MARKS).strip() for x in (line, before))
+    return bool(_QUOTE_INTRO.match(line) or before.startswith("In article") and _INTRO_END.match(line))
+
+
+def _unquote(line: str, levels: dict[str, str]) -> str | None:
+    """``line`` with one level of quoting taken off (see ``quote_levels``); None when not quoted."""
+    m = _MARK.match(line)
+    prefix = levels.get(m.group(1)) if m else None
+    if prefix is None or not line.startswith(prefix, m.start(1)) or _box_row(line, prefix[0]):
+        return None
+    return line[m.start(1) + len(prefix):]
+
+
 def mail_body(body: str) -> str:
     """The text a poster wrote in a plain-text body: quoted lines, the quote's introduction and
     the signature removed."""
-    lines = []
-    for line in body.splitlines():
+    lines = body.splitlines()
+    levels = quote_levels(lines)
+    kept = []
+    for i, line in enumerate(lines):
         if line.strip() == "--" or line.startswith("-- "):
             break  # signature
-        if _QUOTE_PREFIX.match(line) or _QUOTE_INTRO.match(line.strip()):
-            continue
-        lines.append(line)
-    return " ".join(" ".join(lines).split())
+        if _unquote(line, levels) is None and not _attribution(line, lines[i - 1] if i else ""):
+            kept.append(line)
+    return " ".join(" ".join(kept).split())
 
 
 def quote_depth(line: str) -> int:
-    """How many levels deep a line is quoted: ``>`` is 1, ``>>`` and ``> >`` are 2."""
-    m = _QUOTE_PREFIX.match(line)
-    return m.group(1).count(">") if m else 0
+    """How many levels deep a line read alone is quoted: ``>`` and ``|>`` are 1, ``>>``, ``> >`` and
+    ``> |>`` are 2."""
+    depth = 0
+    while (line := _unquote(line, quote_levels([line]))) is not None:
+        depth += 1
+    return depth
 
 
 def quoted_text(body: str) -> str:
     """The parent's own words as a reply quotes them, as one line of text: the quoted lines with one
-    level of quoting taken off (so ``> >`` and ``>>`` lines stay quotes of the grandparent), then
-    read as the parent's body, which drops its quotes, its quote introduction (``In article <...>,
-    X writes:``) and its signature."""
-    lines = []
-    for line in body.splitlines():
-        m = _QUOTE_PREFIX.match(line)
-        if m:
-            prefix = m.group(1)
-            lines.append(line[m.start(1) + prefix.index(">") + 1:])
-    return mail_body("\n".join(lines))
+    level of quoting taken off (so ``> >``, ``>>`` and ``> |>`` lines stay quotes of the
+    grandparent), then read as the parent's body, which drops its quotes, its quote introduction
+    (``In article <...>, X writes:``) and its signature."""
+    lines = body.splitlines()
+    levels = quote_levels(lines)
+    return mail_body("\n".join(u for line in lines if (u := _unquote(line, levels)) is not None))
 
 
 def _plain(msg) -> str:

@@ -1,10 +1,12 @@
-"""The document record, run statistics and the bad-input log shared by every step."""
+"""The document record, the step contract, run statistics and the bad-input log shared by every step."""
 from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass
@@ -41,6 +43,17 @@ class Document:
                    title=d.get("title"), meta=d.get("meta") or {})
 
 
+class Step(Protocol):
+    """What every pipeline step is (datatrove's contract): ``step(docs, stats)`` takes an iterator of
+    documents and yields the ones it keeps, possibly rewritten, and counts each decision in
+    ``stats`` under its ``name`` (``kept``, ``dropped:<reason>``, ...), the name its time is
+    reported under too. Steps are lazy and keep nothing from one document to the next, except
+    what a step records for a later stage (``SignatureStep.table``)."""
+    name: str
+
+    def __call__(self, docs: Iterator[Document], stats: Stats) -> Iterator[Document]: ...
+
+
 class InputError(RuntimeError):
     """Raised under --strict for the first bad input record; the message names file and offset."""
 
@@ -74,7 +87,8 @@ class ErrorLog:
 
 
 class Stats:
-    """Counters per step (``stats.count("gopher_quality", "dropped:few_words")``) and stage timers."""
+    """Counters per step (``stats.count("gopher_quality", "dropped:few_words")``) and timers
+    (``with stats.timer("filter"):`` adds the block's wall time to ``stats.times["filter"]``)."""
 
     def __init__(self):
         self.counters: dict[str, Counter] = defaultdict(Counter)

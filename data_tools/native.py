@@ -22,7 +22,7 @@ if os.environ.get("MEGAGPT_PURE_PYTHON", "") not in ("", "0"):
 if kernels is not None:
     _src = Path(__file__).with_name("_native.c")
     if _src.exists() and _src.stat().st_mtime > Path(kernels.__file__).stat().st_mtime:
-        warnings.warn(f"{kernels.__file__} is older than {_src}: rebuild it with `pip install -e .`")
+        warnings.warn(f"{kernels.__file__} is older than {_src}: rebuild it with `pip install -e .`", stacklevel=2)
 
 
 def name() -> str:

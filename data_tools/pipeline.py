@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import signal
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +21,9 @@ import numpy as np
 
 from data_tools import dedup as dd
 from data_tools.classifier import ClassifierFilter, QualityClassifier
-from data_tools.clean import CleanConfig, clean
+from data_tools.clean import Clean, CleanConfig
 from data_tools.decontam import DecontamConfig, Decontaminate
-from data_tools.document import Document, ErrorLog, Stats
+from data_tools.document import Document, ErrorLog, Stats, Step
 from data_tools.filters import (
     C4Config,
     C4Filter,
@@ -41,15 +40,21 @@ from data_tools.filters import (
 )
 from data_tools.readers import read_file
 from data_tools.tokenizer import TokenizerConfig
-from megagpt.config import check_value
+from megagpt.atomic import replacing, write_atomic
+from megagpt.config import from_dict
 
-ALL_FILTERS = ("url", "language", "gopher_quality", "gopher_repetition", "c4", "fineweb")
+# the filters by name, in the fixed (cheap-first) order they run in; each takes its config section
+FILTERS = {"url": UrlFilter, "language": LanguageFilter, "gopher_quality": GopherQuality,
+           "gopher_repetition": GopherRepetition, "c4": C4Filter, "fineweb": FineWebFilter}
+ALL_FILTERS = tuple(FILTERS)
 REF_BASE = 1 << 20            # file numbers of reference sources start here (never removed)
 
 
 @dataclass
 class PipelineConfig:
-    """Everything a run needs; each component gets only its own part."""
+    """Everything a run needs; each component gets only its own part. Built from a config file's
+    mapping with ``megagpt.config.from_dict(PipelineConfig, d)``: sections given as mappings are
+    built here the same way, so an unknown key or a bad value is named with its section."""
     source: str = "source"
     format: str | None = None
     text_key: str = "text"
@@ -68,32 +73,19 @@ class PipelineConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            section, value = f.default_factory, getattr(self, f.name)
+            if dataclasses.is_dataclass(section) and not isinstance(value, section):
+                setattr(self, f.name, from_dict(section, value, f.name))
         bad = [f for f in self.filters if f not in ALL_FILTERS]
         if bad:
             raise ValueError(f"unknown filter(s) {bad}; choose from {', '.join(ALL_FILTERS)} or 'none'.")
 
 
-def from_dict(cls, d: dict):
-    """Dataclass from a nested dict; unknown keys are rejected with the allowed ones named."""
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(d) - set(names)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}.")
-    kw = {}
-    for k, v in d.items():
-        default = names[k].default_factory() if names[k].default_factory is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(default) and isinstance(v, dict):
-            kw[k] = from_dict(type(default), v)
-        else:
-            check_value(f"{cls.__name__}.{k}", v, names[k].type, error=ValueError)
-            kw[k] = tuple(v) if isinstance(v, list) else v
-    return cls(**kw)
+_STEPS: tuple[str, list[Step]] | None = None
 
 
-_STEPS: tuple[str, list] | None = None
-
-
-def build_steps(cfg: PipelineConfig) -> list:
+def build_steps(cfg: PipelineConfig) -> list[Step]:
     """The per-document steps, built once per process for a given config (the classifier and
     the evaluation n-gram set are loaded once, not once per input file). Steps keep no state
     between documents."""
@@ -104,13 +96,9 @@ def build_steps(cfg: PipelineConfig) -> list:
     return _STEPS[1]
 
 
-def _build_steps(cfg: PipelineConfig) -> list:
-    steps = [lambda docs, stats: clean(docs, stats, cfg.clean)]
-    make = {"url": lambda: UrlFilter(cfg.url), "language": lambda: LanguageFilter(cfg.language),
-            "gopher_quality": lambda: GopherQuality(cfg.gopher_quality),
-            "gopher_repetition": lambda: GopherRepetition(cfg.gopher_repetition),
-            "c4": lambda: C4Filter(cfg.c4), "fineweb": lambda: FineWebFilter(cfg.fineweb)}
-    steps += [make[name]() for name in ALL_FILTERS if name in cfg.filters]  # fixed, cheap-first order
+def _build_steps(cfg: PipelineConfig) -> list[Step]:
+    steps: list[Step] = [Clean(cfg.clean)]
+    steps += [make(getattr(cfg, name)) for name, make in FILTERS.items() if name in cfg.filters]
     if cfg.classifier:
         steps.append(ClassifierFilter(QualityClassifier.load(cfg.classifier)))
     if cfg.decontam.eval_files:
@@ -118,17 +106,88 @@ def _build_steps(cfg: PipelineConfig) -> list:
     return steps
 
 
+# ------------------------------------------------------------------------- ids and paths
+ID_BITS = 32  # a document's id: its file's number << ID_BITS | its position in the file's stage-1 output
+
+
+def first_id(fno: int) -> np.int64:
+    """The id of file ``fno``'s first document (sorted ids sort by file, then position)."""
+    return np.int64(fno) << np.int64(ID_BITS)
+
+
+def doc_ids(fno: int, n: int) -> np.ndarray:
+    """The ids of the first ``n`` documents of file ``fno``."""
+    return first_id(fno) + np.arange(n, dtype=np.int64)
+
+
+def split_id(gid):
+    """(file number, position) of an id, or of each id of an array."""
+    return gid >> ID_BITS, gid & ((1 << ID_BITS) - 1)
+
+
+def positions_in(sorted_ids: np.ndarray, fno: int) -> set[int]:
+    """The positions of file ``fno``'s documents among ``sorted_ids``."""
+    lo, hi = np.searchsorted(sorted_ids, first_id(fno)), np.searchsorted(sorted_ids, first_id(fno + 1))
+    return set(split_id(sorted_ids[lo:hi])[1].tolist())
+
+
+def filtered_base(work: str | Path, index: int) -> Path:
+    """Stage-1 outputs of input ``index``, less their suffixes (``.jsonl``, ``.sig.npy``, ...)."""
+    return Path(work) / "filtered" / f"{index:05d}"
+
+
+def filter_marker(work: str | Path, index: int) -> Path:
+    """Written last by ``filter_file``: the file's stats and bad-input log."""
+    return Path(f"{filtered_base(work, index)}.stats.json")
+
+
+def write_marker(work: str | Path, index: int) -> Path:
+    """Written last by ``write_file``: the file's dedup counts."""
+    return Path(work) / "deduped" / f"{index:05d}.stats.json"
+
+
+def deduped_jsonl(work: str | Path, index: int) -> Path:
+    """``<out>/<source>/deduped/NNNNN.jsonl`` for the work dir ``<out>/work/<source>``."""
+    work = Path(work)
+    return work.parents[1] / work.name / "deduped" / f"{index:05d}.jsonl"
+
+
+def reference_files(refs: list[str], rank: int = 0, size: int = 1) -> dict[int, Path]:
+    """This rank's share of the stage-1 outputs of finished sources (their work dirs) whose
+    documents are removed from this one: file ``k`` of the ``j``-th is ``REF_BASE + j * 65536 + k``."""
+    files = {}
+    for j, ref in enumerate(refs):
+        n = len(json.loads((Path(ref) / "inputs.json").read_text()))
+        files.update({REF_BASE + j * 65536 + k: filtered_base(ref, k) for k in range(n) if k % size == rank})
+    return files
+
+
+def save_array(path: Path, arr: np.ndarray) -> None:
+    with replacing(path, ".npy") as tmp:  # np.save adds .npy to a name without it
+        np.save(tmp, arr)
+
+
+# ------------------------------------------------------------------------- stage: filter
+@dataclass(frozen=True)
+class FilterJob:
+    """Stage 1 for input ``index`` (``path``) of the source whose work dir is ``work``."""
+    index: int
+    path: str
+    cfg: PipelineConfig
+    work: str
+
+
+_END = object()
+
+
 def _timed(name: str, it: Iterator, stats: Stats) -> Iterator:
     """Inclusive time spent producing items of ``it`` (self time = minus the upstream's)."""
     it = iter(it)
     while True:
-        t0 = time.perf_counter()
-        try:
-            item = next(it)
-        except StopIteration:
-            stats.times[name] += time.perf_counter() - t0
+        with stats.timer(name):
+            item = next(it, _END)
+        if item is _END:
             return
-        stats.times[name] += time.perf_counter() - t0
         yield item
 
 
@@ -139,58 +198,41 @@ def _count_input(docs: Iterator[Document], stats: Stats) -> Iterator[Document]:
         yield doc
 
 
-def _atomic_write(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
-    os.replace(tmp, path)
+def _write_jsonl(docs: Iterator[Document], path: Path) -> np.ndarray:
+    """The documents as JSON lines (the file appears when whole; --strict stops inside and leaves
+    no partial file behind); returns each line's byte offset."""
+    offsets, pos = [], 0
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        for doc in docs:
+            line = (json.dumps(doc.to_json(), ensure_ascii=False) + "\n").encode()
+            offsets.append(pos)
+            f.write(line)
+            pos += len(line)
+    return np.asarray(offsets, dtype=np.int64)
 
 
-def _atomic_save(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
-
-
-# ------------------------------------------------------------------------- stage: filter
-def filter_file(job) -> str:
+def filter_file(job: FilterJob) -> str:
     """Stage 1 for one input file: writes ``NNNNN.jsonl`` (kept documents), ``.sig.npy``
     (exact hash + band hashes), ``.off.npy`` (byte offset of each line) and, last, the marker
     ``.stats.json``. Returns the marker path."""
-    index, path, cfg, work = job
-    out = Path(work) / "filtered"
-    marker = out / f"{index:05d}.stats.json"
+    cfg, base, marker = job.cfg, filtered_base(job.work, job.index), filter_marker(job.work, job.index)
     if marker.is_file():
         return str(marker)
     stats, errors = Stats(), ErrorLog(strict=cfg.strict)
     sig = dd.SignatureStep(cfg.dedup)
-    docs = _timed("read", _count_input(read_file(path, cfg.source, errors, cfg.format, cfg.text_key), stats), stats)
+    docs = _timed("read", _count_input(read_file(job.path, cfg.source, errors, cfg.format, cfg.text_key), stats), stats)
     order = ["read"]
     for step in build_steps(cfg) + [sig]:
-        name = getattr(step, "name", "clean")
-        docs = _timed(name, step(docs, stats), stats)
-        order.append(name)
-    jsonl = out / f"{index:05d}.jsonl"
-    tmp = jsonl.with_name(jsonl.name + f".tmp{os.getpid()}")
-    offsets, pos = [], 0
-    try:
-        with open(tmp, "wb") as f:
-            for doc in docs:
-                line = (json.dumps(doc.to_json(), ensure_ascii=False) + "\n").encode()
-                offsets.append(pos)
-                f.write(line)
-                pos += len(line)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # --strict stops here; leave no partial file behind
-        raise
+        docs = _timed(step.name, step(docs, stats), stats)
+        order.append(step.name)
+    offsets = _write_jsonl(docs, Path(f"{base}.jsonl"))
     # inclusive generator times -> self time per step
     incl = [stats.times.pop(n, 0.0) for n in order]
     for i, n in enumerate(order):
         stats.times[f"filter/{n}"] = max(0.0, incl[i] - (incl[i - 1] if i else 0.0))
-    os.replace(tmp, jsonl)
-    _atomic_save(out / f"{index:05d}.sig.npy", sig.table)
-    _atomic_save(out / f"{index:05d}.off.npy", np.asarray(offsets, dtype=np.int64))
-    _atomic_write(marker, json.dumps({"input": str(path), "stats": stats.to_json(),
-                                      "errors": errors.to_json()}))
+    save_array(Path(f"{base}.sig.npy"), sig.table)
+    save_array(Path(f"{base}.off.npy"), offsets)
+    write_atomic(marker, json.dumps({"input": str(job.path), "stats": stats.to_json(), "errors": errors.to_json()}))
     return str(marker)
 
 
@@ -204,7 +246,7 @@ class TextStore:
         self._cache: dict[int, np.ndarray] = {}
 
     def text(self, gid: int) -> str:
-        fno, dno = gid >> 32, gid & 0xFFFFFFFF
+        fno, dno = split_id(gid)
         base = self.files[fno]
         if fno not in self._off:
             self._off[fno] = np.load(str(base) + ".off.npy")
@@ -220,39 +262,33 @@ class TextStore:
         return self._cache[gid]
 
 
-def _gids(fno: int, n: int) -> np.ndarray:
-    return (np.int64(fno) << np.int64(32)) + np.arange(n, dtype=np.int64)
-
-
 def dedup_stage(files: dict[int, Path], cfg: dd.DedupConfig, comm=None) -> dict:
     """Finds duplicates among ``files`` (file number -> stage-1 base path; numbers >= REF_BASE
     are reference sources). Each rank passes its own files; returns the removal summary (same
     on every rank)."""
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
-    cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt)  # noqa: E731
     tables = {fno: np.load(str(base) + ".sig.npy", mmap_mode="r") for fno, base in sorted(files.items())}
-    gids_all = cat([_gids(fno, len(t)) for fno, t in tables.items()], np.int64)
+    gids_all = dd.concat([doc_ids(fno, len(t)) for fno, t in tables.items()], np.int64)
     # one band at a time: peak memory is ~16 bytes per document, not the whole signature table
     exact_parts, lsh_parts = [], []
     for b in ([-1] if cfg.exact else []) + (list(range(cfg.bands)) if cfg.minhash else []):
-        keys = cat([np.asarray(t[:, 1 + b]) for t in tables.values()], np.uint64)  # b=-1: column 0, exact hash
+        keys = dd.concat([np.asarray(t[:, 1 + b]) for t in tables.values()], np.uint64)  # b=-1: column 0, exact hash
         gids = gids_all
         if comm is not None and size > 1:
             # bucket exchange: (key, gid) goes to rank key % size, so equal keys meet on one rank
             dest = (keys % np.uint64(size)).astype(np.int64)
             recv = comm.alltoall([(keys[dest == r], gids[dest == r]) for r in range(size)])
-            keys = cat([r[0] for r in recv], np.uint64)
-            gids = cat([r[1] for r in recv], np.int64)
+            keys = dd.concat([r[0] for r in recv], np.uint64)
+            gids = dd.concat([r[1] for r in recv], np.int64)
         e = dd.bucket_edges(keys, gids, np.full(len(keys), b, dtype=np.int64))
         (exact_parts if b == -1 else lsh_parts).append(e)
-    uniq = lambda xs: np.unique(np.concatenate(xs), axis=0) if xs and sum(map(len, xs)) else np.zeros((0, 2), np.int64)  # noqa: E731
-    exact_edges = uniq(exact_parts)
-    edges = uniq(exact_parts + lsh_parts)
+    exact_edges = dd.unique_edges(exact_parts)
+    edges = dd.unique_edges(exact_parts + lsh_parts)
     if comm is not None and size > 1:
         # one pair can meet in buckets on two ranks: pool the candidates, then split the
         # verification by pair so each is checked once and the summary equals a 1-process run
-        exact_edges = uniq(comm.allgather(exact_edges))
-        edges = uniq(comm.allgather(edges))
+        exact_edges = dd.unique_edges(comm.allgather(exact_edges))
+        edges = dd.unique_edges(comm.allgather(edges))
     n_cand, n_exact = len(edges), len(exact_edges)
     if comm is not None and size > 1:
         edges = edges[((edges[:, 0] ^ edges[:, 1]) % size) == rank]
@@ -266,15 +302,15 @@ def dedup_stage(files: dict[int, Path], cfg: dd.DedupConfig, comm=None) -> dict:
 
     def sig_of(g):
         if g not in sig_cache:
-            fno, dno = g >> 32, g & 0xFFFFFFFF
+            fno, dno = split_id(g)
             sig_cache[g] = np.load(str(all_files[fno]) + ".sig.npy", mmap_mode="r")[dno, 1:]
         return sig_cache[g]
 
     confirmed = dd.verify_edges(edges, exact_pairs, cfg, store.shingles, sig_of)
     if comm is not None and size > 1:
-        confirmed = uniq(comm.allgather(confirmed))
+        confirmed = dd.unique_edges(comm.allgather(confirmed))
     groups = dd.clusters(confirmed)
-    remove, cross, sizes = dd.removals(groups, lambda g: (g >> 32) >= REF_BASE)
+    remove, cross, sizes = dd.removals(groups, lambda g: split_id(g)[0] >= REF_BASE)
     return {"removed_ids": np.sort(remove), "cross_ids": np.sort(cross),
             "summary": {"clusters": len(groups), "removed": int(len(remove)),
                         "removed_cross_source": int(len(cross)),
@@ -284,25 +320,27 @@ def dedup_stage(files: dict[int, Path], cfg: dd.DedupConfig, comm=None) -> dict:
 
 
 # ------------------------------------------------------------------------- stage: write
-def write_file(job) -> str:
+@dataclass(frozen=True)
+class WriteJob:
+    """Stage 3 for input ``index`` of the source whose work dir is ``work``."""
+    index: int
+    work: str
+
+
+def write_file(job: WriteJob) -> str:
     """Deduped JSONL for one file: stage-1 output minus removed documents; marker = stats json."""
-    index, work = job
-    # the removal lists are read (memory-mapped) here rather than pickled into every job
-    removed = np.load(Path(work) / "dedup" / "removed.npy", mmap_mode="r")
-    cross = np.load(Path(work) / "dedup" / "cross.npy", mmap_mode="r")
-    base = Path(work) / "filtered" / f"{index:05d}"
-    out = Path(work).parents[1] / Path(work).name / "deduped" / f"{index:05d}.jsonl"  # <out>/<source>/deduped
-    marker = Path(work) / "deduped" / f"{index:05d}.stats.json"
+    work = Path(job.work)
+    out = deduped_jsonl(work, job.index)
+    marker = write_marker(work, job.index)
     if marker.is_file() and out.is_file():
         return str(marker)
     out.parent.mkdir(parents=True, exist_ok=True)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    lo, hi = np.int64(index) << np.int64(32), np.int64(index + 1) << np.int64(32)
-    rm = set((removed[np.searchsorted(removed, lo):np.searchsorted(removed, hi)] & 0xFFFFFFFF).tolist())
-    cr = set((cross[np.searchsorted(cross, lo):np.searchsorted(cross, hi)] & 0xFFFFFFFF).tolist())
+    # the removal lists are read (memory-mapped) here rather than pickled into every job
+    rm, cr = (positions_in(np.load(work / "dedup" / name, mmap_mode="r"), job.index)
+              for name in ("removed.npy", "cross.npy"))
     stats = Stats()
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    with open(str(base) + ".jsonl", "rb") as f, open(tmp, "wb") as g:
+    with replacing(out) as tmp, open(f"{filtered_base(work, job.index)}.jsonl", "rb") as f, open(tmp, "wb") as g:
         for dno, line in enumerate(f):
             if dno in cr:
                 stats.count("dedup", "dropped:cross_source_duplicate")
@@ -311,8 +349,7 @@ def write_file(job) -> str:
             else:
                 stats.count("dedup", "kept")
                 g.write(line)
-    os.replace(tmp, out)
-    _atomic_write(marker, json.dumps({"stats": stats.to_json()}))
+    write_atomic(marker, json.dumps({"stats": stats.to_json()}))
     return str(marker)
 
 

@@ -56,15 +56,12 @@ def main(argv=None) -> int:
         print(f"trained on {len(pos)} positive / {len(neg)} negative documents; "
               f"mean score {s_pos:.3f} / {s_neg:.3f}; saved {a.model}")
         return 0
+    from megagpt.jsonl import write
+
     clf, stats, errors = QualityClassifier.load(a.model), Stats(), ErrorLog()
     step = ClassifierFilter(clf)
-    out = Path(a.out)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for path in list_inputs(a.inputs):
-            for doc in step(read_file(path, "apply", errors), stats):
-                f.write(json.dumps(doc.to_json(), ensure_ascii=False) + "\n")
-    tmp.replace(out)
+    docs = (doc for path in list_inputs(a.inputs) for doc in step(read_file(path, "apply", errors), stats))
+    write(a.out, (doc.to_json() for doc in docs))
     print(json.dumps({"counts": dict(stats.counters[step.name]), "errors": errors.counts}))
     return 0
 

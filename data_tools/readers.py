@@ -257,7 +257,8 @@ def read_warc(path: Path, source: str, errors: ErrorLog, wet: bool) -> Iterator[
                     text = html_to_text(body.decode(_charset(ctype), errors="replace"))
                 yield Document(text=text, id=rid.strip("<>"), source=source, url=url)
         except Exception as e:  # warcio: ArchiveLoadFailed, zlib/EOF on truncated gzip
-            errors.add(path, offset, "bad_warc", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}")
+            first = str(e).splitlines()[0] if str(e) else "unreadable"
+            errors.add(path, offset, "bad_warc", f"{type(e).__name__}: {first}")
             return
     # warcio ends quietly at a truncated gzip member: bytes left after the last whole record
     size = os.path.getsize(path)

@@ -3,8 +3,9 @@ tokens out, time and throughput per stage. Written as JSON and as a readable tab
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from megagpt.atomic import write_atomic
 
 
 def build(source: str, stats: dict, errors: dict, dedup: dict, tokens: dict, walls: dict) -> dict:
@@ -53,7 +54,4 @@ def table(rep: dict) -> str:
 
 def write(rep: dict, prefix: Path) -> None:
     for suffix, text in ((".json", json.dumps(rep, indent=1)), (".txt", table(rep) + "\n")):
-        p = Path(str(prefix) + suffix)
-        tmp = p.with_name(p.name + f".tmp{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, p)
+        write_atomic(str(prefix) + suffix, text)

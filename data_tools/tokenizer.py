@@ -9,10 +9,11 @@ Control symbols are never produced from raw text, so a document cannot inject th
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from megagpt.atomic import replace
 
 EOD = "<|endoftext|>"
 SPECIAL_TOKENS = ("<|ft_start|>", "<|ft_delim|>", "<|ft_extract|>", "<|turn|>")
@@ -66,10 +67,10 @@ def train(texts: Iterable[str], model_path, cfg: TokenizerConfig = TokenizerConf
                              f"Change --vocab-size or train on more text.") from None
     finally:
         sample.unlink(missing_ok=True)
-    os.replace(str(tmp_prefix) + ".vocab", model_path.with_suffix(".vocab"))
+    replace(str(tmp_prefix) + ".vocab", model_path.with_suffix(".vocab"))
     meta = special_ids(str(tmp_prefix) + ".model") | {"config": asdict(cfg)}
     model_path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
-    os.replace(str(tmp_prefix) + ".model", model_path)
+    replace(str(tmp_prefix) + ".model", model_path)  # last: a model on disk has its .vocab and .json
     return model_path
 
 

@@ -140,6 +140,7 @@ def main(argv=None) -> int:
 
 
 def write_results(args, rows, ppl, kept, meta, shots, ps, seconds) -> None:
+    from megagpt.atomic import write_atomic
     from megagpt.eval.runner import format_table, tensorboard_scalars
 
     if rows:
@@ -151,10 +152,7 @@ def write_results(args, rows, ppl, kept, meta, shots, ps, seconds) -> None:
               "tp": ps.tp_size if ps else 1, "dp": ps.dp_size if ps else 1, "seconds": round(seconds, 2),
               "tasks": rows, "perplexity": ppl}
     if args.output:
-        tmp = args.output + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1, ensure_ascii=False)
-        os.replace(tmp, args.output)
+        write_atomic(args.output, json.dumps(result, indent=1, ensure_ascii=False), unique=False)
     if args.dump_prompts:
         os.makedirs(args.dump_prompts, exist_ok=True)
         for res in kept:

@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from megagpt.atomic import replacing
+
 
 def objects(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, str, dict]]:
     """(line number, "path:line", object) for each non-empty line. Bad JSON, a line that is not an
@@ -39,9 +41,7 @@ def write(path: str | Path, rows: Iterable[dict]) -> Path:
     """One JSON object per line; the file appears under ``path`` only when whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replacing(path, unique=False) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
     return path

@@ -95,7 +95,7 @@ def test_build_source_config_file_errors_name_the_file(tmp_path):
     cfg.write_text("dedup:\n  threshold: .nan\n")
     args = SimpleNamespace(config=str(cfg), source="cc", format=None, filters=None, classifier=None,
                            strict=False, decontam=None, vocab_size=None)
-    with pytest.raises(ValueError, match=rf"^{cfg}: DedupConfig.threshold must be a finite number, got nan"):
+    with pytest.raises(ValueError, match=rf"^{cfg}: dedup.threshold must be a finite number, got nan"):
         make_config(args)
     cfg.write_text("dedup: {threshold: 0.8\n")
     with pytest.raises(ValueError, match=rf"^{cfg}:\d+: not valid YAML"):

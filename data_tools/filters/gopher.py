@@ -227,21 +227,7 @@ class GopherRepetition(Filter):
                 dup_from += 1
             if dup_from < len(dup) and dup[dup_from][0] == k:
                 thr = dup[dup_from][1]
-                # the positions whose k-gram occurs more than once: equal neighbours once sorted
-                order = np.argsort(keys)
-                same = keys[order]
-                same = same[1:] == same[:-1]
-                repeated = np.zeros(len(keys), dtype=bool)
-                repeated[1:] = same
-                repeated[:-1] |= same
-                mask = np.empty(len(keys), dtype=bool)
-                mask[order] = repeated
-                starts = np.flatnonzero(mask)
-                edge = np.zeros(n + 1, dtype=np.int64)  # a word counts once under overlapping repeats
-                edge[starts] += 1  # starts are distinct positions
-                edge[starts + k] -= 1
-                covered = np.cumsum(edge[:n]) > 0
-                frac = int(lens[covered].sum()) / total
+                frac = _repeated_fraction(keys, k, lens) / total
                 if frac > thr:
                     return f"dup_{k}gram"
                 # words under a repeated longer n-gram are under repeated k-grams too, so the longer
@@ -250,3 +236,24 @@ class GopherRepetition(Filter):
                 if all(frac <= t for kk, t in dup[dup_from + 1:] if kk > k) and all(kk <= k for kk in top):
                     break
         return None
+
+
+def _repeated_fraction(keys: np.ndarray, k: int, lens: np.ndarray) -> int:
+    """Characters in the words under a k-gram (``keys``: one per start position) that occurs more
+    than once; a word counts once under overlapping repeats."""
+    # the positions whose k-gram occurs more than once: equal neighbours once sorted
+    order = np.argsort(keys)
+    same = keys[order]
+    same = same[1:] == same[:-1]
+    repeated = np.zeros(len(keys), dtype=bool)
+    repeated[1:] = same
+    repeated[:-1] |= same
+    mask = np.empty(len(keys), dtype=bool)
+    mask[order] = repeated
+    starts = np.flatnonzero(mask)
+    n = len(lens)
+    edge = np.zeros(n + 1, dtype=np.int64)
+    edge[starts] += 1  # starts are distinct positions
+    edge[starts + k] -= 1
+    covered = np.cumsum(edge[:n]) > 0
+    return int(lens[covered].sum())

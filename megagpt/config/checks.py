@@ -55,19 +55,19 @@ def check_value(where: str, value, annotation: str, *, error=None) -> None:
             raise error(f"{where} must not be negative, got {value!r}.")
 
 
-def _from_dict(cls, data: Mapping[str, Any], where: str):
+def from_dict(cls, data: Mapping[str, Any], where: str = ""):
     """Build dataclass ``cls`` from ``data``, rejecting keys it does not declare and values of the
-    wrong type (see ``check_value``)."""
+    wrong type (see ``check_value``). ``where`` is the section's place in the messages (``train``:
+    "train.lr must be ..."); a top-level config (data_tools' ``PipelineConfig``) leaves it empty."""
+    here = f"{where}: " if where else ""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(data).__name__}.")
+        raise ConfigError(f"{here}expected a mapping of keys to values, got {type(data).__name__}.")
     allowed = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key '{unknown[0]}'; allowed keys are {', '.join(sorted(allowed))}."
-        )
+        raise ConfigError(f"{here}unknown key '{unknown[0]}'; allowed keys are {', '.join(sorted(allowed))}.")
     for key, value in data.items():
-        check_value(f"{where}.{key}", value, allowed[key].type)
+        check_value(f"{where}.{key}" if where else key, value, allowed[key].type)
     return cls(**data)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from megagpt.config.checks import ConfigError, _from_dict, _positive
+from megagpt.config.checks import ConfigError, _positive, from_dict
 
 FAULT_KINDS = ("nan", "spike", "stop", "crash")
 FAULTS_ALLOWED = "MEGAGPT_ALLOW_FAULTS"
@@ -79,7 +79,7 @@ def section(cls, value: Any, where: str):
         return value
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}: expected a mapping of keys to values, got {value!r}.")
-    return _from_dict(cls, value, where).validate()
+    return from_dict(cls, value, where).validate()
 
 
 def skip_windows(value: Any, where: str = "train.skip_data") -> list[list[int]]:

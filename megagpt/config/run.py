@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from megagpt.config.checks import ConfigError, _from_dict
+from megagpt.config.checks import ConfigError, from_dict
 from megagpt.config.deepspeed import check_deepspeed
 from megagpt.config.sections import (
     DataConfig,
@@ -112,11 +112,11 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
             raise ConfigError(f"override '{text}': the key must start with one of "
                               f"{', '.join(sections)} or deepspeed.")
     try:
-        train = _from_dict(TrainConfig, raw.get("train") or {}, "train")
+        train = from_dict(TrainConfig, raw.get("train") or {}, "train")
         sections_built = (model_config_from_dict(raw.get("model") or {}),
-                          _from_dict(ParallelConfig, raw.get("parallel") or {}, "parallel"),
-                          _from_dict(DataConfig, raw.get("data") or {}, "data"))
-        finetune = _from_dict(FinetuneConfig, raw["finetune"] or {}, "finetune") if "finetune" in raw else None
+                          from_dict(ParallelConfig, raw.get("parallel") or {}, "parallel"),
+                          from_dict(DataConfig, raw.get("data") or {}, "data"))
+        finetune = from_dict(FinetuneConfig, raw["finetune"] or {}, "finetune") if "finetune" in raw else None
     except ConfigError as e:  # name the file (overrides are applied to it)
         raise ConfigError(f"{path}: {e}") from None
     ds_path = Path(train.deepspeed_config)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from megagpt.config.checks import ConfigError, _from_dict, _positive, _probability
+from megagpt.config.checks import ConfigError, _positive, _probability, from_dict
 from megagpt.config.guard import FaultConfig, GuardConfig, section, skip_windows
 
 
@@ -318,7 +318,7 @@ def model_config(preset: str | None = None, **overrides) -> ModelConfig:
             raise ConfigError(f"model.preset '{preset}' is unknown; known presets: {', '.join(PRESETS)}.")
         base = dict(PRESETS[preset])
     base.update(overrides)
-    return _from_dict(ModelConfig, base, "model")
+    return from_dict(ModelConfig, base, "model")
 
 
 def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:

@@ -16,11 +16,12 @@ document with the EOD token at its end, as Megatron's preprocessing does with ``
 """
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
+
+from megagpt.atomic import replace, replacing, temp_path
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -56,7 +57,7 @@ class IndexedDatasetWriter:
             raise ValueError(f"dtype {self.dtype} has no Megatron dtype code")
         self.bin_path, self.idx_path = paths(prefix)
         self.bin_path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp_bin = self.bin_path.with_name(self.bin_path.name + f".tmp{os.getpid()}")
+        self._tmp_bin = temp_path(self.bin_path)
         self._bin = open(self._tmp_bin, "wb")
         self._sizes: list[int] = []
         self._doc_idx: list[int] = [0]
@@ -78,19 +79,18 @@ class IndexedDatasetWriter:
         pointers = np.zeros(len(sizes), dtype=np.int64)
         if len(sizes) > 1:
             np.cumsum(sizes[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
-        tmp_idx = self.idx_path.with_name(self.idx_path.name + f".tmp{os.getpid()}")
-        with open(tmp_idx, "wb") as f:
-            f.write(MAGIC)
-            f.write(struct.pack("<Q", VERSION))
-            f.write(struct.pack("<B", CODE_OF[self.dtype]))
-            f.write(struct.pack("<Q", len(sizes)))
-            f.write(struct.pack("<Q", len(self._doc_idx)))
-            f.write(sizes.tobytes(order="C"))
-            f.write(pointers.tobytes(order="C"))
-            f.write(np.asarray(self._doc_idx, dtype=np.int64).tobytes(order="C"))
-        # .bin first: an .idx is only ever next to the .bin it describes
-        os.replace(self._tmp_bin, self.bin_path)
-        os.replace(tmp_idx, self.idx_path)
+        with replacing(self.idx_path) as tmp_idx:
+            with open(tmp_idx, "wb") as f:
+                f.write(MAGIC)
+                f.write(struct.pack("<Q", VERSION))
+                f.write(struct.pack("<B", CODE_OF[self.dtype]))
+                f.write(struct.pack("<Q", len(sizes)))
+                f.write(struct.pack("<Q", len(self._doc_idx)))
+                f.write(sizes.tobytes(order="C"))
+                f.write(pointers.tobytes(order="C"))
+                f.write(np.asarray(self._doc_idx, dtype=np.int64).tobytes(order="C"))
+            # .bin first: an .idx is only ever next to the .bin it describes
+            replace(self._tmp_bin, self.bin_path)
 
     def abort(self) -> None:
         self._bin.close()

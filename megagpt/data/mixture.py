@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from megagpt.atomic import replacing, write_atomic
 from megagpt.config import ConfigError, check_value, load_file
 from megagpt.data.gpt_dataset import GPTDataset, range_tokens, split_documents
 from megagpt.data.indexed import IndexedDataset, ShardError, open_shard, paths
@@ -188,9 +189,8 @@ def build(spec: MixtureSpec) -> dict:
     for i in range(len(spec.sources)):
         sel = order == i
         within[sel] = np.arange(int(sel.sum()))
-    tmp = index_path.with_name(index_path.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, dataset_index=order, dataset_sample_index=within, counts=counts, weights=weights)
-    os.replace(tmp, index_path)
+    with replacing(index_path, ".npz") as tmp:
+        np.savez(tmp, dataset_index=order, dataset_sample_index=within, counts=counts, weights=weights)
     rows = []
     for i, s in enumerate(spec.sources):
         used = int(counts[i]) * spec.seq_length
@@ -202,9 +202,7 @@ def build(spec: MixtureSpec) -> dict:
               "warnings": [f"source '{r['source']}' is repeated {r['epochs']:.2f} epochs (> max_epochs "
                            f"{spec.max_epochs})" for r in rows if r["epochs"] > spec.max_epochs],
               "cached": False}
-    tmp = report_path.with_name(report_path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, report_path)
+    write_atomic(report_path, json.dumps(report, indent=2))
     return report
 
 

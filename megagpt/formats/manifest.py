@@ -9,11 +9,11 @@ tag was saved in (``LAYOUT_KEYS``).
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 from megagpt._version import __version__
+from megagpt.atomic import write_atomic  # train/ writes `latest`, megagpt.json and guard.json with it too
 from megagpt.config import zero_stage
 
 TAG = "global_step{}"
@@ -21,13 +21,6 @@ TAG = "global_step{}"
 
 def step_of(tag: str) -> int:
     return int(tag.removeprefix("global_step"))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """``text`` under a temporary name, then renamed: a reader sees the old file or the whole new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def latest_tag(ckpt_dir: str | Path) -> str | None:
@@ -62,7 +55,7 @@ def write_manifest(tag_dir: Path, meta: dict | None) -> None:
         if f.is_file() and f.name not in (MANIFEST, MANIFEST + ".tmp"):
             files[str(f.relative_to(tag_dir))] = {"size": f.stat().st_size, "xxh3_64": file_hash(f)}
     manifest = dict(meta or {}, megagpt_version=__version__, files=files)
-    write_atomic(tag_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    write_atomic(tag_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n", unique=False)  # the name skipped above
 
 
 def verify(tag_dir: str | Path, level: str = "full") -> str | None:

@@ -9,13 +9,13 @@ enough when the JSON is lost. A legacy ``.pt`` export is read with ``torch.load(
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from megagpt.atomic import replace, replacing, temp_path
 from megagpt.config import ConfigError, ModelConfig, model_config_from_dict
 
 FORMAT = "megagpt-export/1"
@@ -43,13 +43,12 @@ def save_export(full: dict[str, torch.Tensor], cfg: ModelConfig, path: str | Pat
             "tokenizer": str(Path(tokenizer).resolve()) if tokenizer else None}
     if run_name:  # the TensorBoard run it was trained in: evaluate.py adds its scalars there
         meta["run_name"] = run_name
-    tmp_json = path.with_name(path.stem + ".json.tmp")
+    tmp_json = temp_path(sidecar(path), unique=False)
     tmp_json.write_text(json.dumps(meta, indent=1) + "\n")
-    tmp = path.with_name(path.name + ".tmp")
     tensors = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in full.items()}
-    save_file(tensors, str(tmp), metadata={"megagpt": json.dumps(meta)})
-    os.replace(tmp_json, sidecar(path))
-    os.replace(tmp, path)
+    with replacing(path, unique=False) as tmp:
+        save_file(tensors, str(tmp), metadata={"megagpt": json.dumps(meta)})
+        replace(tmp_json, sidecar(path))
     return path
 
 

@@ -1,6 +1,7 @@
 """Dialogue threads: reconstruction from mail headers and from parent ids (orphans, cycles and
 duplicate ids counted, never fatal), root-to-leaf sessions, and DialoGPT's filters."""
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -200,3 +201,40 @@ def test_quote_depth():
     from data_tools.dialogues import quote_depth
 
     assert [quote_depth(x) for x in ("plain", "> one", ">>two", "> > two", " > >> three", ">")] == [0, 1, 2, 2, 3, 1]
+
+
+QUOTES = Path(__file__).parent / "usenet_quotes"  # more real posts from the same sample, one per quoting style
+
+
+@pytest.mark.parametrize("post, reply, parent", [
+    # '}' quotes the parent, '}:' the grandparent, and '}Herb Huston (...) wrote:' is an attribution behind '}'
+    ("post015", "Did something happen while I wasn't looking?", "Fair enough - I'm pretty well aware"),
+    # '#' and '#>': the issue's '#In article <id>, x (Frank' / "#O'Dwyer) says:" attribution over two lines
+    ("post019", 'True, by "correct" I mean', "[ . . .] I am a relativist who would like to answer"),
+    # tin's ': ' after 'x@y wrote:'
+    ("post034", "Dave, Can you explain the purpose of your post", "Upon arriving at home, Joseph"),
+    # rn's '|> ' is one level: '|> |>' and '|> >' are the grandparent
+    ("post068", "So when they took the time to *copy*", "Reading newspapers to learn about this kind of stuff"),
+    # nested mixtures: '> ' the parent, '> |>' the grandparent (with its 'x wrote:'), '> |>:' one more
+    ("post085", "Probably because it IS rape.", "But if He/She did you would probably consider it rape."),
+    # a bare '|' is the parent here, so '|>' is the grandparent
+    ("post101", "Someone from NASA posted that there were very significant mass margins",
+     "Has someone actually verified that mass is the predominant constraint"),
+])
+def test_every_quote_prefix_of_real_posts(post, reply, parent):
+    """Real posts (gensim's 20 Newsgroups sample) quoting with '}', '#', ':', '|>', '> |>' and '|':
+    neither the reply's turn nor the parent rebuilt from its quote holds quoted lines or attributions."""
+    (m,) = read_mail([QUOTES / f"{post}.eml"])
+    assert m.text.startswith(reply) and m.quoted.startswith(parent)
+    for text in (m.text, m.quoted):
+        assert not re.search(r"(^|\s)([>|#}]|: )\S*|In article|wrote:|writes:|says:", text), text[:300]
+    forest = build_forest([m])
+    assert [[t.text for t in s] for s in sessions(forest)] == [[m.quoted, m.text]]
+
+
+def test_quote_depth_of_every_mark():
+    from data_tools.dialogues import quote_depth
+
+    assert [quote_depth(x) for x in ("|> one", "> |> two", "|> |> two", "#> one", ">> |> three")] == [1, 2, 2, 1, 3]
+    # read alone, ':' and '}' are not quotes (no attribution before them), nor is a box row
+    assert [quote_depth(x) for x in (": not one", "} not one", "| a | b |", "> |>: two")] == [0, 0, 0, 2]
