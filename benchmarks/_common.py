@@ -1,13 +1,9 @@
 """Shared bits for the benchmarks: timing, median, and the model shape arguments."""
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for megagpt
 
 
 def timed(fn, *, warmup: int, iters: int) -> list[float]:

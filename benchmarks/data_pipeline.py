@@ -1,7 +1,7 @@
 """Data pipeline throughput per stage on one core, with datasketch's MinHashLSH side by side.
 
-    python benchmarks/data_pipeline.py --docs 3000
-    python benchmarks/data_pipeline.py --real-only [--real demo/raw]
+    python -m benchmarks.data_pipeline --docs 3000
+    python -m benchmarks.data_pipeline --real-only [--real demo/raw]
 
 ``--real`` (default: the demo's raw corpus when it exists, else Python's own documentation from
 pydoc_data) times the filter stage the way build_source.py runs it -- clean, Gopher quality,
@@ -21,22 +21,20 @@ import argparse
 import itertools
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from data_tools import dedup as dd  # noqa: E402
-from data_tools import native  # noqa: E402
-from data_tools.clean import clean  # noqa: E402
-from data_tools.document import Document, ErrorLog, Stats  # noqa: E402
-from data_tools.filters import C4Filter, FineWebFilter, GopherQuality, GopherRepetition, LanguageFilter  # noqa: E402
-from data_tools.readers import read_file  # noqa: E402
+from data_tools import dedup as dd
+from data_tools import native
+from data_tools.clean import clean
+from data_tools.document import Document, ErrorLog, Stats
+from data_tools.filters import C4Filter, FineWebFilter, GopherQuality, GopherRepetition, LanguageFilter
+from data_tools.readers import read_file
 
 WORDS = ("the be to of and a in that have it for not on with he as you do at this but his by from they we "
          "say her she or an will my one all would there their what so up out if about who get which go me "
@@ -57,7 +55,8 @@ def corpus(n, seed=0):
             w[s:s + k] = list(rng.choice(vocab, k))
             docs.append(" ".join(w))
             continue
-        sents = [" ".join(rng.choice(vocab, int(rng.integers(8, 16)))).capitalize() + "." for _ in range(int(rng.integers(10, 30)))]
+        sents = [" ".join(rng.choice(vocab, int(rng.integers(8, 16)))).capitalize() + "."
+                 for _ in range(int(rng.integers(10, 30)))]
         docs.append("\n".join(" ".join(sents[j:j + 4]) for j in range(0, len(sents), 4)))
     return docs
 
@@ -226,7 +225,10 @@ def main():
         groups = dd.clusters(np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2))
         return {tuple(p) for grp in groups for p in itertools.combinations(sorted(grp.tolist()), 2)}
 
-    recall = lambda c: len(c & truth) / max(len(truth), 1)  # noqa: E731
+
+    def recall(c):
+        return len(c & truth) / max(len(truth), 1)
+
     found = closure({tuple(e) for e in res["edges"].tolist()})
     edge_prec = np.mean([tuple(sorted(e)) in truth for e in res["edges"].tolist()]) if len(res["edges"]) else 1.0
     cand, ds_cand = closure(cand), closure(ds_cand)

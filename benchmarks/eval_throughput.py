@@ -3,8 +3,8 @@ same run: lm-evaluation-harness with ``--model hf`` on the exported Hugging Face
 lm-evaluation-harness with ``--model megagpt``, and megagpt's own ``evaluate.py`` path (which
 also scores GPT-3's unconditional requests). Both harness runs must give the same accuracy.
 
-    python benchmarks/eval_throughput.py                       # the demo model and WordNet task
-    python benchmarks/eval_throughput.py --n-layer 6 --n-embd 384 --n-head 6 --ctx 256   # random weights
+    python -m benchmarks.eval_throughput                       # the demo model and WordNet task
+    python -m benchmarks.eval_throughput --n-layer 6 --n-embd 384 --n-head 6 --ctx 256   # random weights
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import torch
-from _common import median
+
+from benchmarks._common import median
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +59,7 @@ def main():
     import lm_eval
 
     import megagpt
-    import megagpt.eval.harness  # noqa: F401  (registers --model megagpt)
+    import megagpt.eval.harness  # noqa: F401 - importing it registers --model megagpt
     from megagpt.eval.runner import Evaluator
     from megagpt.eval.tasks import load_task
     from megagpt.formats.hf import write_hf_dir

@@ -3,7 +3,7 @@ launchers: a NaN loss and a 3-step loss spike (`deepspeed`), a stopped rank (`de
 hang_timeout_s=10) and a killed rank (`torchrun --max-restarts 2`). Prints, per fault, the seconds
 from the job's start at which each marker line appeared, and the exit status.
 
-    python benchmarks/fault_recovery.py [nan spike stop crash]
+    python -m benchmarks.fault_recovery [nan spike stop crash]
 """
 from __future__ import annotations
 
@@ -15,13 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from megagpt.parallel.launch import free_port
+from tests.shards import write_pattern_shard
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from shards import write_pattern_shard  # noqa: E402
-
-from megagpt.parallel.launch import free_port  # noqa: E402
 
 GUARD = ["train.guard.window=5", "train.guard.min_history=2", "train.guard.zscore=3", "train.guard.min_ratio=1.2",
          "train.guard.rewind_min_steps=2"]
@@ -44,15 +41,14 @@ def run(kind: str, tmp: Path, shard: str) -> None:
     exe = shutil.which(launcher) or str(Path(sys.executable).parent / launcher)
     if launcher == "deepspeed":
         cmd = [exe, "--hostfile", str(ROOT / "hostfiles" / "localhost"), "--no_ssh_check", "--master_addr",
-               "127.0.0.1", "--master_port", str(free_port())]
+               "127.0.0.1", "--master_port", str(free_port()), "--module", "megagpt.pretrain"]
     else:
-        cmd = [exe, "--standalone", "--nproc-per-node", "2", "--max-restarts", "2"]
-    cmd += [str(ROOT / "megagpt" / "pretrain.py"), "--config", str(ROOT / "tests" / "train" / "run_tiny.yaml"),
+        cmd = [exe, "--standalone", "--nproc-per-node", "2", "--max-restarts", "2", "-m", "megagpt.pretrain"]
+    cmd += ["--config", str(ROOT / "tests" / "train" / "run_tiny.yaml"),
             f"data.prefixes=[{shard}]", f"train.deepspeed_config={ROOT / 'ds_configs' / 'zero3.json'}",
             "train.eval_interval=100", f"train.checkpoint_dir={tmp / kind / 'ckpt'}",
             f"train.tensorboard_dir={tmp / kind / 'tb'}", *overrides]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MEGAGPT_ALLOW_FAULTS="1",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MEGAGPT_ALLOW_FAULTS="1")
     print(f"\n== {kind} ({launcher})")
     t0, seen = time.monotonic(), set()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -4,24 +4,21 @@ with the same hyperparameters, clipping 1.0) on the same model, the same weights
 batches. Dropout is off everywhere so the three do the same arithmetic; the losses are printed to
 show it.
 
-    python benchmarks/finetune_throughput.py                # the demo model and newsgroups task
-    python benchmarks/finetune_throughput.py --steps 10 --micro 8 --max-length 128
+    python -m benchmarks.finetune_throughput                # the demo model and newsgroups task
+    python -m benchmarks.finetune_throughput --steps 10 --micro 8 --max-length 128
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks._common import median
 
-from _common import median  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(args, stage: int, tmp: Path):

@@ -7,7 +7,7 @@ reads every weight once, so at batch 1 the cached generators are bound by the by
 the last column shows the weight bytes fp32 megagpt and HF stream per second, next to a measured
 memory copy.
 
-    python benchmarks/generate_throughput.py [--prompt 64 --new 128 --batches 1 8 --n-layer 6 ...]
+    python -m benchmarks.generate_throughput [--prompt 64 --new 128 --batches 1 8 --n-layer 6 ...]
 """
 from __future__ import annotations
 
@@ -15,11 +15,33 @@ import argparse
 import copy
 
 import torch
-from _common import add_shape_args, median, same_weights_models, timed, token_agreement
 
+from benchmarks._common import add_shape_args, median, same_weights_models, timed, token_agreement
 from megagpt.inference.generation import SamplingParams, generate
 from megagpt.inference.int8 import quantize_int8
 
+
+def decoders(hf, ours, int8, prompt: torch.Tensor, params: SamplingParams) -> tuple[dict, dict]:
+    """One batch's decoders by column, each a callable that decodes ``prompt`` and leaves its new
+    tokens in ``out[column]``; returns (the decoders, out)."""
+    rows, n_prompt, n_new = prompt.tolist(), prompt.shape[1], params.max_new_tokens
+    out: dict = {}
+
+    def megagpt_generate(name, model, **kw):
+        def fn():
+            out[name] = [c.tokens for c in generate(model, rows, params, **kw)]
+        return fn
+
+    def hf_generate():
+        with torch.no_grad():
+            res = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n_new,
+                              min_new_tokens=n_new, do_sample=False, use_cache=True,
+                              pad_token_id=0, eos_token_id=None)
+        out["hf"] = res[:, n_prompt:].tolist()
+
+    return {"hf": hf_generate, "fp32": megagpt_generate("fp32", ours),
+            "compiled": megagpt_generate("compiled", ours, compile=True), "int8": megagpt_generate("int8", int8),
+            "nocache": megagpt_generate("nocache", ours, use_cache=False)}, out
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -51,30 +73,15 @@ def main():
           "fp32 = compiled = HF tokens | int8 tokens = fp32 | weights GB/s fp32/HF")
     for batch in args.batches:
         prompt = torch.randint(0, args.vocab, (batch, args.prompt), generator=torch.Generator().manual_seed(batch))
-        rows = prompt.tolist()
         params = SamplingParams(max_new_tokens=args.new, temperature=0, stop_at_eod=False)
-        out = {}
-
-        def run(name, model, **kw):
-            def fn():
-                out[name] = [c.tokens for c in generate(model, rows, params, **kw)]
-            return fn
-
-        def hf_generate():
-            with torch.no_grad():
-                res = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=args.new,
-                                  min_new_tokens=args.new, do_sample=False, use_cache=True,
-                                  pad_token_id=0, eos_token_id=None)
-            out["hf"] = res[:, args.prompt:].tolist()
-
-        fns = {"hf": hf_generate, "fp32": run("fp32", ours), "compiled": run("compiled", ours, compile=True),
-               "int8": run("int8", int8)}
+        fns, out = decoders(hf, ours, int8, prompt, params)
+        nocache = fns.pop("nocache")
         t: dict = {}
         for _ in range(2):  # interleaved, so drift in the machine's speed hits every column alike
             for name, fn in fns.items():
                 t.setdefault(name, []).extend(timed(fn, warmup=1, iters=args.iters))
         if not args.skip_nocache:
-            t["nocache"] = timed(run("nocache", ours, use_cache=False), warmup=0, iters=1)
+            t["nocache"] = timed(nocache, warmup=0, iters=1)
         tok = batch * args.new
         rate = {k: tok / median(v) for k, v in t.items()}
         same = out["fp32"] == out["hf"] == out["compiled"] and out["fp32"] == out.get("nocache", out["fp32"])

@@ -1,7 +1,7 @@
 """One script for the first GPU: checks and measures every GPU-only path and prints one table.
 
-    python benchmarks/gpu_acceptance.py                 # one GPU, about 8 minutes
-    python benchmarks/gpu_acceptance.py --dry-run       # the same code on CPU, tiny shapes (in the test suite)
+    python -m benchmarks.gpu_acceptance                 # one GPU, about 8 minutes
+    python -m benchmarks.gpu_acceptance --dry-run       # the same code on CPU, tiny shapes (in the test suite)
 
 Training, for GPT-3 125M and 350M at sequence 2048 (the real Trainer and DeepSpeed engine, ZeRO-3,
 synthetic tokens), one row per variant:
@@ -34,7 +34,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from _common import median, random_token_shard, same_weights_models, timed, token_agreement
+
+from benchmarks._common import median, random_token_shard, same_weights_models, timed, token_agreement
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,8 +51,8 @@ VARIANTS = {
 }
 # GPU shapes; --dry-run replaces them with tiny ones of the same structure
 GPU = dict(models=["gpt3-125m", "gpt3-350m"], seq=2048, micro=4, steps=8, timed_from=3, vocab=50257,
-           decode_layers=12, decode_embd=768, decode_heads=12, prompt=128, new=128, score_batch=16, score_requests=64, iters=3,
-           compile_backend="inductor")
+           decode_layers=12, decode_embd=768, decode_heads=12, prompt=128, new=128, score_batch=16, score_requests=64,
+           iters=3, compile_backend="inductor")
 DRY = dict(models=["tiny"], seq=64, micro=2, steps=3, timed_from=1, vocab=512,
            decode_layers=2, decode_embd=64, decode_heads=4, prompt=16, new=8, score_batch=4, score_requests=8, iters=1,
            compile_backend="aot_eager")  # the dry run captures graphs but generates no code
@@ -118,9 +119,32 @@ def run_variant(name: str, model: str, shape: dict, data: str, tmp: Path, peak: 
     return out
 
 
+def greedy_decoders(hf, ours, prompt: torch.Tensor, greedy, device) -> tuple[dict, dict]:
+    """transformers' generate and megagpt's, eager and compiled, each a callable that decodes
+    ``prompt`` and leaves its new tokens in ``out[name]``; returns (the decoders, out)."""
+    from megagpt.inference.generation import generate
+
+    out: dict = {}
+
+    def hf_gen():
+        with torch.no_grad():
+            p = prompt.to(device)
+            res = hf.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=greedy.max_new_tokens,
+                              min_new_tokens=greedy.max_new_tokens, do_sample=False, pad_token_id=0,
+                              eos_token_id=None)
+        out["hf"] = res[:, prompt.shape[1]:].tolist()
+
+    def ours_gen(compile=False):
+        def fn():
+            out["compiled" if compile else "eager"] = [c.tokens for c in generate(ours, prompt.tolist(), greedy,
+                                                                                 compile=compile)]
+        return fn
+
+    return {"hf": hf_gen, "eager": ours_gen(), "compiled": ours_gen(True)}, out
+
 def decode_and_score(shape: dict, cuda: bool) -> list[dict]:
     """megagpt vs transformers on one device, same weights: greedy decoding and scoring."""
-    from megagpt.inference.generation import SamplingParams, generate
+    from megagpt.inference.generation import SamplingParams
     from megagpt.inference.scoring import loglikelihood
 
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
@@ -130,29 +154,16 @@ def decode_and_score(shape: dict, cuda: bool) -> list[dict]:
     hf, ours = hf.to(device, dtype).eval(), ours.to(device, dtype).eval().requires_grad_(False)
     rows = []
     for batch in (1, 8):
-        prompt = torch.randint(1, shape["vocab"], (batch, shape["prompt"]), generator=torch.Generator().manual_seed(batch))
+        prompt = torch.randint(1, shape["vocab"], (batch, shape["prompt"]),
+                               generator=torch.Generator().manual_seed(batch))
         greedy = SamplingParams(max_new_tokens=shape["new"], temperature=0, stop_at_eod=False)
-        out = {}
-
-        def hf_gen():
-            with torch.no_grad():
-                p = prompt.to(device)
-                res = hf.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=shape["new"],
-                                  min_new_tokens=shape["new"], do_sample=False, pad_token_id=0, eos_token_id=None)
-            out["hf"] = res[:, shape["prompt"]:].tolist()
-
-        def ours_gen(compile=False):
-            def fn():
-                out["compiled" if compile else "eager"] = [c.tokens for c in generate(ours, prompt.tolist(), greedy,
-                                                                                     compile=compile)]
-            return fn
-
-        t = {k: median(timed(f, warmup=1, iters=shape["iters"])) for k, f in
-             (("hf", hf_gen), ("eager", ours_gen()), ("compiled", ours_gen(True)))}
+        decoders, out = greedy_decoders(hf, ours, prompt, greedy, device)
+        t = {k: median(timed(f, warmup=1, iters=shape["iters"])) for k, f in decoders.items()}
         n = batch * shape["new"]
         agree = token_agreement(out["eager"], out["hf"])
         rows.append({"what": f"decode batch {batch}", "hf": n / t["hf"], "eager": n / t["eager"],
-                     "compiled": n / t["compiled"], "agree_hf": agree, "compiled_equal": out["compiled"] == out["eager"]})
+                     "compiled": n / t["compiled"], "agree_hf": agree,
+                     "compiled_equal": out["compiled"] == out["eager"]})
     # scoring: (context, continuation) pairs of the prompt length, as multiple-choice evaluation sends them
     g = torch.Generator().manual_seed(0)
     reqs = [(torch.randint(1, shape["vocab"], (shape["prompt"],), generator=g).tolist(),
@@ -207,7 +218,8 @@ def main(argv=None) -> int:
 
     device = torch.cuda.get_device_name() if cuda else "CPU (dry run)"
     peak, source = (args.peak_tflops * 1e12, "--peak-tflops") if args.peak_tflops else device_peak_flops(torch.bfloat16)
-    print(f"device {device}, MFU against {peak / 1e12:.1f} TFLOP/s ({source}); torch {torch.__version__}, deepspeed {deepspeed.__version__}; "
+    print(f"device {device}, MFU against {peak / 1e12:.1f} TFLOP/s ({source}); torch {torch.__version__}, "
+          f"deepspeed {deepspeed.__version__}; "
           f"seq {shape['seq']}, micro-batch {shape['micro']}, {shape['steps']} steps (median from step "
           f"{shape['timed_from'] + 1}), ZeRO-3 on one device", flush=True)
     failures, results = [], []
@@ -253,7 +265,8 @@ def main(argv=None) -> int:
                 mem = f"{r['memory_gib']:8.2f}" if r["memory_gib"] is not None else f"{'n/a':>8}"
                 print(f"{model:10} {name:26} {r['step_s']:8.3f} {r['tokens_per_s']:10.0f} {r['tflops']:8.2f} "
                       f"{r['mfu']:6.1%} {mem} {r['predicted_gib']:8.2f} {last:9.4f}  {'; '.join(notes)}", flush=True)
-        print(f"\n{'inference (same weights)':26} {'transformers':>12} {'megagpt':>10} {'compiled':>10} {'vs HF':>6}  checks")
+        print(f"\n{'inference (same weights)':26} {'transformers':>12} {'megagpt':>10} {'compiled':>10} "
+              f"{'vs HF':>6}  checks")
         try:
             for row in decode_and_score(shape, cuda):
                 comp = f"{row['compiled']:10.1f}" if row["compiled"] else f"{'':>10}"

@@ -1,9 +1,11 @@
 """What int8 decoding (``--dtype int8``) costs in quality, against the same model in fp32: token
 perplexity of a held-out corpus (GPT-2's sliding windows, ``evaluate.py --perplexity``'s code) and
 greedy agreement (the first ``--new`` greedy tokens after each of ``--prompts`` held-out
-prompts: consecutive windows of the documents), with the time each takes. Needs a trained model: ``scripts/demo.sh`` writes one.
+prompts: consecutive windows of the documents), with the time each takes. Needs a trained model:
+``scripts/demo.sh`` writes one.
 
-    python benchmarks/int8_quality.py [--model demo/run/model.safetensors --corpus demo/eval/corpora/lee_heldout.jsonl]
+    python -m benchmarks.int8_quality [--model demo/run/model.safetensors \
+        --corpus demo/eval/corpora/lee_heldout.jsonl]
 """
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ import argparse
 import time
 
 import torch
-from _common import token_agreement  # (importing _common puts the repository on sys.path)
 
+from benchmarks._common import token_agreement
 from megagpt.eval.runner import Evaluator
 from megagpt.evaluate import read_corpus
 from megagpt.inference import load_for_text
@@ -50,7 +52,8 @@ def main():
     prefix = sum(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a)) for a, b in zip(g32, g8)) / len(g32)
     print(f"model {args.model}: {fp32.cfg.n_layer} x {fp32.cfg.n_embd}, vocab {fp32.cfg.vocab_size}; corpus "
           f"{args.corpus}: {p32['docs']} docs, {p32['tokens']} tokens; {len(openings)} prompts of "
-          f"{args.prompt_tokens} tokens, {args.new} greedy tokens each; {args.threads} threads, torch {torch.__version__}")
+          f"{args.prompt_tokens} tokens, {args.new} greedy tokens each; {args.threads} threads, "
+          f"torch {torch.__version__}")
     print(f"{'':6} {'token ppl':>10} {'bits/byte':>10} {'ppl time':>9} {'greedy time':>12}")
     for name, (ppl, _, e, s) in res.items():
         print(f"{name:6} {ppl['token_ppl']:10.3f} {ppl['bits_per_byte']:10.4f} {e:8.1f}s {s:11.1f}s")

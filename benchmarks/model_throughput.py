@@ -1,15 +1,15 @@
 """Forward+backward throughput of the tp=1 megagpt model vs Hugging Face GPT2LMHeadModel of the
 same shape, in the same run, on CPU.
 
-    python benchmarks/model_throughput.py [--n-layer 6 --n-embd 384 --n-head 6 --seq 256 --batch 8]
+    python -m benchmarks.model_throughput [--n-layer 6 --n-embd 384 --n-head 6 --seq 256 --batch 8]
 """
 from __future__ import annotations
 
 import argparse
 
 import torch
-from _common import add_shape_args, median, same_weights_models, timed
 
+from benchmarks._common import add_shape_args, median, same_weights_models, timed
 from megagpt.model import model_flops_per_token
 from megagpt.train.metrics import measured_cpu_peak
 

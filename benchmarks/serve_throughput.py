@@ -23,9 +23,9 @@ The model: by default the demo model's trained weights (``demo/run/model.safeten
 n_positions 128) with its position embedding tiled to ``--n-positions`` (256) rows, since
 prompt + new tokens (192) exceed its 128 positions; ``--model`` serves a given model instead.
 
-    python benchmarks/serve_throughput.py                      # 64 + 128 tokens, concurrency 1 4 16, 16 requests
-    python benchmarks/serve_throughput.py --quick              # smoke run: 4 requests, 16 new tokens
-    python benchmarks/serve_throughput.py --model demo/run/model.safetensors --prompt-tokens 32 --new-tokens 64
+    python -m benchmarks.serve_throughput                      # 64 + 128 tokens, concurrency 1 4 16, 16 requests
+    python -m benchmarks.serve_throughput --quick              # smoke run: 4 requests, 16 new tokens
+    python -m benchmarks.serve_throughput --model demo/run/model.safetensors --prompt-tokens 32 --new-tokens 64
 """
 from __future__ import annotations
 
@@ -46,7 +46,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import _common  # noqa: F401  (puts the repository on sys.path)
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,7 +182,7 @@ def completion_text(tok, prompt, toks) -> str:
 # -- the server -----------------------------------------------------------------------------------
 class Server:
     def __init__(self, model: Path, max_batch: int, threads: int | None, timeout: float = 300.0):
-        cmd = [sys.executable, str(ROOT / "megagpt" / "serve.py"), "--model", str(model), "--port", "0",
+        cmd = [sys.executable, "-m", "megagpt.serve", "--model", str(model), "--port", "0",
                "--max-batch", str(max_batch)] + ([] if threads is None else ["--threads", str(threads)])
         env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # the server's own default
         self.log: list[str] = []

@@ -1,9 +1,9 @@
 """A whole training step through megagpt's loop and DeepSpeed vs a plain torch loop, and
 model-state memory per rank with and without ZeRO-3. CPU by default; unchanged on a GPU.
 
-    python benchmarks/train_throughput.py [--steps 8 --n-layer 6 --n-embd 384 --seq 256 --batch 8]
-    python benchmarks/train_throughput.py --memory-only --dp 2,4
-    python benchmarks/train_throughput.py --guard-only   # the step guard on vs off, dp=2
+    python -m benchmarks.train_throughput [--steps 8 --n-layer 6 --n-embd 384 --seq 256 --batch 8]
+    python -m benchmarks.train_throughput --memory-only --dp 2,4
+    python -m benchmarks.train_throughput --guard-only   # the step guard on vs off, dp=2
 
 Like for like: dropout 0 everywhere, AdamW (betas 0.9/0.95, weight decay 0.1 on matrices only),
 gradient clipping at 1.0, the same batches. Rows:
@@ -39,12 +39,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks._common import add_shape_args, median, random_token_shard
 
-from _common import add_shape_args, median, random_token_shard  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = {  # row label -> (DeepSpeed JSON, zero_optimization overrides)
     "ZeRO-3, 50M buckets (before)": ("zero3.json", {"stage": 3, "reduce_bucket_size": 50_000_000,
@@ -117,8 +114,8 @@ class PlainRow:
         no_decay = [p for p in self.model.parameters() if p.ndim < 2]
         if fused is None:  # nanoGPT: fused where the device is CUDA, the default kernel elsewhere
             fused = dev.type == "cuda"
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                     lr=6e-4, betas=(0.9, 0.95), eps=1e-8, fused=fused or None)
+        groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+        self.opt = torch.optim.AdamW(groups, lr=6e-4, betas=(0.9, 0.95), eps=1e-8, fused=fused or None)
         self.data = micro_batches(dataset, 0, args.batch, 0, 1)
 
     def step(self):
@@ -180,8 +177,9 @@ def throughput(args, precision: str, prefix: str) -> dict:
         from megagpt.parallel.launch import free_port
 
         env = dict(os.environ, MASTER_PORT=str(free_port()))
-        r = subprocess.run([sys.executable, __file__, *map(str, shape), "--row", name, "--row-precision", precision,
-                            "--row-prefix", prefix], capture_output=True, text=True, env=env)
+        r = subprocess.run([sys.executable, "-m", "benchmarks.train_throughput", *map(str, shape), "--row", name,
+                            "--row-precision", precision, "--row-prefix", prefix],
+                           capture_output=True, text=True, env=env, cwd=ROOT)
         line = [ln for ln in r.stdout.splitlines() if ln.startswith("ROW ")]
         if r.returncode or not line:
             raise RuntimeError(f"row {name!r} failed:\n{r.stderr[-3000:]}")
@@ -211,7 +209,7 @@ def _guard_worker(rank, world_size, args, label, prefix, rounds, block):
 
 
 def guard_overhead(args, prefix, rounds: int = 6, block: int = 2) -> None:
-    from dist_harness import run_distributed
+    from tests.dist_harness import run_distributed
 
     print(f"\nstep guard, dp=2 (fp32, one engine, {rounds} rounds of {block} steps with it off and on, the order "
           f"alternating; median step):")
@@ -287,8 +285,9 @@ def main():
                        vocab_size=args.vocab)
     tokens = args.batch * args.seq
     flops = model_flops_per_token(cfg, args.seq) * tokens
-    print(f"shape: {args.n_layer} layers, n_embd {args.n_embd}, ctx {args.seq}, vocab {args.vocab}, batch {args.batch}, "
-          f"threads {args.threads}, device {_device()}, {args.steps} timed steps per row (median), dropout 0")
+    print(f"shape: {args.n_layer} layers, n_embd {args.n_embd}, ctx {args.seq}, vocab {args.vocab}, "
+          f"batch {args.batch}, threads {args.threads}, device {_device()}, {args.steps} timed steps per row "
+          f"(median), dropout 0")
     if args.guard_only:
         guard_overhead(args, prefix)
         return
@@ -309,7 +308,7 @@ def main():
         guard_overhead(args, prefix)
     if args.skip_memory:
         return
-    from dist_harness import run_distributed
+    from tests.dist_harness import run_distributed
 
     print("\nmemory per rank (MiB; rank 0). grads kept: at the optimizer step (ZeRO's model states);"
           "\ngrads peak: the most at the end of backward, where ZeRO-3 still holds the whole gradient of"

@@ -29,10 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_tools.dialogues import (  # noqa: E402
+from data_tools.dialogues import (
     DialogueFilter,
     build_forest,
     clean_session,

@@ -32,11 +32,8 @@ import zipfile
 import zlib
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from megagpt import jsonl  # noqa: E402
-from megagpt.eval.tasks import write_task  # noqa: E402
+from megagpt import jsonl
+from megagpt.eval.tasks import write_task
 
 GENSIM_DATA = "gensim/test/test_data/"
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")

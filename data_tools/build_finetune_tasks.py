@@ -22,11 +22,8 @@ import re
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_tools.build_eval_tasks import _SENT, _gensim, gensim_newsgroups, parse_sources, wordnet_glosses  # noqa: E402
-from megagpt import jsonl  # noqa: E402
+from data_tools.build_eval_tasks import _SENT, _gensim, gensim_newsgroups, parse_sources, wordnet_glosses
+from megagpt import jsonl
 
 
 def write(path: Path, header: dict, rows: list[dict]) -> int:

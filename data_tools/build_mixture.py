@@ -8,13 +8,10 @@ the report: tokens, weight, samples and epochs per source. Exit status 2 on a ba
 """
 import argparse
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megagpt.config import ConfigError  # noqa: E402
-from megagpt.data import mixture  # noqa: E402
+from megagpt.config import ConfigError
+from megagpt.data import mixture
 
 
 def main(argv=None) -> int:

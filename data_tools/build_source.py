@@ -19,14 +19,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-
-from data_tools import pipeline as pl  # noqa: E402
-from data_tools import report  # noqa: E402
-from data_tools.document import InputError, Stats  # noqa: E402
-from data_tools.readers import list_inputs  # noqa: E402
+from data_tools import pipeline as pl
+from data_tools import report
+from data_tools.document import InputError, Stats
+from data_tools.readers import list_inputs
 
 
 def parse_args(argv=None):

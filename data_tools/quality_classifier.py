@@ -11,14 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data_tools.classifier import ClassifierConfig, ClassifierFilter, QualityClassifier  # noqa: E402
-from data_tools.document import ErrorLog, Stats  # noqa: E402
-from data_tools.readers import list_inputs, read_file  # noqa: E402
+from data_tools.classifier import ClassifierConfig, ClassifierFilter, QualityClassifier
+from data_tools.document import ErrorLog, Stats
+from data_tools.readers import list_inputs, read_file
 
 
 def _texts(inputs, limit):

@@ -10,12 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data_tools.document import ErrorLog  # noqa: E402
-from data_tools.readers import list_inputs, read_file  # noqa: E402
-from data_tools.tokenizer import TokenizerConfig, train  # noqa: E402
+from data_tools.document import ErrorLog
+from data_tools.readers import list_inputs, read_file
+from data_tools.tokenizer import TokenizerConfig, train
 
 
 def main(argv=None) -> int:

@@ -19,15 +19,8 @@ distinct-1, distinct-2 and the average length of each next to the human response
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import replace
-
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from megagpt._entry import fix_path
-
-    fix_path(__file__)
 
 
 def parse_args(argv=None):
@@ -100,9 +93,56 @@ def heldout_report(args, fwd, bwd, tok, params) -> int:
     return 0
 
 
+def history_command(text: str, history: list[str]) -> bool:
+    """/reset and /history act on the history; True when ``text`` was one of them."""
+    if text == "/reset":
+        history.clear()
+        print("(history cleared)", flush=True)
+        return True
+    if text == "/history":
+        print("\n".join(f"  {i + 1}. {t}" for i, t in enumerate(history)) or "(empty)", flush=True)
+        return True
+    return False
+
+
+def converse(args, fwd, bwd, tok, params, source, interactive: bool) -> None:
+    """The conversation: a turn per line of ``source`` (echoed when it is not a terminal), an answer
+    after ``bot>``, until /quit or the end of the input."""
+    from megagpt.dialogue.mmi import reply
+
+    history: list[str] = []
+    mode = f"MMI over {args.n} samples" if bwd is not None else "sampling"
+    print(f"chat ({mode}); /reset forgets, /history shows, /quit leaves", flush=True)
+    turn = 0
+    while True:
+        sys.stdout.write("you> ")
+        sys.stdout.flush()
+        try:
+            text = next(lines(source))
+        except StopIteration:
+            if not interactive:
+                print(flush=True)  # end the last prompt's line
+            return
+        if not interactive:
+            print(text, flush=True)
+        text = text.strip()
+        if text == "/quit":
+            return
+        if not text or history_command(text, history):
+            continue
+        history.append(text)
+        history[:] = history[-args.turns:]
+        best, _ = reply(fwd, tok, history, replace(params, seed=args.seed + turn),
+                        backward=bwd, n=args.n, weight=args.mmi_weight)
+        answer = best.text or "..."
+        print(f"bot> {answer}", flush=True)
+        history.append(answer)
+        history[:] = history[-args.turns:]
+        turn += 1
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from megagpt.dialogue.mmi import reply
     from megagpt.inference import SamplingParams, WeightsError, load, load_for_text
 
     try:
@@ -122,47 +162,11 @@ def main(argv=None) -> int:
         except (ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    source = open(args.input, "rb") if args.input else sys.stdin
-    interactive = args.input is None and sys.stdin.isatty()
-    history: list[str] = []
-    out = sys.stdout
-    mode = f"MMI over {args.n} samples" if bwd is not None else "sampling"
-    print(f"chat ({mode}); /reset forgets, /history shows, /quit leaves", flush=True)
-    turn = 0
-    while True:
-        out.write("you> ")
-        out.flush()
-        try:
-            text = next(lines(source))
-        except StopIteration:
-            if not interactive:
-                print(flush=True)  # end the last prompt's line
-            break
-        if not interactive:
-            print(text, flush=True)
-        text = text.strip()
-        if not text:
-            continue
-        if text == "/quit":
-            break
-        if text == "/reset":
-            history.clear()
-            print("(history cleared)", flush=True)
-            continue
-        if text == "/history":
-            print("\n".join(f"  {i + 1}. {t}" for i, t in enumerate(history)) or "(empty)", flush=True)
-            continue
-        history.append(text)
-        history[:] = history[-args.turns:]
-        best, _ = reply(fwd, tok, history, replace(params, seed=args.seed + turn),
-                        backward=bwd, n=args.n, weight=args.mmi_weight)
-        answer = best.text or "..."
-        print(f"bot> {answer}", flush=True)
-        history.append(answer)
-        history[:] = history[-args.turns:]
-        turn += 1
     if args.input:
-        source.close()
+        with open(args.input, "rb") as source:
+            converse(args, fwd, bwd, tok, params, source, interactive=False)
+    else:
+        converse(args, fwd, bwd, tok, params, sys.stdin, interactive=sys.stdin.isatty())
     return 0
 
 

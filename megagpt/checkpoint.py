@@ -9,18 +9,10 @@ tag checked is whole), 1 otherwise, 2 for usage errors.
 """
 import argparse
 import json
-import os
 import sys
+from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from megagpt._entry import fix_path
-
-    fix_path(__file__)
-
-from pathlib import Path  # noqa: E402
-
-from megagpt.formats.manifest import MANIFEST, VERIFY_LEVELS, CheckpointError, choose_tag, latest_tag, tags, verify  # noqa: E402
+from megagpt.formats.manifest import MANIFEST, VERIFY_LEVELS, CheckpointError, choose_tag, latest_tag, tags, verify
 
 
 def _describe(tag_dir: Path) -> str:

@@ -20,14 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from megagpt._entry import fix_path
-
-    fix_path(__file__)
-
-from megagpt.inference import add_model_args  # noqa: E402
-from megagpt.inference.distributed import finish, setup_parallel  # noqa: E402
+from megagpt.inference import add_model_args
+from megagpt.inference.distributed import finish, setup_parallel
 
 
 def parse_shots(text: str) -> list[int | str]:

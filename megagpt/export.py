@@ -19,17 +19,10 @@ that ``AutoTokenizer`` encodes as sentencepiece does; only GPT-2-architecture mo
 dense attention) can be expressed as ``GPT2LMHeadModel``.
 """
 import argparse
-import os
 import sys
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from megagpt._entry import fix_path
-
-    fix_path(__file__)
-
-from megagpt.config import ConfigError, load_run_config  # noqa: E402
-from megagpt.train.setup import setup_run  # noqa: E402
+from megagpt.config import ConfigError, load_run_config
+from megagpt.train.setup import setup_run
 
 
 def _from_engine(args) -> int:

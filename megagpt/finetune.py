@@ -10,19 +10,11 @@ change, e.g. dropout: the architecture comes from ``train.init_from``) plus ``fi
 (task file, lm_coef, epochs, ...). Overrides are dotted keys, as for pretraining.
 """
 import argparse
-import os
 import sys
+from dataclasses import replace
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from megagpt._entry import fix_path
-
-    fix_path(__file__)
-
-from dataclasses import replace  # noqa: E402
-
-from megagpt.config import ConfigError, load_run_config  # noqa: E402
-from megagpt.train.setup import setup_run  # noqa: E402
+from megagpt.config import ConfigError, load_run_config
+from megagpt.train.setup import setup_run
 
 
 def parse_args(argv=None):

@@ -14,18 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from megagpt._entry import fix_path
-
-    fix_path(__file__)
-
-from megagpt.inference import add_model_args  # noqa: E402
-from megagpt.inference.distributed import dp_share, finish, gather_dp, setup_parallel  # noqa: E402
-from megagpt.inference.generation import SamplingParams, filter_logits, generate  # noqa: E402,F401
+from megagpt.inference import add_model_args
+from megagpt.inference.distributed import dp_share, finish, gather_dp, setup_parallel
+from megagpt.inference.generation import SamplingParams, generate
 
 
 def parse_args(argv=None):

@@ -15,19 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import asdict
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from megagpt._entry import fix_path
-
-    fix_path(__file__)
-
-from megagpt.config import PRESETS, ConfigError, load_run_config, model_config  # noqa: E402
-from megagpt.model.flops import param_count  # noqa: E402
-from megagpt.planner.model import (  # noqa: E402
+from megagpt.config import PRESETS, ConfigError, load_run_config, model_config
+from megagpt.model.flops import param_count
+from megagpt.planner.model import (
     GPT3_BATCH_SEQUENCES,
     GPT3_BATCH_TOKENS,
     Cluster,
@@ -38,11 +31,11 @@ from megagpt.planner.model import (  # noqa: E402
     evaluate,
     rank_params,
 )
-from megagpt.planner.report import _examples, check_one, gpt3_table, header, refused_summary, report  # noqa: E402
-from megagpt.planner.search import TIE, candidates, explain, families, parse_layout, plan_all  # noqa: E402
-from megagpt.train.autotune import HEADROOM  # noqa: E402
-from megagpt.train.memory import precision_of  # noqa: E402
-from megagpt.train.setup import setup_run  # noqa: E402
+from megagpt.planner.report import _examples, check_one, gpt3_table, header, refused_summary, report
+from megagpt.planner.search import TIE, candidates, explain, families, parse_layout, plan_all
+from megagpt.train.autotune import HEADROOM
+from megagpt.train.memory import precision_of
+from megagpt.train.setup import setup_run
 
 # the planner's names as ``plan.<name>`` for scripts and tests that drive it from Python
 __all__ = ["main", "Cluster", "Problem", "Layout", "GPT3_BATCH_SEQUENCES", "TIE", "accumulation", "communication",
@@ -95,7 +88,7 @@ def problem_from_args(args) -> tuple[Problem, dict | None, str | None]:
 
 
 # --- output --------------------------------------------------------------------------------------
-def main(argv=None) -> int:
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Formulas: see the module docstring (python -c 'import megagpt.plan; "
@@ -122,7 +115,55 @@ def main(argv=None) -> int:
     ap.add_argument("--efficiency", type=float, default=Cluster.efficiency)
     ap.add_argument("--nvlink-gbs", type=float, default=Cluster.nvlink_gbs)
     ap.add_argument("--network-gbs", type=float, default=Cluster.network_gbs)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def print_gpt3_table(args, cluster: Cluster) -> int:
+    """--gpt3-table: every GPT-3 size on the fewest nodes it fits."""
+    lines, data = gpt3_table(cluster, args.precision or "bf16")
+    if args.json:
+        print(json.dumps(data, indent=1))
+    else:
+        print(f"GPT-3 Table 2.1 sizes, seq 2048, {args.precision or 'bf16'}, nodes of {cluster.gpus_per_node} x "
+              f"{cluster.gpu_memory_gib:g} GiB: the fewest nodes (1, 2, 4, ...) on which a layout fits without "
+              f"CPU offload, and the recommended layout there")
+        print("\n".join(lines))
+    return 0
+
+
+def print_layout_check(args, problem: Problem, cluster: Cluster, spec: dict) -> int:
+    """--layout: does this one layout fit, and its variants that do; exit 1 if none fits."""
+    lines, ok, fit, refused = check_one(problem, cluster, spec, args.top)
+    if args.json:
+        print(json.dumps({"layout": spec, "fits": ok, "answer": lines[0],
+                          "plans": [p.as_dict() for p in fit[:args.top or None]],
+                          "refused": [p.as_dict() for p in refused]}, indent=1))
+    else:
+        print("\n".join(header(problem, cluster) + [""] + lines))
+    return 0 if ok else 1
+
+
+def plans_as_json(args, problem: Problem, cluster: Cluster, fit: list, refused: list, own: dict | None,
+                  verdict: str | None) -> dict:
+    """The ranked plans, the refusals counted by who refused, and the run file's own layout."""
+    out = {"problem": {"model": problem.name, "params": param_count(problem.model), "seq": problem.seq,
+                       "global_batch": problem.global_batch, "precision": problem.precision},
+           "cluster": asdict(cluster), "headroom": HEADROOM,
+           "recommended": fit[0].as_dict() if fit else None,
+           "plans": [p.as_dict() for p in (fit if args.variants else families(fit))[:args.top or None]],
+           "refused": {"count": len(refused),
+                       "by": {k: sum(p.refused_by == k for p in refused) for k in ("validate", "planner", "memory")},
+                       "examples": [p.as_dict() for p in _examples(refused)]}}
+    if own is not None:
+        lines, ok, own_fit, _ = check_one(problem, cluster, own, 1)
+        out["run_file_layout"] = {"layout": own, "fits": ok, "answer": lines[0],
+                                  "best": own_fit[0].as_dict() if own_fit else None,
+                                  "validate_run": verdict or "accepted"}
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     cluster = Cluster(gpus_per_node=args.gpus_per_node, nodes=args.nodes, gpu_memory_gib=args.gpu_memory,
                       host_memory_gib=args.host_memory, peak_tflops=args.peak_tflops, efficiency=args.efficiency,
                       nvlink_gbs=args.nvlink_gbs, network_gbs=args.network_gbs)
@@ -130,15 +171,7 @@ def main(argv=None) -> int:
         print("error: --gpus-per-node and --nodes must be >= 1 and --gpu-memory > 0.", file=sys.stderr)
         return 2
     if args.gpt3_table:
-        lines, data = gpt3_table(cluster, args.precision or "bf16")
-        if args.json:
-            print(json.dumps(data, indent=1))
-        else:
-            print(f"GPT-3 Table 2.1 sizes, seq 2048, {args.precision or 'bf16'}, nodes of {cluster.gpus_per_node} x "
-                  f"{cluster.gpu_memory_gib:g} GiB: the fewest nodes (1, 2, 4, ...) on which a layout fits without "
-                  f"CPU offload, and the recommended layout there")
-            print("\n".join(lines))
-        return 0
+        return print_gpt3_table(args, cluster)
     try:
         problem, own, verdict = problem_from_args(args)
         if problem.seq < 1 or problem.global_batch < 1:
@@ -148,31 +181,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if spec is not None:
-        lines, ok, fit, refused = check_one(problem, cluster, spec, args.top)
-        if args.json:
-            print(json.dumps({"layout": spec, "fits": ok, "answer": lines[0],
-                              "plans": [p.as_dict() for p in fit[:args.top or None]],
-                              "refused": [p.as_dict() for p in refused]}, indent=1))
-        else:
-            print("\n".join(header(problem, cluster) + [""] + lines))
-        return 0 if ok else 1
+        return print_layout_check(args, problem, cluster, spec)
     fit, refused = plan_all(problem, cluster)
     if args.json:
-        out = {"problem": {"model": problem.name, "params": param_count(problem.model), "seq": problem.seq,
-                           "global_batch": problem.global_batch, "precision": problem.precision},
-               "cluster": asdict(cluster), "headroom": HEADROOM,
-               "recommended": fit[0].as_dict() if fit else None,
-               "plans": [p.as_dict() for p in (fit if args.variants else families(fit))[:args.top or None]],
-               "refused": {"count": len(refused),
-                           "by": {k: sum(p.refused_by == k for p in refused)
-                                  for k in ("validate", "planner", "memory")},
-                           "examples": [p.as_dict() for p in _examples(refused)]}}
-        if own is not None:
-            lines, ok, own_fit, _ = check_one(problem, cluster, own, 1)
-            out["run_file_layout"] = {"layout": own, "fits": ok, "answer": lines[0],
-                                      "best": own_fit[0].as_dict() if own_fit else None,
-                                      "validate_run": verdict or "accepted"}
-        print(json.dumps(out, indent=1))
+        print(json.dumps(plans_as_json(args, problem, cluster, fit, refused, own, verdict), indent=1))
         return 0 if fit else 1
     lines = report(problem, cluster, fit, refused, args.top, args.variants)
     if own is not None:

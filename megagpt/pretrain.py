@@ -8,17 +8,10 @@ Overrides are dotted keys of the run file (``model.n_layer=4``, ``parallel.tp_si
 DeepSpeed JSON it names (``deepspeed.bf16.enabled=true``).
 """
 import argparse
-import os
 import sys
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from megagpt._entry import fix_path
-
-    fix_path(__file__)
-
-from megagpt.config import ConfigError, load_run_config  # noqa: E402
-from megagpt.train.setup import setup_run  # noqa: E402
+from megagpt.config import ConfigError, load_run_config
+from megagpt.train.setup import setup_run
 
 
 def parse_args(argv=None):

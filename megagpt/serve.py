@@ -21,12 +21,6 @@ import socket
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from megagpt._entry import fix_path
-
-    fix_path(__file__)
-
 
 def parse_args(argv=None):
     from megagpt.inference import add_model_args
@@ -38,7 +32,8 @@ def parse_args(argv=None):
                     "name, its directory's for NAME/model.safetensors, or the directory's name)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000, help="0: any free port")
-    ap.add_argument("--max-batch", type=int, default=32, help="rows decoded together (a request with n choices takes n)")
+    ap.add_argument("--max-batch", type=int, default=32,
+                    help="rows decoded together (a request with n choices takes n)")
     ap.add_argument("--max-body-mb", type=float, default=4.0, help="largest request body accepted")
     ap.add_argument("--chat-max-tokens", type=int, default=64, help="chat replies: max_tokens when not given")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
@@ -64,6 +59,51 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def load_models(args):
+    """The process group and the models: (ps, device, model, tokenizer, backward model or None).
+    Raises ValueError, FileNotFoundError or WeightsError with the sentence to print."""
+    from megagpt.inference import load, load_for_text
+    from megagpt.inference.distributed import setup_parallel
+
+    if args.max_batch < 1 or args.max_body_mb <= 0:
+        raise ValueError("--max-batch must be >= 1 and --max-body-mb > 0.")
+    ps, device = setup_parallel(args.tp)
+    if ps is not None and ps.dp_size > 1:
+        raise ValueError(f"--tp {ps.tp_size} leaves {ps.dp_size} data-parallel replicas; serve one "
+                         "tensor-parallel group (--tp equal to the number of ranks).")
+    model, tok = load_for_text(args.model, tokenizer=args.tokenizer, ps=ps, tag=args.tag, dtype=args.dtype,
+                               device=device)
+    bwd = None
+    if args.backward:
+        bwd = load(args.backward, ps=ps, dtype=args.dtype, device=device, with_tokenizer=False).model
+    return ps, device, model, tok, bwd
+
+
+def decode_engine(args, model, tok, bwd, device):
+    """The continuous-batching engine every rank steps (MMI reranking registered given a backward
+    model), on the CPU threads asked for (default: all cores but one, unless OMP_NUM_THREADS says)."""
+    import torch
+
+    from megagpt.dialogue.mmi import rerank
+    from megagpt.inference.batching import BatchEngine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    elif device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    engine = BatchEngine(model, eod_id=tok.eod_id, max_rows=args.max_batch, vocab_limit=tok.vocab_size)
+    if bwd is not None:
+        engine.register("mmi", lambda turns, cands, weight: rerank(model, bwd, tok, turns, cands, weight=weight))
+    return engine
+
+
+def served_name(args) -> str:
+    """--served-model-name, else the export's file name (its directory's for ``model.safetensors``)."""
+    path = Path(args.model.rstrip("/"))
+    return args.served_model_name or (path.parent.name if path.name == "model.safetensors" else
+                                      path.name.removesuffix(".safetensors"))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -73,45 +113,23 @@ def main(argv=None) -> int:
     except ImportError as e:
         print(f"error: serving needs the [serve] extra (pip install -e '.[serve]'): {e}", file=sys.stderr)
         return 2
-    from megagpt.dialogue.mmi import rerank
-    from megagpt.inference import WeightsError, load, load_for_text
-    from megagpt.inference.batching import BatchEngine
-    from megagpt.inference.distributed import finish, setup_parallel
+    from megagpt.inference import WeightsError
+    from megagpt.inference.distributed import finish
     from megagpt.serving.scheduler import Scheduler, follow
 
     try:
-        if args.max_batch < 1 or args.max_body_mb <= 0:
-            raise ValueError("--max-batch must be >= 1 and --max-body-mb > 0.")
-        ps, device = setup_parallel(args.tp)
-        if ps is not None and ps.dp_size > 1:
-            raise ValueError(f"--tp {ps.tp_size} leaves {ps.dp_size} data-parallel replicas; serve one "
-                             "tensor-parallel group (--tp equal to the number of ranks).")
-        model, tok = load_for_text(args.model, tokenizer=args.tokenizer, ps=ps, tag=args.tag, dtype=args.dtype,
-                                   device=device)
-        bwd = None
-        if args.backward:
-            bwd = load(args.backward, ps=ps, dtype=args.dtype, device=device, with_tokenizer=False).model
+        ps, device, model, tok, bwd = load_models(args)
     except (ValueError, FileNotFoundError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    elif device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
-    engine = BatchEngine(model, eod_id=tok.eod_id, max_rows=args.max_batch, vocab_limit=tok.vocab_size)
-    if bwd is not None:
-        engine.register("mmi", lambda turns, cands, weight: rerank(model, bwd, tok, turns, cands, weight=weight))
+    engine = decode_engine(args, model, tok, bwd, device)
     rank, world = (ps.rank, ps.tp_size) if ps is not None else (0, 1)
     if rank != 0:
         follow(engine)
         finish(ps)
         return 0
     scheduler = Scheduler(engine, group_size=world).start()
-    path = Path(args.model.rstrip("/"))
-    name = args.served_model_name or (path.parent.name if path.name == "model.safetensors" else
-                                      path.name.removesuffix(".safetensors"))
+    name = served_name(args)
     service = Service(name, tok, model.cfg.n_positions, scheduler, mmi=bwd is not None,
                       max_body=int(args.max_body_mb * (1 << 20)), chat_max_tokens=args.chat_max_tokens)
     try:

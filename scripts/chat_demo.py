@@ -22,8 +22,7 @@ import tarfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import demo as base  # noqa: E402
+import demo as base  # scripts/demo.py: this script's folder is first on sys.path
 
 ROOT, PY, log, run = base.ROOT, base.PY, base.log, base.run
 
@@ -91,7 +90,7 @@ def dialogues(chat: Path, lang: str, sources: list, tokenizer: Path, heldout: in
     out = chat / "dialogue"
     for name, extra in ((f"{lang}_fwd", []), (f"{lang}_bwd", ["--reverse"])):
         if not (out / f"{name}_text_document.idx").is_file():
-            run([PY, "data_tools/build_dialogues.py", *sources, "--tokenizer", tokenizer, "--out", out,
+            run([PY, "-m", "data_tools.build_dialogues", *sources, "--tokenizer", tokenizer, "--out", out,
                  "--name", name, "--language", lang, "--heldout", heldout, *extra])
     return out
 
@@ -111,7 +110,7 @@ def train(chat: Path, name: str, prefix: Path, tokenizer: Path, steps: int, lr: 
                  f"train.tensorboard_dir={chat / 'tb'}", f"train.run_name={name}", f"train.export_path={model}"]
     if init_from is not None:
         overrides.append(f"train.init_from={init_from}")
-    run([*cmd, "megagpt/pretrain.py", "--config", "configs/dialogue_demo.yaml", *overrides], env=env)
+    run([*cmd, "--module", "megagpt.pretrain", "--config", "configs/dialogue_demo.yaml", *overrides], env=env)
     losses = base.read_losses(chat / "tb" / name)
     if losses:
         log(f"{name}: loss step {losses[0][0]} {losses[0][1]:.3f} -> step {losses[-1][0]} {losses[-1][1]:.3f}")
@@ -124,7 +123,7 @@ def converse(chat: Path, lang: str, fwd: Path, bwd: Path, n: int) -> None:
         script = chat / f"conversation_{lang}_{i}.txt"
         script.write_text("\n".join(turns) + "\n", encoding="utf-8")
         for mode in (["--no-mmi"], ["--backward", bwd, "--n", n]):
-            run([PY, "megagpt/chat.py", "--model", fwd, "--input", script, "--seed", i, *mode])
+            run([PY, "-m", "megagpt.chat", "--model", fwd, "--input", script, "--seed", i, *mode])
 
 
 def main() -> int:
@@ -153,7 +152,7 @@ def main() -> int:
     # Chinese: a language model of the same size first, then the dialogue models on top of it
     zh_out = chat / "zh"
     if not (zh_out / "zh_web_text_document.idx").is_file():
-        run([PY, "data_tools/build_source.py", chinese_corpus(chat, cache), "--source", "zh_web", "--out", zh_out,
+        run([PY, "-m", "data_tools.build_source", chinese_corpus(chat, cache), "--source", "zh_web", "--out", zh_out,
              "--format", "jsonl", "--filters", "none", "--vocab-size", 6000, "--no-progress"])
     zh_tok = zh_out / "tokenizer.model"
     zh_lm = train(chat, "zh_lm", zh_out / "zh_web_text_document", zh_tok, args.zh_steps, 0.002, ranks=args.ranks,
@@ -168,14 +167,14 @@ def main() -> int:
         log(f"{lang} dialogue data: {report['sessions_in']} sessions in, {report['sessions_kept']} trained on, "
             f"{report['sessions_heldout']} held out; dropped or cut: {report['dropped_or_cut']}")
         converse(chat, lang, models[lang, "fwd"], models[lang, "bwd"], args.n)
-        run([PY, "megagpt/chat.py", "--model", models[lang, "fwd"], "--backward", models[lang, "bwd"],
+        run([PY, "-m", "megagpt.chat", "--model", models[lang, "fwd"], "--backward", models[lang, "bwd"],
              "--n", args.n, "--heldout", data / f"{lang}_fwd_heldout.jsonl", "--limit", args.heldout,
              "--report", chat / f"mmi_{lang}.json"])
     log(f"chat demo done in {time.time() - t0:.0f}s (English models {t_en - t0:.0f}s, Chinese data and models "
         f"{t_train - t_en:.0f}s, conversations and held-out replies {time.time() - t_train:.0f}s); "
-        f"python megagpt/chat.py --model {models['en', 'fwd']} --backward {models['en', 'bwd']}")
+        f"python -m megagpt.chat --model {models['en', 'fwd']} --backward {models['en', 'bwd']}")
     for lang, name in (("en", "English"), ("zh", "Chinese")):
-        log(f"chat in the browser ({name}): python megagpt/serve.py --model {models[lang, 'fwd']} "
+        log(f"chat in the browser ({name}): python -m megagpt.serve --model {models[lang, 'fwd']} "
             f"--backward {models[lang, 'bwd']} --port 8000   then open http://127.0.0.1:8000/")
     return 0
 

@@ -1,6 +1,6 @@
 """The embedded default run: real text -> data pipeline -> mixture -> DeepSpeed pretraining ->
-samples -> zero/one/few-shot evaluation. Every step calls the real command-line tools; every step is resumable, so a rerun
-reuses what exists.
+samples -> zero/one/few-shot evaluation. Every step calls the real command-line tools; every step
+is resumable, so a rerun reuses what exists.
 
 The corpus is real text that ships inside packages on the package index (nothing else is
 reachable at demo time), written out in the raw formats the readers take:
@@ -122,7 +122,7 @@ def build_shards(demo: Path, raw: Path, vocab_size: int, workers: int) -> Path:
 
     def source_cmd(s: str, *extra):
         # inputs first: --dedup-against takes any number of values
-        cmd = [PY, "data_tools/build_source.py", raw / s, "--source", s, "--out", out,
+        cmd = [PY, "-m", "data_tools.build_source", raw / s, "--source", s, "--out", out,
                "--config", f"data_tools/configs/{s}.yaml", "--workers", workers, "--no-progress", *extra]
         if s == "common_crawl":
             cmd += ["--dedup-against", out / "work" / "webtext2"]
@@ -131,7 +131,7 @@ def build_shards(demo: Path, raw: Path, vocab_size: int, workers: int) -> Path:
     if not tok.is_file():
         for s in SOURCES:  # filter + dedup (CC against WebText) -> deduplicated JSONL
             run(source_cmd(s, "--no-tokenize"))
-        run([PY, "data_tools/train_tokenizer.py", "--vocab-size", vocab_size, "--model", tok,
+        run([PY, "-m", "data_tools.train_tokenizer", "--vocab-size", vocab_size, "--model", tok,
              *[out / s / "deduped" for s in SOURCES]])
     for s in SOURCES:  # tokenize with the shared tokenizer (earlier stages are reused)
         if not Path(f"{out}/{s}_text_document.idx").is_file():
@@ -186,9 +186,9 @@ def evaluate(demo: Path, out: Path, run_dir: Path) -> None:
     overlap the training text."""
     cache, tasks = demo / "cache", demo / "eval"
     if not (tasks / "wordnet_defs.jsonl").is_file():
-        run([PY, "data_tools/build_eval_tasks.py", "--gensim-wheel", _wheel(cache, "gensim"),
+        run([PY, "-m", "data_tools.build_eval_tasks", "--gensim-wheel", _wheel(cache, "gensim"),
              "--wordnet", _wheel(cache, "wordnet"), "--out", tasks])
-    run([PY, "megagpt/evaluate.py", "--model", run_dir / "model.safetensors",
+    run([PY, "-m", "megagpt.evaluate", "--model", run_dir / "model.safetensors",
          "--tasks", *[tasks / f"{t}.jsonl" for t in ("wordnet_defs", "movie_sentiment", "lee_cloze", "analogies")],
          "--shots", "0,1,max", "--perplexity", tasks / "corpora" / "lee_heldout.jsonl",
          "--decontam-report", *[out / s / "deduped" for s in SOURCES],
@@ -203,7 +203,7 @@ def finetune(demo: Path, run_dir: Path) -> None:
     6 epochs instead of the paper's recipe (ds_configs/finetune.json)."""
     tasks = demo / "finetune"
     if not (tasks / "newsgroups.jsonl").is_file():
-        run([PY, "data_tools/build_finetune_tasks.py", "--gensim-wheel", _wheel(demo / "cache", "gensim"),
+        run([PY, "-m", "data_tools.build_finetune_tasks", "--gensim-wheel", _wheel(demo / "cache", "gensim"),
              "--wordnet", _wheel(demo / "cache", "wordnet"), "--out", tasks])
     from megagpt.finetuning.data import load_finetune_task
 
@@ -212,10 +212,11 @@ def finetune(demo: Path, run_dir: Path) -> None:
         out = demo / "finetune" / f"run_lm{lm_coef}"
         best = out / "best" / "finetune.json"
         if not best.is_file():
-            run([PY, "megagpt/finetune.py", "--config", "configs/finetune_demo.yaml",
+            run([PY, "-m", "megagpt.finetune", "--config", "configs/finetune_demo.yaml",
                  f"train.init_from={run_dir / 'model.safetensors'}", f"finetune.task_file={tasks / 'newsgroups.jsonl'}",
                  f"finetune.lm_coef={lm_coef}", f"finetune.best_dir={out / 'best'}",
-                 f"train.checkpoint_dir={out / 'checkpoints'}", f"train.tensorboard_dir={demo / 'tb'}", f"train.run_name=finetune_lm{lm_coef}",
+                 f"train.checkpoint_dir={out / 'checkpoints'}", f"train.tensorboard_dir={demo / 'tb'}",
+                 f"train.run_name=finetune_lm{lm_coef}",
                  "finetune.epochs=6", "finetune.max_length=64", "deepspeed.optimizer.params.lr=0.0005",
                  "deepspeed.gradient_accumulation_steps=1", "train.eval_interval=17", "train.log_interval=17"])
         info = json.loads(best.read_text())
@@ -232,7 +233,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--vocab-size", type=int, default=8000)
     ap.add_argument("--ranks", type=int, default=2, help="local ranks (CPU processes or GPUs)")
-    ap.add_argument("--model-only", action="store_true", help="stop after pretraining and sampling (the chat demo's start)")
+    ap.add_argument("--model-only", action="store_true",
+                    help="stop after pretraining and sampling (the chat demo's start)")
     args = ap.parse_args()
     demo = Path(args.dir).resolve()
     t0 = time.time()
@@ -252,7 +254,7 @@ def main() -> int:
     ds_cmd, env, ranks = launcher(args.ranks)
     batch = ds["train_micro_batch_size_per_gpu"] * ds.get("gradient_accumulation_steps", 1) * ranks
     spec = write_mixture(out, total_tokens=args.steps * batch * seq, seq=seq)
-    run([PY, "data_tools/build_mixture.py", spec])
+    run([PY, "-m", "data_tools.build_mixture", spec])
 
     run_dir = demo / "run"
     overrides = [f"data.mixture={spec}", f"model.vocab_size={vocab}", f"train.train_iters={args.steps}",
@@ -261,7 +263,7 @@ def main() -> int:
                  "train.run_name=pretrain",
                  f"train.export_path={run_dir / 'model.safetensors'}", f"data.tokenizer={out / 'tokenizer.model'}"]
     if not (run_dir / "model.safetensors").is_file():
-        run([*ds_cmd, "megagpt/pretrain.py", "--config", run_yaml, *overrides], env=env)
+        run([*ds_cmd, "--module", "megagpt.pretrain", "--config", run_yaml, *overrides], env=env)
     t_train = time.time()
 
     losses = read_losses(demo / "tb" / "pretrain")
@@ -269,11 +271,11 @@ def main() -> int:
         log(f"loss: step {losses[0][0]} {losses[0][1]:.3f} -> step {losses[-1][0]} {losses[-1][1]:.3f}")
     prompts = ["In the beginning", "The government said", "Anarchism is"]
     sampling = ["--max-new-tokens", 40, "--temperature", 0.8, "--top-k", 50, "--top-p", 0.95]
-    cmd = [PY, "megagpt/generate.py", "--model", run_dir / "model.safetensors", *sampling]
+    cmd = [PY, "-m", "megagpt.generate", "--model", run_dir / "model.safetensors", *sampling]
     run(cmd + [a for p in prompts for a in ("--prompt", p)])
     # the same model as a Hugging Face directory, sampled with transformers alone
     if not (run_dir / "hf" / "config.json").is_file():
-        run([PY, "megagpt/export.py", "--model", run_dir / "model.safetensors", "--hf-dir", run_dir / "hf"])
+        run([PY, "-m", "megagpt.export", "--model", run_dir / "model.safetensors", "--hf-dir", run_dir / "hf"])
     run([PY, "scripts/hf_sample.py", run_dir / "hf", prompts[0]])
     if args.model_only:
         log(f"model ready in {time.time() - t0:.0f}s: {run_dir / 'model.safetensors'}")

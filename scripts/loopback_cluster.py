@@ -18,7 +18,7 @@ with its own host name (``loopback-2``, ``loopback-3``), so ``hostname`` differs
 
     python scripts/loopback_cluster.py                  # start, print what to run, wait for Ctrl-C
     python scripts/loopback_cluster.py -- deepspeed --hostfile '{hostfile}' --master_addr 127.0.0.2 \\
-        megagpt/pretrain.py --config ...                # run one command inside, then stop
+        --module megagpt.pretrain --config ...          # run one command inside, then stop
 
 In Python: ``with LoopbackCluster() as c:`` then ``c.env()`` for a subprocess environment,
 ``c.hostfile``, ``c.sessions()`` (every ssh session: the address it came in on and the command it
@@ -392,7 +392,7 @@ def main(argv=None) -> int:
                   "list what the ranks need in ./.deepspeed_env, NAME=value per line):\n"
                   f"    export PATH={cluster.bin}:$PATH\n"
                   f"    deepspeed --hostfile {cluster.hostfile} --master_addr {cluster.hosts[0]} "
-                  "megagpt/pretrain.py --config ...\n"
+                  "--module megagpt.pretrain --config ...\n"
                   "loopback-cluster: Ctrl-C stops sshd", flush=True)
             try:
                 while True:

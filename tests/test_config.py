@@ -69,7 +69,8 @@ def test_unknown_key_rejected(tmp_path):
 
 
 def test_parallel_config_errors():
-    with pytest.raises(ConfigError, match="world size 6 is not divisible by parallel.tp_size x parallel.pp_size = 4 x 1"):
+    with pytest.raises(ConfigError,
+                       match="world size 6 is not divisible by parallel.tp_size x parallel.pp_size = 4 x 1"):
         ParallelConfig(tp_size=4).validate(world_size=6)
     with pytest.raises(ConfigError, match="parallel.tp_size must be a positive integer"):
         ParallelConfig(tp_size=0).validate()

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_acceptance.py --dry-run: the GPU acceptance script runs its whole code on CPU
+"""python -m benchmarks.gpu_acceptance --dry-run: the GPU acceptance script runs its whole code on CPU
 with tiny shapes (the Trainer under ZeRO-3 in each variant, compiled training, decoding and scoring
 against transformers), so it cannot rot before the first GPU runs it."""
 import json
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_dry_run_checks_every_cpu_path(tmp_path):
     out = tmp_path / "acceptance.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_acceptance.py"), "--dry-run", "--json", str(out)],
+    r = subprocess.run([sys.executable, "-m", "benchmarks.gpu_acceptance", "--dry-run", "--json", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -14,19 +14,13 @@ inside the model, so lm-evaluation-harness itself sees one process.
 """
 from __future__ import annotations
 
-import os
-import sys
+import lm_eval.models  # noqa: F401 - the built-in table first: it loads only into an empty registry
+from lm_eval import utils
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-import lm_eval.models  # noqa: E402,F401  (the built-in table first: it loads only into an empty registry)
-from lm_eval import utils  # noqa: E402
-from lm_eval.api.model import TemplateLM  # noqa: E402
-from lm_eval.api.registry import register_model  # noqa: E402
-
-from megagpt.eval.runner import Evaluator  # noqa: E402
-from megagpt.inference.generation import SamplingParams  # noqa: E402
+from megagpt.eval.runner import Evaluator
+from megagpt.inference.generation import SamplingParams
 
 
 @register_model("megagpt")

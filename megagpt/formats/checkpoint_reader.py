@@ -120,7 +120,8 @@ def _zero3_flat(osd: dict, key: str | None) -> torch.Tensor:
     return torch.cat([state[i][key].reshape(-1) for i in sorted(state)])
 
 
-def _zero3_masters(tag_dir: Path, m: int, shapes: list[dict], dp: int, key: str | None = None) -> dict[str, torch.Tensor]:
+def _zero3_masters(tag_dir: Path, m: int, shapes: list[dict], dp: int,
+                   key: str | None = None) -> dict[str, torch.Tensor]:
     """Model-parallel rank ``m``'s fp32 masters (or optimizer state ``key``) from the ZeRO-3 flat
     partitions of ``dp`` ranks."""
     flats = [(f, _zero3_flat(osd, key)) for f, osd in _optim_states(tag_dir, m, dp, "fp32_flat_groups")]
@@ -145,7 +146,8 @@ def _zero12_partition(osd: dict, g: int, key: str | None) -> torch.Tensor:
     return osd["base_optimizer_state"]["state"][g][key].reshape(-1)
 
 
-def _zero12_masters(tag_dir: Path, m: int, shapes: list[dict], dp: int, key: str | None = None) -> dict[str, torch.Tensor]:
+def _zero12_masters(tag_dir: Path, m: int, shapes: list[dict], dp: int,
+                    key: str | None = None) -> dict[str, torch.Tensor]:
     """Model-parallel rank ``m``'s fp32 masters (or optimizer state ``key``) from the ZeRO-1/2
     partitions of ``dp`` ranks."""
     states = _optim_states(tag_dir, m, dp, "single_partition_of_fp32_groups")

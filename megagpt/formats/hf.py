@@ -72,7 +72,8 @@ def convert_tokenizer(spm_model: str | Path, out_dir: str | Path):
     from transformers.convert_slow_tokenizer import SpmConverter
 
     if not hasattr(SpmConverter, "build_tokenizer_from_spm_proto"):
-        raise RuntimeError("converting the tokenizer needs transformers >= 5 (SpmConverter.build_tokenizer_from_spm_proto).")
+        raise RuntimeError("converting the tokenizer needs transformers >= 5 "
+                           "(SpmConverter.build_tokenizer_from_spm_proto).")
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(Path(spm_model).read_bytes())
     vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
@@ -244,7 +245,7 @@ def _read_hf_tensors(path: Path):
             raise WeightsError(f"{index}: names shard {missing[0]}, which is not in {path}.")
         shards = {name: SafetensorsDict(path / name) for name in names}
         state = {}
-        for name, shard in shards.items():
+        for shard in shards.values():
             state |= {k: shard[k] for k in shard}
         return state, index
     bin_file = path / "pytorch_model.bin"

@@ -162,13 +162,14 @@ class Watchdog:
             line = (f"{head}; stopped: rank{'s' if len(stopped) > 1 else ''} {', '.join(map(str, stopped))} "
                     f"(last completed: {last_steps(stopped)}); alive and waiting: {last_steps(alive)}.")
         else:
-            line = f"{head}; every rank is alive but none progresses (a deadlock?); last completed: {last_steps(alive)}."
+            line = (f"{head}; every rank is alive but none progresses (a deadlock?); "
+                    f"last completed: {last_steps(alive)}.")
         return line, [(r, *self.peers[r]) for r in stopped]
 
     def _fire(self) -> None:
         line, stopped = self.diagnose()
         print(line, file=sys.stderr, flush=True)
-        for rank, host, pid in stopped:
+        for _, host, pid in stopped:
             if host == self.host:
                 try:
                     os.kill(pid, signal.SIGKILL)

@@ -36,7 +36,10 @@ def table(plans: list[Plan], start: int = 1) -> list[str]:
                      *(f"{c[k] / 1e9:.3g}" for k in ("tp", "pp", "dp")),
                      f"{t['step']:.3g}", f"{t['tokens_per_s']:,.0f}", f"{t['mfu']:.0%}"])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(COLS)] if rows else [len(h) for h in COLS]
-    fmt = lambda r: "  ".join(x.rjust(w) for x, w in zip(r, widths))  # noqa: E731
+
+    def fmt(row):
+        return "  ".join(x.rjust(w) for x, w in zip(row, widths))
+
     return [fmt(COLS)] + [fmt(r) for r in rows] + ["(memory in GiB per GPU: the busiest pipeline stage; "
                                                    "communication in GB sent per GPU per step)"]
 

@@ -144,7 +144,8 @@ def _preferred_by(a: Plan, b: Plan) -> str:
     for differs, why in ((la.offload != lb.offload, "no offload"),
                          (la.checkpointing != lb.checkpointing, "no activation checkpointing"),
                          (la.pp != lb.pp, "fewer pipeline stages"), (la.tp != lb.tp, "smaller tp"),
-                         (la.zero != lb.zero, "the lower ZeRO stage"), (la.micro != lb.micro, "the larger micro-batch")):
+                         (la.zero != lb.zero, "the lower ZeRO stage"),
+                         (la.micro != lb.micro, "the larger micro-batch")):
         if differs:
             return why
     return "its speed"

@@ -96,8 +96,10 @@ def test_resume_mid_epoch_continues_the_stream(tmp_path):
 
 
 @pytest.mark.parametrize("mutate,needle", [
-    (lambda p: p.write_text(p.read_text().replace("weight: 0.3", "weight: 0")), "source 'web': weight/epochs must be > 0"),
-    (lambda p: p.write_text(p.read_text().replace("weight: 0.3", "weight: lots")), "source 'web': weight must be a number"),
+    (lambda p: p.write_text(p.read_text().replace("weight: 0.3", "weight: 0")),
+     "source 'web': weight/epochs must be > 0"),
+    (lambda p: p.write_text(p.read_text().replace("weight: 0.3", "weight: lots")),
+     "source 'web': weight must be a number"),
     (lambda p: p.write_text(p.read_text().replace("[web_text_document]", "[]")), "source 'web' has no shards"),
     (lambda p: p.write_text(p.read_text().replace("web_text_document", "nope_text_document")), "source 'web': "),
     (lambda p: open(p.parent / "web_text_document.bin", "r+b").truncate(100), "source 'web': "),

@@ -42,8 +42,9 @@ def kept_docs(out, source="web"):
 def outputs(out, source="web"):
     out = Path(out)
     # tokenizer.vocab, not .model: the model records its own output path
-    return {p.name: p.read_bytes() for p in [out / f"{source}_text_document.bin", out / f"{source}_text_document.idx",
-                                             out / "tokenizer.vocab", *sorted((out / source / "deduped").glob("*.jsonl"))]}
+    files = [out / f"{source}_text_document.bin", out / f"{source}_text_document.idx", out / "tokenizer.vocab",
+             *sorted((out / source / "deduped").glob("*.jsonl"))]
+    return {p.name: p.read_bytes() for p in files}
 
 
 def test_report_and_dedup(tmp_path, rng, make_doc, jsonl_writer):
@@ -205,7 +206,10 @@ def test_books_dir_wiki_decontam_and_classifier_steps(tmp_path, rng, make_doc, j
     for i, t in enumerate(texts):
         (books / f"book{i}.txt").write_text(t, encoding="utf-8")
     (tmp_path / "eval.jsonl").write_text(json.dumps({"question": ev}) + "\n")
-    spam = lambda: " ".join(rng.choice("buy cheap click here free casino win now".split()) for _ in range(80))  # noqa: E731
+
+    def spam():
+        return " ".join(rng.choice("buy cheap click here free casino win now".split()) for _ in range(80))
+
     clf = QualityClassifier().train([make_doc(rng) for _ in range(60)], [spam() for _ in range(60)])
     clf.save(tmp_path / "q.npz")
     build(books, "--source", "books1", "--out", tmp_path / "out", "--config",

@@ -32,11 +32,16 @@ def test_train_and_apply(rng, make_doc):
 def test_cli_train_apply(tmp_path, rng, make_doc, jsonl_writer):
     jsonl_writer(tmp_path / "pos.jsonl", [{"text": make_doc(rng)} for _ in range(80)])
     jsonl_writer(tmp_path / "neg.jsonl", [{"text": spam(rng)} for _ in range(80)])
-    jsonl_writer(tmp_path / "cc.jsonl", [{"text": make_doc(rng)} for _ in range(20)] + [{"text": spam(rng)} for _ in range(20)])
+    jsonl_writer(tmp_path / "cc.jsonl",
+                 [{"text": make_doc(rng)} for _ in range(20)] + [{"text": spam(rng)} for _ in range(20)])
     model = tmp_path / "q.npz"
-    run = lambda *a: subprocess.run([sys.executable, "data_tools/quality_classifier.py", *a],  # noqa: E731
-                                    capture_output=True, text=True, check=True)
-    run("train", "--positive", str(tmp_path / "pos.jsonl"), "--negative", str(tmp_path / "neg.jsonl"), "--model", str(model))
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "data_tools.quality_classifier", *args],
+                              capture_output=True, text=True, check=True)
+
+    run("train", "--positive", str(tmp_path / "pos.jsonl"), "--negative", str(tmp_path / "neg.jsonl"),
+        "--model", str(model))
     out = run("apply", "--model", str(model), "--out", str(tmp_path / "kept.jsonl"), str(tmp_path / "cc.jsonl"))
     counts = json.loads(out.stdout)["counts"]
     assert counts["kept"] >= 18 and counts["dropped:low_quality"] >= 18

@@ -79,7 +79,10 @@ def test_cross_source_removal():
 
 def test_decontamination_gpt3_rules():
     rng = np.random.default_rng(1)
-    filler = lambda n: " ".join(f"f{int(x)}" for x in rng.integers(0, 10_000, n))  # noqa: E731
+
+    def filler(n):
+        return " ".join(f"f{int(x)}" for x in rng.integers(0, 10_000, n))
+
     ev = "what is the name of the longest river that flows through the city of paris in france"
     gram13 = " ".join(ev.split()[:13])
     left, right = filler(150), filler(150)

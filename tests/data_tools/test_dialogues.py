@@ -25,8 +25,8 @@ def _paths(forest):
 def test_mail_threads_from_headers(tmp_path):
     msgs = {
         "a": ("<a@x>", "", "", "Has anyone seen the launch of the new probe this week?"),
-        "b": ("<b@x>", "<a@x>", "<a@x>", "> Has anyone seen the launch\nIn article <a@x> bob writes:\nYes, it went up on "
-              "Tuesday and the pictures are great.\n-- \nBob's signature"),
+        "b": ("<b@x>", "<a@x>", "<a@x>", "> Has anyone seen the launch\nIn article <a@x> bob writes:\n"
+              "Yes, it went up on Tuesday and the pictures are great.\n-- \nBob's signature"),
         "c": ("<c@x>", "<a@x> <b@x>", "", "I missed it, is there a recording of the launch?"),
         "d": ("<d@x>", "<a@x>", "<a@x>", "It was delayed by a day because of the weather."),
     }
@@ -50,7 +50,8 @@ def test_reddit_trees_orphans_cycles_duplicates(tmp_path):
             {"id": "c5", "parent_id": "t1_c6", "body": "one half of a loop"},
             {"id": "c6", "parent_id": "t1_c5", "body": "the other half"}]
     path = tmp_path / "rc.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"id": "c7", "body": "cut\n[1, 2]\n{"body": "no id"}\n')
+    broken = '{"id": "c7", "body": "cut\n[1, 2]\n{"body": "no id"}\n'  # a cut line, a non-object, no id
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + broken)
     bad = Counter()
     forest = build_forest(read_reddit(path, bad))
     assert bad == Counter(bad_record=3)  # a cut line, a JSON list, an object without id: skipped
@@ -61,7 +62,8 @@ def test_reddit_trees_orphans_cycles_duplicates(tmp_path):
 
 def test_turn_lists(tmp_path):
     y = tmp_path / "c.yml"
-    y.write_text("categories: [x]\nconversations:\n- - Hello there\n  - Hi, how are you?\n- - 你好\n  - 你好，很高兴认识你\n")
+    y.write_text("categories: [x]\nconversations:\n- - Hello there\n  - Hi, how are you?\n"
+                 "- - 你好\n  - 你好，很高兴认识你\n")
     assert list(read_turn_lists(y)) == [["Hello there", "Hi, how are you?"], ["你好", "你好，很高兴认识你"]]
     j = tmp_path / "d.jsonl"
     j.write_text(json.dumps({"turns": ["a b", "c d"]}) + "\n" + '{"turns": "x"}\n{"turn\n')
@@ -96,7 +98,8 @@ ZH = DialogueFilter(language="zh", offensive=frozenset({"笨蛋"}))
     (EN, ["hi"], "I think it is a good idea.", "lol", "too_short_or_bland"),
     (EN, ["hi"], "I think it is a good idea.", "go go go team go go go team go go go team", "repeated_3gram"),
     (EN, ["hi"], "I think it is a good idea.", "Bonjour mes amis, comment allez-vous", "not_language"),
-    (DialogueFilter(offensive=frozenset({"idiot"})), ["hi"], "I think it is a good idea.", "you are an idiot", "offensive"),
+    (DialogueFilter(offensive=frozenset({"idiot"})), ["hi"], "I think it is a good idea.", "you are an idiot",
+     "offensive"),
     (ZH, ["你好"], "我也很高兴认识你", "hello my friend how are you", "not_language"),
     (ZH, ["你好"], "我也很高兴认识你", "你是笨蛋吧", "offensive"),
 ])
@@ -140,7 +143,8 @@ def test_build_dialogues_masks_exactly_the_responses(tmp_path):
         args = ["--turns", *map(str, ymls), "--tokenizer", str(tok_path), "--out", str(tmp_path), "--name", name]
         assert main(args + (["--reverse"] if reverse else [])) == 0
         rep = json.loads((tmp_path / f"{name}_report.json").read_text())
-        text, mask = IndexedDataset(tmp_path / f"{name}_text_document"), IndexedDataset(tmp_path / f"{name}_mask_document")
+        text = IndexedDataset(tmp_path / f"{name}_text_document")
+        mask = IndexedDataset(tmp_path / f"{name}_mask_document")
         assert rep["sessions_kept"] == len(text) == len(mask) > 100 and rep["sessions_in"] == len(convs)
         assert sum(rep["dropped_or_cut"].values()) > 0
         for i in range(0, len(text), 37):

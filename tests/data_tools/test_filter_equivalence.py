@@ -112,7 +112,8 @@ def reference_whitespace(text: str) -> str:
 
 ODD = ["\u00a0", "\u2003", "\u3000", "\x0b", "\x0c", "\x1c", "\x1f", "\u2028", "\u2029", "\x85", "\t", "\r",
        "\r\n", " \n ", "\n\n\n\n", "--", "...", "\u2026", "#", "'", "\u201c\u201d", "\u00b2", "\u2460", "\u00aa",
-       "\u0130", "\u03a3", "\u4e2d\u6587", "\u00e9t\u00e9", "12345", "_", "\u2022 item", "THE", "'the'", "(and)", "\ufb01"]
+       "\u0130", "\u03a3", "\u4e2d\u6587", "\u00e9t\u00e9", "12345", "_", "\u2022 item", "THE", "'the'", "(and)",
+       "\ufb01"]
 
 
 def mutated(docs: list[str], rng: random.Random) -> list[str]:
@@ -200,7 +201,8 @@ def test_words_through_bytes_equal_str_translate():
     alphabet = string.printable + "\x1c\x1d\x1e\x1f\x0b\x0c"
     docs = [d for d in real_documents() if d.isascii()]
     assert len(docs) > 200
-    wide = "\u2018\u2019\u201c\u201d\u2026\u2013\u2014\u00ab\u00bb\u00bf\u00a1\u3001\u3002\uff0c\uff01\uff1f\uff1a\uff1b" \
+    wide = "\u2018\u2019\u201c\u201d\u2026\u2013\u2014\u00ab\u00bb\u00bf\u00a1" \
+        "\u3001\u3002\uff0c\uff01\uff1f\uff1a\uff1b" \
         "\u00e9\u00c9\u0130\u03a3\u4e2d\u6587\u2028\u00a0\u3000\U0001f600"
     odd = ["".join(rng.choice(alphabet + wide) for _ in range(400)) for _ in range(300)]
     for d in docs + mutated(docs, rng) + odd:

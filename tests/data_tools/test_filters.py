@@ -48,7 +48,8 @@ def test_language(make_doc, rng):
     ("mean_word_length", ("a an to of be the I it at " * 12)),
     ("symbol_word_ratio", "the word and # of that # with # " * 10),
     ("bullet_lines", "\n".join(f"- the beautiful item number {i} of garden and forest" for i in range(20))),
-    ("ellipsis_lines", "\n".join(f"the long story of number {i} and then the garden with the river was quiet..." for i in range(20))),
+    ("ellipsis_lines", "\n".join(f"the long story of number {i} and then the garden with the river was quiet..."
+                                  for i in range(20))),
     ("alpha_words", "the and of to 1234 5678 9012 3456 7890 " * 10),
     ("stop_words", "lovely garden flowers bloom brightly during warm sunny afternoons " * 10),
 ])
@@ -66,7 +67,8 @@ def test_gopher_quality_bounds_configurable(make_doc, rng):
     ("dup_para_frac", "\n\n".join(["the same paragraph of text here."] * 3 + ["other one of them."] * 2)),
     ("dup_line_frac", "\n".join(["the same line of text here now"] * 5 + [f"the line {i} of it" for i in range(5)])),
     ("top_2gram", ("the cat " * 30) + " ".join(f"w{i}" for i in range(60))),
-    ("dup_5gram", "alpha bravo charlie delta echo foxtrot golfing hotel " + " ".join(f"w{i}" for i in range(100)) + " alpha bravo charlie delta echo foxtrot golfing hotel"),
+    ("dup_5gram", "alpha bravo charlie delta echo foxtrot golfing hotel " + " ".join(f"w{i}" for i in range(100))
+     + " alpha bravo charlie delta echo foxtrot golfing hotel"),
 ])
 def test_gopher_repetition(make_doc, rng, reason, bad):
     assert_rule(GopherRepetition(), make_doc(rng), bad, reason)
@@ -103,9 +105,12 @@ def test_c4_line_rules(make_doc, rng):
 
 @pytest.mark.parametrize("reason,bad", [
     ("line_punct_ratio", "\n".join(f"menu entry number {i} of the site without end" for i in range(20))),
-    ("short_line_ratio", "\n".join(["A short line."] * 1 + [f"Line {i}." for i in range(10)] + ["A much longer line that goes on and on with words."])),
-    ("char_dup_ratio", "The long line that appears twice in the document, which is bad.\n" * 2 + "Other text that is fine and long enough to count here."),
-    ("list_ratio", "\n".join(f"Item {i} is here and there in the garden." for i in range(5)) + "\n" * 15 + "End of a long text here."),
+    ("short_line_ratio", "\n".join(["A short line."] * 1 + [f"Line {i}." for i in range(10)]
+                                    + ["A much longer line that goes on and on with words."])),
+    ("char_dup_ratio", "The long line that appears twice in the document, which is bad.\n" * 2
+     + "Other text that is fine and long enough to count here."),
+    ("list_ratio", "\n".join(f"Item {i} is here and there in the garden." for i in range(5)) + "\n" * 15
+     + "End of a long text here."),
 ])
 def test_fineweb(make_doc, rng, reason, bad):
     assert_rule(FineWebFilter(), make_doc(rng), bad, reason)
@@ -147,6 +152,7 @@ def test_gopher_repetition_ngram_fractions(make_doc, rng, reason, bad):
 def test_c4_bad_words_and_low_language_score(make_doc, rng):
     from data_tools.filters import C4Config, LanguageConfig
     good = make_doc(rng)
-    assert_rule(C4Filter(C4Config(bad_words=("garbageword",))), good, good + "\nThis line has a garbageword in it here.", "bad_words")
+    assert_rule(C4Filter(C4Config(bad_words=("garbageword",))), good,
+                good + "\nThis line has a garbageword in it here.", "bad_words")
     mixed = "The cat sat. Die Katze sass. Le chat assis. El gato sentado. Il gatto seduto."
     assert_rule(LanguageFilter(LanguageConfig(languages=(), min_score=0.99)), good, mixed, "low_lang_score")

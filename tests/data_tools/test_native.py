@@ -78,7 +78,8 @@ def test_gopher_word_counts_equal_the_python_path(monkeypatch):
 def test_gopher_ngram_rules_equal_the_python_path(monkeypatch):
     cfgs = [GopherRepetitionConfig(),
             # a top rule above the duplicate rules, rules past the text's length, a 1-gram rule
-            GopherRepetitionConfig(top_ngram_char_frac={2: 0.3, 7: 0.05}, dup_ngram_char_frac={1: 0.9, 5: 0.3, 40: 0.01}),
+            GopherRepetitionConfig(top_ngram_char_frac={2: 0.3, 7: 0.05},
+                                   dup_ngram_char_frac={1: 0.9, 5: 0.3, 40: 0.01}),
             GopherRepetitionConfig(top_ngram_char_frac={}, dup_ngram_char_frac={3: 0.5, 4: 0.4}),
             GopherRepetitionConfig(top_ngram_char_frac={2: 0.2, 70: 0.1})]  # k > 64: the Python path
     texts = corpus()

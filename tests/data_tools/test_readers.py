@@ -25,7 +25,8 @@ def write_warc(path, texts, wet):
                 rec = w.create_warc_record(url, "conversion", payload=io.BytesIO(t.encode()),
                                            warc_content_type="text/plain")
             else:
-                html = f"<html><head><title>x</title><script>var a=1;</script></head><body><p>{t.replace(chr(10), '</p><p>')}</p></body></html>"
+                body = t.replace(chr(10), "</p><p>")
+                html = f"<html><head><title>x</title><script>var a=1;</script></head><body><p>{body}</p></body></html>"
                 http = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
                 rec = w.create_warc_record(url, "response", payload=io.BytesIO(html.encode()), http_headers=http)
             w.write_record(rec)
@@ -63,9 +64,11 @@ def test_truncated_gzip_warc_keeps_good_records(tmp_path):
 
 WIKI = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10" xml:lang="en">
   <siteinfo><sitename>Wikipedia</sitename><base>https://en.wikipedia.org/wiki/Main_Page</base></siteinfo>
-  <page><title>Anarchism</title><ns>0</ns><id>12</id><revision><id>1</id><text xml:space="preserve">{{Short description|Political philosophy}}
+  <page><title>Anarchism</title><ns>0</ns><id>12</id><revision><id>1</id>\
+<text xml:space="preserve">{{Short description|Political philosophy}}
 {{Infobox ideology|name=Anarchism|image=x.png}}
-'''Anarchism''' is a [[political philosophy]] and [[Social movement|movement]] that is skeptical of authority.&lt;ref&gt;{{cite book|title=Secret}}&lt;/ref&gt;
+'''Anarchism''' is a [[political philosophy]] and [[Social movement|movement]] that is skeptical of authority.\
+&lt;ref&gt;{{cite book|title=Secret}}&lt;/ref&gt;
 [[File:Flag.svg|thumb|A flag caption]]
 == History ==
 It began in the ''19th century''.&lt;ref name="a"/&gt;
@@ -75,9 +78,13 @@ It began in the ''19th century''.&lt;ref name="a"/&gt;
 |}
 See also [[Peter Kropotkin]].
 [[Category:Political ideologies]]</text></revision></page>
-  <page><title>AccessibleComputing</title><ns>0</ns><id>10</id><redirect title="Computer accessibility"/><revision><id>2</id><text xml:space="preserve">#REDIRECT [[Computer accessibility]]</text></revision></page>
-  <page><title>Talk:Anarchism</title><ns>1</ns><id>13</id><revision><id>3</id><text xml:space="preserve">talk page</text></revision></page>
-  <page><title>Albedo</title><ns>0</ns><id>39</id><revision><id>4</id><text xml:space="preserve">'''Albedo''' is the fraction of [[sunlight]] that is [[Diffuse reflection|diffusely reflected]].</text></revision></page>
+  <page><title>AccessibleComputing</title><ns>0</ns><id>10</id><redirect title="Computer accessibility"/>\
+<revision><id>2</id><text xml:space="preserve">#REDIRECT [[Computer accessibility]]</text></revision></page>
+  <page><title>Talk:Anarchism</title><ns>1</ns><id>13</id>\
+<revision><id>3</id><text xml:space="preserve">talk page</text></revision></page>
+  <page><title>Albedo</title><ns>0</ns><id>39</id><revision><id>4</id><text xml:space="preserve">\
+'''Albedo''' is the fraction of [[sunlight]] that is [[Diffuse reflection|diffusely reflected]].\
+</text></revision></page>
 </mediawiki>"""
 
 
@@ -90,7 +97,8 @@ def test_wikipedia_bz2(tmp_path):
     a = docs[0].text
     assert "Anarchism is a political philosophy and movement that is skeptical of authority." in a
     assert "History" in a and "It began in the 19th century." in a and "See also Peter Kropotkin." in a
-    for gone in ("Short description", "Infobox", "cite", "Secret", "caption", "cell one", "Category", "{{", "[[", "<ref"):
+    for gone in ("Short description", "Infobox", "cite", "Secret", "caption", "cell one", "Category",
+                 "{{", "[[", "<ref"):
         assert gone not in a, gone
     assert docs[1].text == "Albedo is the fraction of sunlight that is diffusely reflected."
     assert docs[0].url == "https://en.wikipedia.org/wiki/Anarchism"

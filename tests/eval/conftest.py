@@ -1,5 +1,7 @@
 """A tiny dense GPT exported with a sentencepiece tokenizer trained on the project's own prose,
 and small task files in megagpt's format."""
+import json
+
 import pytest
 import torch
 from eval_data import SENTENCES
@@ -34,7 +36,7 @@ def task_files(tmp_path_factory):
         cloze.append({"context": " ".join(words[:-1]), "target": words[-1]})
         gen.append({"split": split, "context": f"Q: {' '.join(words[:3])}\nA:", "answers": [words[3]]})
     corpus = tmp / "corpus.jsonl"
-    corpus.write_text("".join('{"text": "%s"}\n' % " ".join(SENTENCES[i:i + 4]) for i in range(0, 8, 2)))
+    corpus.write_text("".join(json.dumps({"text": " ".join(SENTENCES[i:i + 4])}) + "\n" for i in range(0, 8, 2)))
     return {"mc": write_task(tmp / "mc.jsonl", {"name": "mc", "type": "multiple_choice"}, mc),
             "cloze": write_task(tmp / "cloze.jsonl", {"name": "cloze", "type": "cloze"}, cloze),
             "gen": write_task(tmp / "gen.jsonl", {"name": "gen", "type": "generation", "max_tokens": 4}, gen),

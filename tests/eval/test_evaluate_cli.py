@@ -65,7 +65,8 @@ def test_launchers_agree_and_output(exported, task_files, tmp_path):
     acc = EventAccumulator(str(tmp_path / "tb" / "tiny_run"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"eval/mc/acc", "eval/mc.1shot/acc_uncond", "eval/cloze/ppl", "eval/gen/f1", "eval/corpus/bits_per_byte"} <= tags
+    assert {"eval/mc/acc", "eval/mc.1shot/acc_uncond", "eval/cloze/ppl", "eval/gen/f1",
+            "eval/corpus/bits_per_byte"} <= tags
     assert acc.Scalars("eval/mc/acc")[0].value == pytest.approx(
         next(r["value"] for r in ref["tasks"] if (r["task"], r["k"], r["metric"]) == ("mc", 0, "acc")))
 
@@ -88,7 +89,8 @@ def test_errors_are_one_line(exported, task_files, tmp_path):
     r = _run([sys.executable, ROOT / "megagpt" / "evaluate.py", "--model", exported, "--tasks", bad])
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(f"error: {bad}:2: 'choices' must be")
     long = tmp_path / "long.jsonl"
-    long.write_text('{"megagpt_task": 1, "type": "cloze"}\n' + json.dumps({"context": "word " * 200, "target": "x"}) + "\n")
+    long.write_text('{"megagpt_task": 1, "type": "cloze"}\n'
+                    + json.dumps({"context": "word " * 200, "target": "x"}) + "\n")
     r = _run([sys.executable, ROOT / "megagpt" / "evaluate.py", "--model", exported, "--tasks", long])
     assert r.returncode == 2 and "longer than the model's context of 128 tokens" in r.stderr \
         and f"error: {long}:2: the prompt is" in r.stderr
@@ -116,7 +118,8 @@ def test_lm_eval_megagpt_equals_hf(exported, task_files, tmp_path):
     shutil.copy(ROOT / "megagpt" / "eval" / "lm_eval_tasks" / "megagpt_data.py", tasks)
     specs = {
         "t_mc": ("task", "task_file", task_files["mc"], "multiple_choice",
-                 'fewshot_split: train\ndoc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: label\n'
+                 'fewshot_split: train\ndoc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\n'
+                 'doc_to_target: label\n'
                  "metric_list:\n  - metric: acc\n  - metric: acc_norm"),
         "t_cloze": ("task", "task_file", task_files["cloze"], "loglikelihood",
                     'doc_to_text: "{{context}}"\ndoc_to_target: "{{target}}"\n'

@@ -85,7 +85,8 @@ def test_k_is_lowered_until_the_prompt_fits(tmp_path):
     cut = build_prompt(task, item, 4, 0, encode, n_positions=len(full.text) - 1 + 3, budget=3)
     assert len(cut.shots) == 3 and cut.shots == full.shots[:3]
     most = build_prompt(task, item, "max", 0, encode, n_positions=60, budget=3)
-    assert most.n_tokens + 3 <= 60 and len(render(task, item, draw_examples(task, item, 11, 0)[:len(most.shots) + 1])) + 3 > 60
+    one_more = draw_examples(task, item, 11, 0)[:len(most.shots) + 1]
+    assert most.n_tokens + 3 <= 60 and len(render(task, item, one_more)) + 3 > 60
     with pytest.raises(TaskError, match=rf"^{task.path}:{item.line}: the prompt is 19 tokens"):
         build_prompt(task, item, 0, 0, encode, n_positions=8, budget=3)
 

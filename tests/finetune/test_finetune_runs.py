@@ -78,8 +78,8 @@ def test_3d_layout_matches_zero3(ft_setup):
     common = ["finetune.lm_coef=0.5", "train.exit_after_iters=3", "deepspeed.train_micro_batch_size_per_gpu=4",
               "deepspeed.gradient_accumulation_steps=2", "train.eval_interval=3"]
     zero3, best_z = _run(ft_setup, "z3", 1, *common, "finetune.max_length=64")
-    pipe, best_p = _run(ft_setup, "pp2", 2, *common, "finetune.max_length=64", "parallel.layout=3d", "parallel.pp_size=2",
-                        f"train.deepspeed_config={ROOT / 'ds_configs' / 'finetune_3d.json'}")
+    pipe, best_p = _run(ft_setup, "pp2", 2, *common, "finetune.max_length=64", "parallel.layout=3d",
+                        "parallel.pp_size=2", f"train.deepspeed_config={ROOT / 'ds_configs' / 'finetune_3d.json'}")
     assert pipe == pytest.approx(zero3, rel=1e-5) and best_p == pytest.approx(best_z), (zero3, pipe, best_z, best_p)
     assert (ft_setup["tmp"] / "pp2" / "ckpt" / "best" / "classifier.safetensors").is_file()
 

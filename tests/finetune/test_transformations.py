@@ -108,8 +108,8 @@ def test_lambda_zero_gives_exactly_the_task_gradients():
 
 
 @pytest.mark.parametrize("lines, line, message", [
-    ([{"text": "hello there", "label": "a"}, {"text": "x y", "label": "b"}, {"text": "z", "label": "c", "split": "valid"}],
-     4, "label 'c' is not one of the task's labels"),
+    ([{"text": "hello there", "label": "a"}, {"text": "x y", "label": "b"},
+      {"text": "z", "label": "c", "split": "valid"}], 4, "label 'c' is not one of the task's labels"),
     ([{"text": "hello there", "label": "a"}, {"label": "b"}], 3, "missing 'text'"),
     ([{"text": "  ", "label": "a"}], 2, "'text' must be a non-empty string"),
     ([{"text": "hello", "label": "a", "split": "dev"}], 2, "'split' must be one of"),

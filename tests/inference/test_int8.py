@@ -55,7 +55,8 @@ def test_int8_rows_are_within_half_a_step_of_the_weights(trained):
     path, _ = trained
     fp32 = load(path, with_tokenizer=False).model
     q = load(path, with_tokenizer=False, dtype="int8").model
-    layers = [(a, b) for a, b in zip(fp32.modules(), q.modules()) if isinstance(b, (Int8ColumnParallelLinear, Int8RowParallelLinear))]
+    int8_kinds = (Int8ColumnParallelLinear, Int8RowParallelLinear)
+    layers = [(a, b) for a, b in zip(fp32.modules(), q.modules()) if isinstance(b, int8_kinds)]
     assert len(layers) == 4 * fp32.cfg.n_layer
     for ref, layer in layers:
         w = torch.ops.quantized.linear_unpack(layer._packed)[0]
@@ -90,7 +91,8 @@ def _tp_int8_worker(rank, world_size, path, held_out):
     assert model.blocks[0].attn.c_attn.shape[0] == 3 * model.cfg.n_embd // world_size
     with torch.no_grad():
         logits = model.gathered_logits(held_out[:4, :-1])
-    tokens = [c.tokens for c in generate(model, held_out[:4, :8].tolist(), SamplingParams(max_new_tokens=8, temperature=0))]
+    greedy = SamplingParams(max_new_tokens=8, temperature=0)
+    tokens = [c.tokens for c in generate(model, held_out[:4, :8].tolist(), greedy)]
     return logits, tokens
 
 

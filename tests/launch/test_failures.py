@@ -1,4 +1,5 @@
-"""Failures under the real launchers: a rank stopped with SIGSTOP under `deepspeed` ends the job
+"""Failures under the real launchers, each given the entry point as a module (`deepspeed --module
+megagpt.pretrain`, `torchrun -m megagpt.pretrain`): a rank stopped with SIGSTOP under `deepspeed` ends the job
 within hang_timeout_s + 30 s with a line naming it; a rank killed with SIGKILL under
 `torchrun --max-restarts` is restarted by the agent, the run resumes from its newest whole
 checkpoint and its losses equal an uninterrupted run's."""
@@ -17,14 +18,11 @@ from megagpt.parallel.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "tests" / "train" / "run_tiny.yaml"
-PRETRAIN = ROOT / "megagpt" / "pretrain.py"
 HANG_TIMEOUT = 10
 
 
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MEGAGPT_ALLOW_FAULTS="1")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MEGAGPT_ALLOW_FAULTS="1")
 
 
 def _exe(name):
@@ -33,8 +31,8 @@ def _exe(name):
 
 def _overrides(tmp_path, shard, tag, *extra):
     return ["--config", str(RUN), f"data.prefixes=[{shard}]", f"train.checkpoint_dir={tmp_path / tag / 'ckpt'}",
-            f"train.tensorboard_dir={tmp_path / tag / 'tb'}", f"train.deepspeed_config={ROOT / 'ds_configs' / 'zero3.json'}",
-            "train.eval_interval=100", *extra]
+            f"train.tensorboard_dir={tmp_path / tag / 'tb'}",
+            f"train.deepspeed_config={ROOT / 'ds_configs' / 'zero3.json'}", "train.eval_interval=100", *extra]
 
 
 @pytest.fixture
@@ -76,7 +74,7 @@ def _losses(tb: Path) -> dict[int, float]:
 
 def test_sigstop_of_one_rank_under_deepspeed_ends_the_job_naming_it(tmp_path, shard):
     cmd = [_exe("deepspeed"), "--hostfile", str(ROOT / "hostfiles" / "localhost"), "--no_ssh_check",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(PRETRAIN),
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "--module", "megagpt.pretrain",
            *_overrides(tmp_path, shard, "stop", "train.train_iters=30", f"train.hang_timeout_s={HANG_TIMEOUT}",
                        "train.fault.kind=stop", "train.fault.step=4", "train.fault.rank=1")]
     out, rc, after_stop = _run_timed(cmd, "fault: rank 1 stops")
@@ -91,7 +89,8 @@ def test_sigstop_of_one_rank_under_deepspeed_ends_the_job_naming_it(tmp_path, sh
 def test_torchrun_restarts_a_killed_rank_and_the_run_resumes_exactly(tmp_path, shard):
     victim = 1
     def torchrun(tag, *extra):
-        cmd = [_exe("torchrun"), "--standalone", "--nproc-per-node", "2", "--max-restarts", "2", str(PRETRAIN),
+        cmd = [_exe("torchrun"), "--standalone", "--nproc-per-node", "2", "--max-restarts", "2",
+               "-m", "megagpt.pretrain",
                *_overrides(tmp_path, shard, tag, "train.train_iters=8", "train.save_interval=2", *extra)]
         return _run_timed(cmd, "fault:")
 

@@ -2,7 +2,8 @@
 over ssh, each rank reached through its own sshd (scripts/loopback_cluster.py: 127.0.0.2 and
 127.0.0.3, one slot each). Each run must equal the single-host two-rank run: the same losses at every
 step (TensorBoard event files) and a byte-identical final checkpoint (model and optimizer partitions;
-the unseeded global numpy/python RNG states differ between any two runs and are left out). The
+the unseeded global numpy/python RNG states differ between any two runs and are left out). Every
+launch names the entry point as a module (`deepspeed --module megagpt.pretrain`). The
 sessions are checked to have gone through sshd on both addresses, and every rank's environment (read
 from /proc while it runs) to hold what `.deepspeed_env` exported."""
 import importlib.util
@@ -21,7 +22,7 @@ from shards import write_pattern_shard
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "tests" / "train" / "run_tiny.yaml"
-PRETRAIN = ROOT / "megagpt" / "pretrain.py"
+PRETRAIN = ["--module", "megagpt.pretrain"]  # how each launch below names the entry point
 STEPS = 4
 
 _spec = importlib.util.spec_from_file_location("loopback_cluster", ROOT / "scripts" / "loopback_cluster.py")
@@ -39,10 +40,8 @@ def _deepspeed():
 
 
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+                OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
 
 
 def _deepspeed_env(cwd: Path) -> dict:
@@ -51,7 +50,7 @@ def _deepspeed_env(cwd: Path) -> dict:
     ssh sessions start with a clean environment, so the ranks get thread counts, the JIT extension
     cache and a PATH with this virtual environment first (else torch's JIT build picks another
     ninja from the system PATH and rebuilds the shared extension cache) from here; PYTHON* vars
-    (PYTHONPATH) DeepSpeed exports by itself."""
+    (PYTHONPATH, which DeepSpeed starts with the launch directory) it exports by itself."""
     env = _env()
     path = [Path(sys.executable).parent.as_posix()] + [
         p for p in env["PATH"].split(os.pathsep) if p and "loopback" not in p]
@@ -67,8 +66,10 @@ def _deepspeed_env(cwd: Path) -> dict:
 
 
 class RankWatch:
-    """Every pretrain.py process of one run (found by its checkpoint path on the command line):
-    its environment as it started, read from /proc while the run goes on."""
+    """Every megagpt.pretrain process of one run (found by its checkpoint path on the command line):
+    its environment as it started, read from /proc while the run goes on. A process whose environment
+    names no rank (a launcher, or a rank caught between fork and exec, still with its launcher's
+    command line and environment) is read again at the next look."""
 
     def __init__(self, marker: str):
         self.marker = marker.encode()
@@ -83,13 +84,14 @@ class RankWatch:
                     continue
                 try:
                     cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-                    if b"pretrain.py" not in cmd or self.marker not in cmd:
+                    if b"megagpt.pretrain" not in cmd or self.marker not in cmd:
                         continue
                     raw = Path(f"/proc/{pid}/environ").read_bytes()
                 except OSError:
                     continue
                 env = dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
-                self.ranks[int(pid)] = env
+                if "RANK" in env or "OMPI_COMM_WORLD_RANK" in env:
+                    self.ranks[int(pid)] = env
             self._stop.wait(0.1)
 
     def __enter__(self):
@@ -210,7 +212,7 @@ def reference(work, shard):
     out = work / "single"
     _, ranks = _launch([_deepspeed(), "--hostfile", str(ROOT / "hostfiles" / "localhost"), "--no_ssh_check",
                         "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-                        str(PRETRAIN), "--config", str(RUN), *_overrides(out, shard)],
+                        *PRETRAIN, "--config", str(RUN), *_overrides(out, shard)],
                        out, _env(), ROOT)
     assert sorted(ranks) == [0, 1]
     return out
@@ -238,7 +240,7 @@ def test_pdsh_over_ssh_equals_single_host(work, shard, reference, cluster):
     before, sessions = set(cluster.accepted()), len(cluster.sessions())
     r, ranks = _launch([_deepspeed(), "--hostfile", str(cluster.hostfile), "--ssh_port", str(cluster.port),
                         "--master_addr", cluster.hosts[0], "--master_port", str(free_port()),
-                        str(PRETRAIN), "--config", str(RUN), *_overrides(out, shard)],
+                        *PRETRAIN, "--config", str(RUN), *_overrides(out, shard)],
                        out, cluster.env(_env()), cwd)
     text = r.stdout + r.stderr
     assert f"Running on the following workers: {','.join(cluster.hosts)}" in text
@@ -272,7 +274,7 @@ def test_openmpi_over_ssh_equals_single_host(work, shard, reference, cluster):
     # OpenMPI runner restricts the TCP BTL to eth0 unless told otherwise
     r, ranks = _launch([_deepspeed(), "--launcher", "openmpi", "--launcher_args", "--mca btl_tcp_if_include lo",
                         "--hostfile", str(cluster.hostfile), "--master_addr", cluster.hosts[0],
-                        str(PRETRAIN), "--config", str(RUN), *_overrides(out, shard)],
+                        *PRETRAIN, "--config", str(RUN), *_overrides(out, shard)],
                        out, cluster.env(_env()), cwd)
     text = r.stdout + r.stderr
     assert "cmd = mpirun -n 2 -hostfile" in text and "-x OMP_NUM_THREADS=1" in text

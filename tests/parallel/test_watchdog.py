@@ -33,7 +33,7 @@ def test_a_stopped_heartbeat_is_named_with_its_last_step():
 
 def test_all_alive_and_none_progressing_is_called_a_deadlock():
     results = run_distributed(_diagnose, 2, -1)
-    for rank, (line, victims, _) in enumerate(results):
+    for line, victims, _ in results:
         assert "every rank is alive but none progresses (a deadlock?); last completed: " \
                "rank 0 step 3, rank 1 step 4." in line, line
         assert victims == []
@@ -67,8 +67,9 @@ def _fire_together(rank, world_size):
 
 def test_ranks_diagnosing_at_once_name_only_the_stopped_one(capfd):
     import pytest
+    from torch.multiprocessing import ProcessExitedException
 
-    with pytest.raises(Exception):  # the watchdogs end their ranks (status 3, and SIGKILL for rank 2)
+    with pytest.raises(ProcessExitedException):  # the watchdogs end their ranks (status 3, SIGKILL for rank 2)
         run_distributed(_fire_together, 3, start_method="spawn")  # capfd reads the ranks' stderr
     lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("hang: ")]
     assert lines

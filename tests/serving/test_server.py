@@ -12,11 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from serve_common import ROOT, start_server
 
 openai = pytest.importorskip("openai")
 requests = pytest.importorskip("requests")
-
-from serve_common import ROOT, start_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +211,8 @@ def test_tokenizer_endpoints(server, serve_models):
 
     tok = Tokenizer(serve_models["tokenizer"])
     info = requests.get(server.url + "/tokenizer_info").json()
-    ids = requests.post(server.url + "/tokenize", json={"prompt": "Hello" + info["eos_token"] + "你好"}).json()["tokens"]
+    prompt = "Hello" + info["eos_token"] + "你好"
+    ids = requests.post(server.url + "/tokenize", json={"prompt": prompt}).json()["tokens"]
     assert ids == tok.encode("Hello") + [tok.eod_id] + tok.encode("你好")
     assert requests.post(server.url + "/detokenize", json={"tokens": tok.encode("你好")}).json()["prompt"] == "你好"
 

@@ -97,7 +97,7 @@ def _shared_master_worker(rank, world_size, shard):
 
     from megagpt.train.engine import build_engine
 
-    run = _run(world_size, f"data.prefixes=[{shard}]", ds="zero3.json", *no_dropout())
+    run = _run(world_size, f"data.prefixes=[{shard}]", *no_dropout(), ds="zero3.json")
     built = build_engine(run, total_tokens=10 ** 6)
     opt = built.engine.optimizer
     pairs = list(zip(opt.fp16_partitioned_groups_flat, opt.fp32_partitioned_groups_flat))

@@ -1,5 +1,7 @@
-"""The real entry points: the deepspeed launcher with hostfiles/localhost, mpirun, plain python;
-refusals before launch; TensorBoard scalars; the consolidated export."""
+"""The real entry points: the deepspeed launcher with hostfiles/localhost, given the script's path
+(`deepspeed ... megagpt/pretrain.py`) and the module (`deepspeed --module megagpt.pretrain`, the
+startup errors); mpirun and plain python given the module (`python -m megagpt.pretrain`); refusals
+before launch; TensorBoard scalars; the consolidated export."""
 import json
 import os
 import shutil
@@ -13,13 +15,12 @@ from shards import write_pattern_shard
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "tests" / "train" / "run_tiny.yaml"
+PRETRAIN = [sys.executable, "-m", "megagpt.pretrain"]
 
 
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+                OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
 
 
 def _overrides(tmp_path, shard, *extra):
@@ -52,16 +53,14 @@ def test_deepspeed_launcher_with_localhost_hostfile(tmp_path, shard):
 
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun is not installed")
 def test_mpirun(tmp_path, shard):
-    r = _run(["mpirun", "-np", "2", "--oversubscribe", sys.executable, str(ROOT / "megagpt" / "pretrain.py"),
-              "--config", str(RUN), *_overrides(tmp_path, shard)])
+    r = _run(["mpirun", "-np", "2", "--oversubscribe", *PRETRAIN, "--config", str(RUN), *_overrides(tmp_path, shard)])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "dp=2" in r.stdout and "done: 4 steps" in r.stdout
 
 
 def test_plain_python_tensorboard_and_export(tmp_path, shard):
     export = tmp_path / "model.safetensors"
-    r = _run([sys.executable, str(ROOT / "megagpt" / "pretrain.py"), "--config", str(RUN),
-              *_overrides(tmp_path, shard, f"train.export_path={export}")])
+    r = _run([*PRETRAIN, "--config", str(RUN), *_overrides(tmp_path, shard, f"train.export_path={export}")])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -91,11 +90,10 @@ def test_plain_python_tensorboard_and_export(tmp_path, shard):
 
     # the engine path (same world size) and the offline reader give the same weights
     again, offline = tmp_path / "again.safetensors", tmp_path / "offline.safetensors"
-    r = _run([sys.executable, str(ROOT / "megagpt" / "export.py"), "--config", str(RUN), "--out", str(again),
+    r = _run([sys.executable, "-m", "megagpt.export", "--config", str(RUN), "--out", str(again),
               *_overrides(tmp_path, shard)])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    r = _run([sys.executable, str(ROOT / "megagpt" / "export.py"), "--model", str(tmp_path / "ckpt"),
-              "--out", str(offline)])
+    r = _run([sys.executable, "-m", "megagpt.export", "--model", str(tmp_path / "ckpt"), "--out", str(offline)])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     a = read_export(export)[1]
     for other in (again, offline):
@@ -104,8 +102,7 @@ def test_plain_python_tensorboard_and_export(tmp_path, shard):
 
 
 def _refusal(tmp_path, shard, *extra, world=None):
-    cmd = [sys.executable, str(ROOT / "megagpt" / "pretrain.py"), "--config", str(RUN),
-           *_overrides(tmp_path, shard, *extra)]
+    cmd = [*PRETRAIN, "--config", str(RUN), *_overrides(tmp_path, shard, *extra)]
     env = _env()
     if world:
         env.update(WORLD_SIZE=str(world))  # as a launcher would set it; refused before joining
@@ -136,7 +133,7 @@ def _launch_errors(tmp_path, shard, *extra):
     port = str(29700 + os.getpid() % 1000)
     r = _run([exe, "--hostfile", str(ROOT / "hostfiles" / "localhost"), "--no_ssh_check",
               "--master_addr", "127.0.0.1", "--master_port", port,
-              str(ROOT / "megagpt" / "pretrain.py"), "--config", str(RUN), *_overrides(tmp_path, shard, *extra)])
+              "--module", "megagpt.pretrain", "--config", str(RUN), *_overrides(tmp_path, shard, *extra)])
     assert r.returncode != 0
     out = r.stdout + r.stderr
     assert "Traceback" not in out, out[-3000:]

@@ -31,8 +31,9 @@ def test_eval_tasks_during_pretraining(setup, tmp_path, layout, tp, pp):
     tmp, tok, task, shard = setup
     export = tmp_path / "model.safetensors"
     ov = layout_overrides(layout, tp, pp, 2, 2 if layout == "zero3" else 4, tmp_path, "run") + no_dropout() + [
-        f"data.prefixes=[{shard}]", f"data.tokenizer={tok}", "model.vocab_size=320", "train.train_iters=4", "train.eval_interval=2",
-        f"train.eval_tasks=[{task}]", "train.eval_task_shots=[0, 1]", f"train.export_path={export}"]
+        f"data.prefixes=[{shard}]", f"data.tokenizer={tok}", "model.vocab_size=320", "train.train_iters=4",
+        "train.eval_interval=2", f"train.eval_tasks=[{task}]", "train.eval_task_shots=[0, 1]",
+        f"train.export_path={export}"]
     run_distributed(train_worker, 2, ov, use_deepspeed=True)
     acc = EventAccumulator(str(tmp_path / "run" / "tb" / "run_tiny"))
     acc.Reload()

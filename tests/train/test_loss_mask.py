@@ -80,7 +80,8 @@ def test_mixture_sources_carry_their_masks(tmp_path, shards):
 
     lone = write_pattern_shard(tmp_path / "lone_text_document", n_docs=50)
     spec_path = tmp_path / "mix.yaml"
-    spec_path.write_text(f"total_tokens: 6400\nseq_length: 32\nsources:\n  half: {{prefixes: [{shards['half']}], weight: 0.5}}\n"
+    spec_path.write_text(f"total_tokens: 6400\nseq_length: 32\nsources:\n"
+                         f"  half: {{prefixes: [{shards['half']}], weight: 0.5}}\n"
                          f"  ones: {{prefixes: [{shards['ones']}], weight: 0.5}}\n")
     spec = mixture.load_spec(spec_path)
     spec.loss_mask = True

@@ -138,7 +138,8 @@ def test_universal_export_and_refusals(tmp_path, shard):
     # a resume into a model of another shape is refused, naming the field
     from megagpt.config import ConfigError
 
-    ov = _overrides(tmp_path, shard, "v", "zero3", 1, 1, 0, world=1, extra=[f"train.resume_from={out}", "model.n_embd=64"])
+    ov = _overrides(tmp_path, shard, "v", "zero3", 1, 1, 0, world=1,
+                    extra=[f"train.resume_from={out}", "model.n_embd=64"])
     with pytest.raises(Exception, match=r"n_embd=32 but model.n_embd=64"):
         run_distributed(train_worker, 1, ov, use_deepspeed=True)
     from megagpt.config import TrainConfig

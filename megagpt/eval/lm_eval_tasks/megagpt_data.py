@@ -1,5 +1,6 @@
 """Loaders the task YAMLs here name with ``custom_dataset: !function megagpt_data.<name>``: megagpt
-task files and text corpora as datasets, read from ``task_file`` / ``corpus_file`` (relative to the working directory)."""
+task files and text corpora as datasets, read from ``task_file`` / ``corpus_file`` (relative to the
+working directory)."""
 from megagpt.eval.tasks import load_task
 
 
@@ -12,4 +13,5 @@ def corpus(corpus_file, **_):
 
     from megagpt.eval.contamination import training_texts
 
-    return datasets.DatasetDict({"test": datasets.Dataset.from_list([{"text": t} for t in training_texts([corpus_file])])})
+    rows = [{"text": t} for t in training_texts([corpus_file])]
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
