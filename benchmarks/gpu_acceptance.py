@@ -103,10 +103,10 @@ def run_variant(name: str, model: str, shape: dict, data: str, tmp: Path, peak: 
             if precision == "fp16":
                 scales.append(float(trainer.engine.optimizer.cur_scale))
     step = median(times[shape["timed_from"]:])
-    tokens = trainer.full_batch * trainer.seq
+    tokens = trainer.batch.full * trainer.seq
     flops = model_flops_per_token(run.model, trainer.seq) * tokens / step
     zero = run.deepspeed["zero_optimization"]
-    predicted = predict(run.model, seq=trainer.seq, micro_batch=trainer.micro, zero=3, precision=precision,
+    predicted = predict(run.model, seq=trainer.seq, micro_batch=trainer.batch.micro, zero=3, precision=precision,
                         checkpointing=run.train.activation_checkpointing,
                         offload=zero.get("offload_optimizer", {}).get("device") == "cpu").total
     out = {"variant": name, "model": model, "step_s": step, "tokens_per_s": tokens / step,

@@ -8,6 +8,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,10 +17,13 @@ import torch.distributed as dist
 from megagpt.config import ConfigError, RunConfig, zero_stage
 from megagpt.finetuning.data import Encoder, FinetuneTask, collate, epoch_order, load_finetune_task
 from megagpt.finetuning.model import FinetuneGPT
-from megagpt.formats.manifest import latest_tag
 from megagpt.parallel.launch import dp_mean
-from megagpt.train import engine_checkpoint as checkpoint
 from megagpt.train.metrics import MetricsWriter
+from megagpt.train.resume import CheckpointPolicy
+from megagpt.train.step import BatchShape
+
+if TYPE_CHECKING:
+    from megagpt.train.engine import Built
 
 
 def model_config_for(run: RunConfig):
@@ -49,7 +53,7 @@ def classification_metrics(pred: list[int], gold: list[int], n_classes: int) -> 
     p, g = np.asarray(pred), np.asarray(gold)
     out = {"accuracy": float((p == g).mean())}
     if n_classes == 2:  # F1 of class 1 (the second label)
-        tp, fp, fn = int(((p == 1) & (g == 1)).sum()), int(((p == 1) & (g == 0)).sum()), int(((p == 0) & (g == 1)).sum())
+        tp, fp, fn = (int(((p == a) & (g == b)).sum()) for a, b in ((1, 1), (1, 0), (0, 1)))
         out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
     return out
 
@@ -81,11 +85,29 @@ def main_metric(task: FinetuneTask) -> str:
 # --- the trainer ----------------------------------------------------------------------------------
 class FinetuneTrainer:
     def __init__(self, run: RunConfig, *, model_cfg=None, weights_meta=None):
-        from megagpt.data.tokenizer import Tokenizer
-        from megagpt.train.engine import build_zero3
-        from megagpt.train.schedule import WarmupLinearLR
+        self.run, ft, tr = run, run.finetune, run.train
+        self._encode_task(weights_meta)
+        self.batch = BatchShape.of(run, dist.get_world_size())
+        n_train = len(self.encoded["train"])
+        self.steps_per_epoch = n_train // self.batch.full
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"{ft.task_file}: {n_train} training examples are fewer than one batch of "
+                              f"{self.batch.full} ({self.batch.describe()}).")
+        self.total_steps = ft.epochs * self.steps_per_epoch
+        self.built = self._build_engine()
+        self.engine, self.ps = self.built.engine, self.built.ps
+        self.metrics = MetricsWriter.for_run(run)
+        self.best_dir = Path(ft.best_dir or (Path(tr.checkpoint_dir or ".") / "best"))
+        self.checkpoints = CheckpointPolicy(run, self.built, self.metrics, universal=False)
+        state = self.checkpoints.resume() or {"step": 0}
+        self.step, self.best = state["step"], state.get("best")
 
-        self.run, ft, tr, ds = run, run.finetune, run.train, run.deepspeed
+    def _encode_task(self, weights_meta) -> None:
+        """The task file, the tokenizer (the run's, or the one recorded with the pretrained
+        weights) and every split encoded, cut to ``max_length`` tokens."""
+        from megagpt.data.tokenizer import Tokenizer
+
+        run, ft = self.run, self.run.finetune
         self.task = load_finetune_task(ft.task_file)
         tok_path = run.data.tokenizer or (weights_meta or {}).get("tokenizer")
         if not tok_path:
@@ -98,24 +120,35 @@ class FinetuneTrainer:
         enc = Encoder(self.task, self.tok, self.max_length)
         self.encoded = {s: [enc.encode(e) for e in self.task.split(s)] for s in ("train", "valid", "test")}
         self.truncated = {s: sum(e.truncated for e in v) for s, v in self.encoded.items()}
-        world = dist.get_world_size()
-        self.dp = run.parallel.dp_size(world)
-        self.micro = ds["train_micro_batch_size_per_gpu"]
-        self.gas = ds.get("gradient_accumulation_steps", 1)
-        self.batch = self.micro * self.gas * self.dp
-        n_train = len(self.encoded["train"])
-        self.steps_per_epoch = n_train // self.batch
-        if self.steps_per_epoch == 0:
-            raise ConfigError(f"{ft.task_file}: {n_train} training examples are fewer than one batch of {self.batch} "
-                              f"(micro {self.micro} x accumulation {self.gas} x dp {self.dp}).")
-        self.total_steps = ft.epochs * self.steps_per_epoch
-        total = self.total_steps * self.batch
+        self.n_choices = max(len(e.seqs) for v in self.encoded.values() for e in v)
+
+    def _build_engine(self) -> Built:
+        """The zero3 layout's engine around ``FinetuneGPT``, or the 3d layout's pipeline with W_y
+        on its last stage (``pipe_loss`` its loss); the LR warms up over ``warmup_fraction`` of
+        the run's samples, then falls linearly to zero."""
+        from megagpt.train.engine import build_3d, build_zero3, starts_fresh
+        from megagpt.train.schedule import WarmupLinearLR
+
+        run, ft, tr, cfg = self.run, self.run.finetune, self.run.train, self.run.model
+        total = self.total_steps * self.batch.full
         warmup = int(ft.warmup_fraction * total)
 
         def scheduler(optimizer):
             return WarmupLinearLR(optimizer, warmup_tokens=warmup, decay_tokens=max(total, warmup + 1))
 
-        init = not (tr.resume and tr.checkpoint_dir and latest_tag(tr.checkpoint_dir) is not None)
+        init = starts_fresh(run)
+        self.pipe_loss = None
+        if run.parallel.layout == "3d":
+            from megagpt.finetuning.pipeline import build_finetune_pipeline
+            from megagpt.model.naming import pipeline_param_name
+
+            def make_pipe(ps, topo):
+                module, self.pipe_loss = build_finetune_pipeline(
+                    cfg, ps, topo, task=self.task, clf_pdrop=ft.clf_pdrop, lm_coef=ft.lm_coef, init_seed=tr.seed,
+                    checkpoint_activations=tr.activation_checkpointing)
+                return module
+
+            return build_3d(run, make_pipe, scheduler, init, name_map=lambda n: pipeline_param_name(n, cfg.n_layer))
 
         def make(ps):
             from megagpt.model.gpt import GPT
@@ -124,34 +157,7 @@ class FinetuneTrainer:
             return FinetuneGPT(gpt, self.task.type, self.task.n_outputs, clf_pdrop=ft.clf_pdrop,
                                regression=self.task.regression, init_seed=tr.seed)
 
-        self.pipe_loss = None
-        if run.parallel.layout == "3d":
-            from megagpt.finetuning.pipeline import build_finetune_pipeline
-            from megagpt.model.naming import pipeline_param_name
-            from megagpt.train.engine import build_3d
-
-            def make_pipe(ps, topo):
-                module, self.pipe_loss = build_finetune_pipeline(
-                    cfg, ps, topo, task=self.task, clf_pdrop=ft.clf_pdrop, lm_coef=ft.lm_coef, init_seed=tr.seed,
-                    checkpoint_activations=tr.activation_checkpointing)
-                return module
-
-            self.built = build_3d(run, make_pipe, scheduler, init, name_map=lambda n: pipeline_param_name(n, cfg.n_layer))
-        else:
-            self.built = build_zero3(run, make, scheduler, init, gpt_of=lambda m: m.gpt)
-        self.n_choices = max(len(e.seqs) for v in self.encoded.values() for e in v)
-        self.engine, self.ps = self.built.engine, self.built.ps
-        self.metrics = MetricsWriter(tr.tensorboard_run, dist.get_rank() == 0)
-        for note in run.notes:
-            self.metrics.console(note)
-        self.step, self.best = 0, None
-        self.best_dir = Path(ft.best_dir or (Path(tr.checkpoint_dir or ".") / "best"))
-        if not init:
-            state = checkpoint.load(self.engine, tr.checkpoint_dir, self.ps, verify_level=tr.verify_checkpoint,
-                                    fallback=tr.resume_fallback, log=lambda line: self.metrics.console(f"warning: {line}"))
-            if state is not None:
-                self.step, self.best = state["step"], state.get("best")
-                self.metrics.console(f"resumed from {tr.checkpoint_dir} at step {self.step}")
+        return build_zero3(run, make, scheduler, init, gpt_of=lambda m: m.gpt)
 
     # ----------------------------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
@@ -180,14 +186,15 @@ class FinetuneTrainer:
         """One optimizer step; (loss, task loss, LM loss) averaged over the global batch, tokens."""
         epoch, k = divmod(self.step, self.steps_per_epoch)
         order = epoch_order(len(self.encoded["train"]), self.run.train.seed, epoch)
-        ids = order[k * self.batch:(k + 1) * self.batch]
-        self.engine.lr_scheduler.pending_tokens = self.batch
+        micro, gas, dp, full = self.batch.micro, self.batch.accumulation, self.batch.dp, self.batch.full
+        ids = order[k * full:(k + 1) * full]
+        self.engine.lr_scheduler.pending_tokens = full
         lm_coef = self.run.finetune.lm_coef
         batches = []
-        for m in range(self.gas):
-            start = (m * self.dp + self.ps.dp_rank) * self.micro  # the same partition as one process
-            batches.append(self._batch([self.encoded["train"][i] for i in ids[start:start + self.micro]]))
-        tokens = sum(int((b["lm_targets"] != -100).sum()) for b in batches) * self.dp
+        for m in range(gas):
+            start = (m * dp + self.ps.dp_rank) * micro  # the same partition as one process
+            batches.append(self._batch([self.encoded["train"][i] for i in ids[start:start + micro]]))
+        tokens = sum(int((b["lm_targets"] != -100).sum()) for b in batches) * dp
         if self.built.pipeline:
             loss = float(self.engine.train_batch(data_iter=iter([self._pipe_micro(b) for b in batches])))
             t = self._pipe_sums()
@@ -195,12 +202,12 @@ class FinetuneTrainer:
             return loss, float(t[0] / t[2]), float(t[1] / t[2]), tokens
         sums = torch.zeros(3)
         for m, batch in enumerate(batches):
-            self.engine.set_gradient_accumulation_boundary(m == self.gas - 1)
+            self.engine.set_gradient_accumulation_boundary(m == gas - 1)
             loss, task, lm, _ = self.engine(**self._to_device(batch), lm_coef=lm_coef)
             self.engine.backward(loss)
             self.engine.step()
             sums += torch.stack([loss.detach().float().cpu(), task.float().cpu(), lm.float().cpu()])
-        mean = dp_mean(sums / self.gas, self.ps, self.engine.device)
+        mean = dp_mean(sums / gas, self.ps, self.engine.device)
         self.step += 1
         return float(mean[0]), float(mean[1]), float(mean[2]), tokens
 
@@ -211,17 +218,18 @@ class FinetuneTrainer:
         and the pipeline's sends are collective)."""
         data = self.encoded[split]
         n = len(data)
-        per = math.ceil(n / self.dp)
+        micro, dp = self.batch.micro, self.batch.dp
+        per = math.ceil(n / dp)
         mine = list(range(self.ps.dp_rank * per, min(n, (self.ps.dp_rank + 1) * per)))
         local: dict[int, list] = {}
         if self.built.pipeline:
             self.pipe_loss.collect = []
         else:
             self.engine.eval()
-        chunks = [mine[b:b + self.micro] for b in range(0, per, self.micro)]
+        chunks = [mine[b:b + micro] for b in range(0, per, micro)]
         for idx in chunks:
             rows = [data[i] for i in idx] or [data[0]]  # a rank out of examples still joins in
-            rows += [rows[-1]] * (self.micro - len(rows)) if self.built.pipeline else []
+            rows += [rows[-1]] * (micro - len(rows)) if self.built.pipeline else []
             # every example padded to the task's most answers: score rows of equal width
             batch = self._batch(rows) if self.built.pipeline else collate(
                 rows, self.tok.eod_id, self.task.regression, choices=self.n_choices)
@@ -242,7 +250,9 @@ class FinetuneTrainer:
         merged = {k: v for p in parts for k, v in p.items()}
         return torch.tensor([merged[i] for i in range(n)])
 
-    def evaluate(self) -> dict[str, float]:
+    def validation_metrics(self) -> dict[str, float]:
+        """The task's metrics on the valid split (finetune/accuracy, ..., finetune/valid_loss_task);
+        {} without one."""
         if not self.encoded["valid"]:
             return {}
         from megagpt.finetuning.model import task_loss
@@ -281,7 +291,8 @@ class FinetuneTrainer:
             tmp.mkdir(parents=True)
             save_export(full, self.run.model, tmp / "model.safetensors", tokenizer=str(Path(self.tok.path).resolve()),
                         step=self.step)
-            save_file({"weight": head[0].contiguous(), "bias": head[1].contiguous()}, str(tmp / "classifier.safetensors"))
+            save_file({"weight": head[0].contiguous(), "bias": head[1].contiguous()},
+                      str(tmp / "classifier.safetensors"))
             info = {"task": self.task.name, "type": self.task.type, "labels": self.task.labels,
                     "regression": self.task.regression, "max_length": self.max_length, "step": self.step,
                     "metric": main_metric(self.task), "value": value, "valid": metrics,
@@ -298,18 +309,29 @@ class FinetuneTrainer:
         return self.best is None or math.isnan(self.best) or value > self.best
 
     def save(self) -> None:
-        tr = self.run.train
-        if tr.checkpoint_dir:
-            checkpoint.save(self.engine, tr.checkpoint_dir, self.step, {"step": self.step, "best": self.best},
-                            self.ps, tr.keep_last)
+        self.checkpoints.save(self.step, {"best": self.best})
+
+    def _validate(self) -> None:
+        """The validation metrics, logged; a main metric better than the best so far puts this
+        model in ``best_dir``."""
+        v = self.validation_metrics()
+        if not v:
+            return
+        self.metrics.scalars(self.step, v)
+        self.metrics.console(f"step {self.step:>5} | valid " + " | ".join(f"{k.split('/')[1]} {x:.4f}"
+                                                                          for k, x in v.items()))
+        key = f"finetune/{main_metric(self.task)}"
+        if self._better(v[key]):
+            self.best = v[key]
+            self.save_best(self.best, v)
+            self.metrics.scalars(self.step, {"finetune/best": self.best})
 
     def train(self) -> list[float]:
         tr = self.run.train
-        key = f"finetune/{main_metric(self.task)}"
         self.metrics.console(
             f"fine-tuning {self.task.name} ({self.task.type}, {len(self.encoded['train'])} train / "
             f"{len(self.encoded['valid'])} valid examples, {self.truncated['train']} train inputs cut to "
-            f"{self.max_length} tokens): tp={self.ps.tp_size} dp={self.dp}, batch {self.batch}, "
+            f"{self.max_length} tokens): tp={self.ps.tp_size} dp={self.batch.dp}, batch {self.batch.full}, "
             f"{self.run.finetune.epochs} epochs = {self.total_steps} steps, lm_coef {self.run.finetune.lm_coef}, "
             f"zero stage {zero_stage(self.run.deepspeed)}; majority baseline {self.task.majority():.4f}")
         losses, saved_at = [], self.step
@@ -325,19 +347,12 @@ class FinetuneTrainer:
                      "finetune/lr": self.engine.lr_scheduler.get_lr()[0], "finetune/tokens_per_sec": tok_window / dt}
                 self.metrics.scalars(self.step, m)
                 self.metrics.console(f"step {self.step:>5}/{self.total_steps} | loss {loss:.4f} | task {task:.4f} | "
-                                     f"lm {lm:.4f} | lr {m['finetune/lr']:.3e} | {m['finetune/tokens_per_sec']:.0f} tok/s")
+                                     f"lm {lm:.4f} | lr {m['finetune/lr']:.3e} | "
+                                     f"{m['finetune/tokens_per_sec']:.0f} tok/s")
                 t0, tok_window = time.perf_counter(), 0
             if self.step % tr.eval_interval == 0 or self.step == self.total_steps:
-                v = self.evaluate()
-                if v:
-                    self.metrics.scalars(self.step, v)
-                    self.metrics.console(f"step {self.step:>5} | valid " + " | ".join(
-                        f"{k.split('/')[1]} {x:.4f}" for k, x in v.items()))
-                    if self._better(v[key]):
-                        self.best = v[key]
-                        self.save_best(self.best, v)
-                        self.metrics.scalars(self.step, {"finetune/best": self.best})
-            if tr.save_interval and self.step % tr.save_interval == 0:
+                self._validate()
+            if self.checkpoints.due(self.step):
                 self.save()
                 saved_at = self.step
         if saved_at != self.step:

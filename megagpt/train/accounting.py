@@ -14,6 +14,7 @@ class SourceAccounting:
                  skip=()):
         self.dataset, self.seq = train_ds, seq
         self.names = list(getattr(train_ds, "names", []))
+        self.enabled = bool(self.names)  # a mixture: there is something to account per source
         self.pipeline, self.dp, self.dp_group, self.device = pipeline, dp, dp_group, device
         self.reset(consumed, skip)
 
@@ -27,9 +28,6 @@ class SourceAccounting:
             if a < consumed:
                 self.tokens -= source_counts(self.dataset, a, min(b, consumed), n) * self.seq
 
-    def __bool__(self) -> bool:
-        return bool(self.names)
-
     def _reset_window(self) -> None:
         n = len(self.names)
         self.loss, self.count = torch.zeros(n), torch.zeros(n)
@@ -41,14 +39,14 @@ class SourceAccounting:
         self.loss.index_add_(0, src, per_sample)
         self.count.index_add_(0, src, torch.ones_like(per_sample))
 
-    def add_batch(self, start: int, batch_size: int) -> None:
-        """Samples ``start .. start + batch_size`` of the stream were trained on."""
-        self.tokens += source_counts(self.dataset, start, start + batch_size, len(self.names)) * self.seq
+    def add_batch(self, start: int, end: int) -> None:
+        """Samples ``start .. end`` of the stream were trained on."""
+        self.tokens += source_counts(self.dataset, start, end, len(self.names)) * self.seq
 
     def scalars(self) -> dict[str, float]:
         """The window's scalars (the DP mean of each source's loss), then a new window."""
         out = {}
-        if not self.names:
+        if not self.enabled:
             return out
         if not self.pipeline:
             both = torch.stack([self.loss, self.count]).to(self.device)

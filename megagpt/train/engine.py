@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import deepspeed
 import torch
@@ -17,7 +18,12 @@ from megagpt.config import RunConfig, arch_mismatch, zero_stage
 from megagpt.model.gpt import GPT
 from megagpt.model.naming import param_group_names
 from megagpt.parallel.state import ParallelState
+from megagpt.train.memory import precision_of
 from megagpt.train.schedule import WarmupCosineLR
+
+if TYPE_CHECKING:
+    from deepspeed.runtime.engine import DeepSpeedEngine
+    from deepspeed.runtime.pipe.engine import PipelineEngine
 
 
 def _param_groups(named_params):
@@ -49,7 +55,8 @@ def load_initial_weights(named_params, run: RunConfig, ps: ParallelState, name_m
                 p.data.copy_(local_shard(key, full[key], p, run.model, ps))
 
 
-def _starts_fresh(run: RunConfig) -> bool:
+def starts_fresh(run: RunConfig) -> bool:
+    """Whether the run starts from its initial weights (no checkpoint to resume from)."""
     from megagpt.formats.manifest import latest_tag
 
     tr = run.train
@@ -58,14 +65,33 @@ def _starts_fresh(run: RunConfig) -> bool:
 
 @dataclass
 class Built:
-    engine: object
+    """A built engine and what a step needs with it: the parallel groups, and whether the engine
+    is the 3d layout's pipeline engine (which owns its step) or the zero3 layout's."""
+    engine: DeepSpeedEngine | PipelineEngine
     ps: ParallelState
     pipeline: bool
 
 
 def build_engine(run: RunConfig, total_tokens: int) -> Built:
+    """The pretraining engine for ``run``'s layout, its LR schedule over ``total_tokens`` (the
+    warm-up and decay default to 1% and all of them), with the flags the step guard needs."""
+    built = _build_pretraining(run, total_tokens)
+    if run.train.guard.enabled:
+        check_grad_overflow(built.engine, precision_of(run.deepspeed))
+    return built
+
+
+def check_grad_overflow(engine, precision: str) -> None:
+    """ZeRO 1/2 skips a non-finite gradient norm by itself, except in bf16 (or without a norm),
+    where its overflow check (one more flag all-reduce) has to be on for the guard."""
+    opt = engine.optimizer
+    if hasattr(opt, "check_grad_overflow") and (precision == "bf16" or not getattr(opt, "compute_grad_norm", True)):
+        opt.check_grad_overflow = True
+
+
+def _build_pretraining(run: RunConfig, total_tokens: int) -> Built:
     cfg, par, tr = run.model, run.parallel, run.train
-    init_weights = bool(tr.init_from) and _starts_fresh(run)  # a resume brings its own weights
+    init_weights = bool(tr.init_from) and starts_fresh(run)  # a resume brings its own weights
     warmup = tr.lr_warmup_tokens if tr.lr_warmup_tokens is not None else total_tokens // 100
     decay = tr.lr_decay_tokens if tr.lr_decay_tokens is not None else total_tokens
 

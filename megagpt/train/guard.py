@@ -1,12 +1,10 @@
 """The step guard: before the last backward of every step all ranks agree, through the one small
 all-reduce that also averages the loss, whether the step is bad (a non-finite loss on any rank, or
 a spike: a z-score above ``zscore`` over the trailing accepted losses and at least ``min_ratio``
-times their mean). A bad step is not applied on any rank (``step.train_step`` discards its
-gradients through DeepSpeed's own overflow path), and after ``rewind_after`` bad steps in a row
-the Trainer rewinds (``resume.CheckpointPolicy.rewind``) and leaves the data in between out.
-
-Data windows: ranges of the sample stream ``[start, end)`` that are never trained on (the user's
-``train.skip_data``, every skipped batch and every rewind's window, recorded in checkpoints)."""
+times their mean). A bad step is not applied on any rank (``step.optimizer_step`` discards its
+gradients through DeepSpeed's own overflow path) and its samples are left out of the stream
+(``cursor.DataCursor``); after ``rewind_after`` bad steps in a row the Trainer rewinds
+(``resume.CheckpointPolicy.rewind``) and leaves the data in between out."""
 from __future__ import annotations
 
 import math
@@ -104,29 +102,3 @@ class StepGuard:
         self.rewinds += 1
         self.bad_in_row = 0
 
-
-def merge_windows(windows) -> list[list[int]]:
-    """Sorted, overlapping or touching ranges joined."""
-    out: list[list[int]] = []
-    for a, b in sorted(map(tuple, windows)):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return out
-
-
-def next_start(consumed: int, batch: int, windows, length: int | None = None) -> int:
-    """Where the next batch of ``batch`` samples starts: ``consumed``, or past every window the
-    batch ``[consumed, consumed + batch)`` would overlap. The stream repeats the dataset's
-    ``length`` samples (a run whose left-out batches took it past the end reads on from the
-    start): windows apply on every pass."""
-    moved = True
-    while moved:
-        moved = False
-        base = consumed // length * length if length else 0
-        for shift in ((base, base + length) if length else (0,)):
-            for a, b in windows:
-                if consumed < b + shift and consumed + batch > a + shift:
-                    consumed, moved = b + shift, True
-    return consumed

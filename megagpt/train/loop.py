@@ -1,11 +1,13 @@
 """The pretraining loop. ``Trainer`` builds the engine, resumes, opens the data stream, then
 steps, logs, evaluates and saves, top to bottom; each of those is a collaborator with a narrow
-interface: ``step.train_step`` (one optimizer step), ``guard.StepGuard`` (bad steps skipped, rewinds),
-``accounting.SourceAccounting`` (per-source losses and tokens), ``validation.HeldOutLoss`` (held-out
-loss), ``resume.CheckpointPolicy`` (where the run starts, how it saves, where it rewinds to), and the
-hang ``Watchdog``. Evaluation beyond the held-out loss comes in as ``eval_hooks``
-from the layer above (``megagpt.eval.in_training`` for ``train.eval_tasks``): a hook is called as
-``hook(built, step)`` at every ``eval_interval`` and returns scalars to log."""
+interface: ``step.BatchShape`` (the batch arithmetic), ``step.optimizer_step`` (one optimizer
+step), ``cursor.DataCursor`` (where the data stream is, the windows left out), ``guard.StepGuard``
+(bad steps skipped, rewinds), ``accounting.SourceAccounting`` (per-source losses and tokens),
+``validation.HeldOutLoss`` (held-out loss), ``resume.CheckpointPolicy`` (where the run starts, how
+it saves, where it rewinds to), ``metrics.MetricsWriter`` and the hang ``Watchdog``. Evaluation
+beyond the held-out loss comes in as ``eval_hooks`` from the layer above
+(``megagpt.eval.in_training`` for ``train.eval_tasks``): a hook is called as ``hook(built, step)``
+at every ``eval_interval`` and returns scalars to log."""
 from __future__ import annotations
 
 import math
@@ -15,19 +17,19 @@ import torch
 import torch.distributed as dist
 
 from megagpt.config import RunConfig
-from megagpt.data.gpt_dataset import micro_batches
 from megagpt.model.flops import model_flops_per_token
 from megagpt.parallel.watchdog import Watchdog
 from megagpt.train.accounting import SourceAccounting
 from megagpt.train.consolidate import export
+from megagpt.train.cursor import DataCursor
 from megagpt.train.datasets import build_datasets
 from megagpt.train.engine import build_engine
 from megagpt.train.faults import Fault
-from megagpt.train.guard import StepGuard, merge_windows, next_start
+from megagpt.train.guard import StepGuard, Verdict
 from megagpt.train.memory import precision_of
 from megagpt.train.metrics import MetricsWriter, device_peak_flops, format_line, peak_memory_bytes
 from megagpt.train.resume import CheckpointPolicy
-from megagpt.train.step import batch_size_at, train_step
+from megagpt.train.step import BatchShape, batch_size_at, optimizer_step
 from megagpt.train.validation import HeldOutLoss
 
 
@@ -41,90 +43,68 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 class Trainer:
     def __init__(self, run: RunConfig, eval_hooks=()):
         self.run, self.eval_hooks = run, list(eval_hooks)
-        tr, ds = run.train, run.deepspeed
-        self.dp = run.parallel.dp_size(dist.get_world_size())
-        self.micro = ds["train_micro_batch_size_per_gpu"]
-        self.full_batch = self.micro * ds.get("gradient_accumulation_steps", 1) * self.dp
-        self.seq = run.seq_length
-        self.built = build_engine(run, total_tokens=tr.train_iters * self.full_batch * self.seq)
+        tr = run.train
+        self.batch, self.seq = BatchShape.of(run, dist.get_world_size()), run.seq_length
+        self.built = build_engine(run, total_tokens=tr.train_iters * self.batch.full * self.seq)
         self.engine, self.ps = self.built.engine, self.built.ps
         self.is_logger = dist.get_rank() == 0
-        self.metrics = MetricsWriter(tr.tensorboard_run, self.is_logger)
-        for note in run.notes:
-            self.metrics.console(note)
+        self.metrics = MetricsWriter.for_run(run)
         self.flops_per_token = model_flops_per_token(run.model, self.seq)
-        self.dtype = DTYPES[precision_of(ds)]
+        self.dtype = DTYPES[precision_of(run.deepspeed)]
         self.peak, self.peak_source = device_peak_flops(self.dtype)
 
         self.checkpoints = CheckpointPolicy(run, self.built, self.metrics)
         state = self.checkpoints.resume() or {"step": 0, "consumed_samples": 0, "tokens": 0}
-        self.step, self.consumed, self.tokens = state["step"], state["consumed_samples"], state["tokens"]
-        self.skip = merge_windows(tr.skip_data + state.get("skip_data", []))
+        self.step, self.tokens = state["step"], state["tokens"]
         self.guard = StepGuard(tr.guard, check_grad_norm=self.dtype != torch.float16, state=state.get("guard"))
-        opt = self.engine.optimizer
-        if tr.guard.enabled and hasattr(opt, "check_grad_overflow") and (
-                self.dtype == torch.bfloat16 or not getattr(opt, "compute_grad_norm", True)):
-            # ZeRO 1/2 skips a non-finite gradient norm by itself, except in bf16 (or without a
-            # norm), where its overflow check (one more flag all-reduce) has to be on
-            opt.check_grad_overflow = True
         self.fault = Fault(tr.fault)
-        self.data, self.wrapped = None, False
 
         self.train_ds, self.valid_ds, self.valid_by_source = build_datasets(
-            run, train_samples=tr.train_iters * self.full_batch,
-            valid_samples=tr.eval_iters * self.micro * self.dp)
-        self.sources = SourceAccounting(self.train_ds, self.seq, self.consumed, pipeline=self.built.pipeline,
-                                        dp=self.dp, dp_group=self.ps.dp_group, device=self.engine.device,
-                                        skip=self.skip)
-        self.held_out = HeldOutLoss(self.built, micro=self.micro, dp=self.dp, eval_iters=tr.eval_iters)
+            run, train_samples=tr.train_iters * self.batch.full,
+            valid_samples=tr.eval_iters * self.batch.micro * self.batch.dp)
+        self.cursor = DataCursor(self.train_ds, consumed=state["consumed_samples"],
+                                 skip=tr.skip_data + state.get("skip_data", []), micro=self.batch.micro,
+                                 dp_rank=self.ps.dp_rank, dp=self.batch.dp, with_source=not self.built.pipeline,
+                                 log=self.metrics.console)
+        self.sources = SourceAccounting(self.train_ds, self.seq, self.cursor.consumed, pipeline=self.built.pipeline,
+                                        dp=self.batch.dp, dp_group=self.ps.dp_group, device=self.engine.device,
+                                        skip=self.cursor.skip)
+        self.held_out = HeldOutLoss(self.built, micro=self.batch.micro, dp=self.batch.dp, eval_iters=tr.eval_iters)
 
-    def train_step(self):
-        """One step: its ``Verdict``. Only an applied step moves the step count, the tokens seen and
-        the LR schedule; every step moves the data position (a skipped batch is left out)."""
-        bs = batch_size_at(self.run.train, self.tokens, full=self.full_batch, multiple=self.micro * self.dp)
-        start = next_start(self.consumed, bs, self.skip, len(self.train_ds))
-        if start != self.consumed:  # recorded: a resume leaves the same samples out
-            self.skip = merge_windows(self.skip + [[self.consumed, start]])
-        if start + bs > len(self.train_ds) and not self.wrapped:
-            self.wrapped = True
-            self.metrics.console(f"warning: the training stream reaches its end ({len(self.train_ds)} samples) "
-                                 f"because samples were left out; it reads on from its start, leaving the same "
-                                 f"windows out")
-        if self.data is None or start != self.consumed:
-            self.consumed = start
-            self.data = micro_batches(self.train_ds, self.consumed, self.micro, self.ps.dp_rank, self.dp,
-                                      with_source=not self.built.pipeline)
+    def train_step(self) -> Verdict:
+        """One step on the cursor's next batch: its ``Verdict``. Only an applied step moves the step
+        count, the tokens seen and the LR schedule; every step moves the data position (the
+        cursor leaves the batch of a step that was not applied out)."""
+        bs = batch_size_at(self.run.train, self.tokens, self.batch)
+        data = self.cursor.next_batch(bs)
         self.fault.before_step(self.step + 1)
-        verdict = train_step(self.built, self.data, batch_size=bs, seq=self.seq,
-                             seed=self.run.train.seed * 1_000_003 + self.step, accounting=self.sources,
-                             guard=self.guard if self.run.train.guard.enabled else None, fault=self.fault,
-                             step=self.step + 1)
-        self.consumed += bs
-        self.last_batch = (start, self.consumed)
-        if not verdict.applied:
-            self.skip = merge_windows(self.skip + [[start, self.consumed]])
-        else:
-            if self.sources:
-                self.sources.add_batch(start, bs)
+        verdict = optimizer_step(self.built, data, batch_size=bs, seq=self.seq,
+                                 seed=self.run.train.seed * 1_000_003 + self.step, accounting=self.sources,
+                                 guard=self.guard if self.run.train.guard.enabled else None, fault=self.fault,
+                                 step=self.step + 1)
+        self.cursor.advance(verdict.applied)
+        if verdict.applied:
+            if self.sources.enabled:
+                self.sources.add_batch(*self.cursor.last_batch)
             self.tokens += bs * self.seq
             self.step += 1
         return verdict
 
-    def evaluate(self) -> dict[str, float]:
+    def held_out_loss(self) -> dict[str, float]:
         """valid/loss (and per source valid/loss/<source> for a mixture)."""
         return self.held_out(self.valid_ds, self.valid_by_source, self.train_ds)
 
     def save(self) -> None:
-        self.checkpoints.save(self.step, self.consumed, self.tokens,
-                              {"guard": self.guard.state_dict(), "skip_data": self.skip})
+        self.checkpoints.save(self.step, {"consumed_samples": self.cursor.consumed, "tokens": self.tokens,
+                                          "guard": self.guard.state_dict(), "skip_data": self.cursor.skip})
 
     def train(self) -> list[float]:
         tr = self.run.train
         stop = min(tr.train_iters, tr.exit_after_iters or tr.train_iters)
         losses = []
         self.metrics.console(
-            f"training {self.run.parallel.layout}: tp={self.ps.tp_size} pp={self.ps.pp_size} dp={self.dp}, "
-            f"batch {self.full_batch} x {self.seq} tokens, steps {self.step + 1}..{stop} of {tr.train_iters}; "
+            f"training {self.run.parallel.layout}: tp={self.ps.tp_size} pp={self.ps.pp_size} dp={self.batch.dp}, "
+            f"batch {self.batch.full} x {self.seq} tokens, steps {self.step + 1}..{stop} of {tr.train_iters}; "
             f"peak {self.peak / 1e12:.3f} TFLOP/s per device ({self.peak_source})")
         window_t, window_tokens = time.perf_counter(), 0
         saved_at = self.step
@@ -151,8 +131,8 @@ class Trainer:
                 # timeout covers them
                 if self.step % tr.eval_interval == 0 or self.step == tr.train_iters:
                     with watchdog.paused():
-                        self._evaluate()
-                if tr.save_interval and self.step % tr.save_interval == 0:
+                        self._evaluate_and_log()
+                if self.checkpoints.due(self.step):
                     with watchdog.paused():
                         self.save()
                     saved_at = self.step
@@ -170,7 +150,7 @@ class Trainer:
 
     def _bad_step(self, verdict, rewind: bool) -> None:
         """A bad step: one console line and ``guard/skipped``; the K-th in a row rewinds."""
-        start, end = self.last_batch
+        start, end = self.cursor.last_batch
         if verdict.applied:
             what = f"step {self.step:>6} | guard: {verdict.reason}; applied (the pipeline engine steps by itself)"
         else:
@@ -195,15 +175,14 @@ class Trainer:
                              f"there is no whole checkpoint at or before step {self.step - cfg.rewind_min_steps} "
                              f"in train.checkpoint_dir={self.run.train.checkpoint_dir} to rewind to; save more "
                              f"often (train.save_interval) or lower train.guard.rewind_min_steps.")
-        window = [state["consumed_samples"], self.consumed]
-        self.skip = merge_windows(self.skip + state.get("skip_data", []) + [window])
-        self.checkpoints.record_rewind(state["step"], self.skip)
-        self.step, self.consumed, self.tokens = state["step"], state["consumed_samples"], state["tokens"]
+        window = self.cursor.rewind(state["consumed_samples"], state.get("skip_data", []))
+        self.checkpoints.record_rewind(state["step"], self.cursor.skip)
+        self.step, self.tokens = state["step"], state["tokens"]
         self.guard.rewound((state.get("guard") or {}).get("history", []))
-        self.sources.reset(self.consumed, self.skip)
-        self.data = None
+        self.sources.reset(self.cursor.consumed, self.cursor.skip)
         line = (f"guard: {cfg.rewind_after} bad steps in a row after step {bad_from}: rewound to step {self.step}, "
-                f"samples {window[0]}..{window[1]} left out (rewind {self.guard.rewinds}, {time.perf_counter() - t0:.1f}s)")
+                f"samples {window[0]}..{window[1]} left out (rewind {self.guard.rewinds}, "
+                f"{time.perf_counter() - t0:.1f}s)")
         self.metrics.console(line)
         self.metrics.scalars(self.step, {"guard/rewinds": float(self.guard.rewinds)})
         if self.metrics.tb is not None:
@@ -225,8 +204,9 @@ class Trainer:
         self.metrics.scalars(self.step, m)
         self.metrics.console(format_line(self.step, self.run.train.train_iters, m))
 
-    def _evaluate(self) -> None:
-        v = self.evaluate()
+    def _evaluate_and_log(self) -> None:
+        """The held-out loss and every eval hook, logged to TensorBoard and the console."""
+        v = self.held_out_loss()
         if v:
             v["valid/ppl"] = math.exp(min(v["valid/loss"], 50.0))
             self.metrics.scalars(self.step, v)

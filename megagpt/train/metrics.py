@@ -11,6 +11,7 @@ import sys
 import time
 
 import torch
+import torch.distributed as dist
 
 # dense (no sparsity) peak TFLOP/s for bf16/fp16 matmul, by a substring of the device name
 GPU_PEAK_TFLOPS = [
@@ -60,6 +61,15 @@ class MetricsWriter:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(logdir)
+
+    @classmethod
+    def for_run(cls, run) -> MetricsWriter:
+        """A training run's writer: TensorBoard in ``train.tensorboard_run``, the console, both on
+        rank 0 only; the choices the run's setup made (``run.notes``) come first."""
+        metrics = cls(run.train.tensorboard_run, dist.get_rank() == 0)
+        for note in run.notes:
+            metrics.console(note)
+        return metrics
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self.tb is not None:

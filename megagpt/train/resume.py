@@ -1,14 +1,16 @@
-"""Checkpoint policy of a pretraining run: where a run starts (the newest whole checkpoint of
+"""Checkpoint policy of a training run: where a run starts (the newest whole checkpoint of
 ``train.checkpoint_dir``, falling back past broken ones; one saved in another layout through its
 universal form; or ``train.resume_from``), how it saves (``train.save_failure``), and where the
 guard rewinds to (the newest whole checkpoint at least N steps back; the data window it leaves out
 is written to ``<checkpoint_dir>/guard.json`` before ``latest`` moves back, so a resume after a
-kill leaves it out too)."""
+kill leaves it out too). Fine-tuning uses it without the universal form: its checkpoints resume in
+the layout they were saved in."""
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch.distributed as dist
 
@@ -17,16 +19,23 @@ from megagpt.formats.manifest import TAG, latest_tag, layout_of, write_atomic
 from megagpt.formats.universal import is_universal
 from megagpt.model.naming import param_group_names
 from megagpt.train import engine_checkpoint as checkpoint
+from megagpt.train.metrics import MetricsWriter
 from megagpt.train.reshard import ensure_universal, load_into
+
+if TYPE_CHECKING:
+    from megagpt.train.engine import Built
 
 
 class CheckpointPolicy:
-    def __init__(self, run: RunConfig, built, metrics):
-        self.run, self.built, self.metrics = run, built, metrics
+    def __init__(self, run: RunConfig, built: Built, metrics: MetricsWriter, *, universal: bool = True):
+        """``universal``: the checkpoints carry what their universal form needs (``megagpt.json``,
+        the parameter names), so they resume in another layout; without it (fine-tuning, whose
+        head the universal form does not hold) they resume only in the layout that saved them."""
+        self.run, self.built, self.metrics, self.universal = run, built, metrics, universal
 
     def resume(self) -> dict | None:
-        """The client state (step, consumed_samples, tokens) of the checkpoint this run continues
-        from, loaded into the engine; None when it starts fresh."""
+        """The client state (step; pretraining's consumed_samples and tokens) of the checkpoint
+        this run continues from, loaded into the engine; None when it starts fresh."""
         tr = self.run.train
         if not tr.resume:
             return None
@@ -34,16 +43,21 @@ class CheckpointPolicy:
         if tr.checkpoint_dir:
             state = checkpoint.load(self.built.engine, tr.checkpoint_dir, self.built.ps,
                                     verify_level=tr.verify_checkpoint, fallback=tr.resume_fallback,
-                                    log=self._fallback_note, layout=layout_of(self.run, self.built.ps),
-                                    reshard=self._reshard)
+                                    log=self._fallback_note, **self._layout())
         if state is None and tr.resume_from:
             state, source = self._resume_from(tr.resume_from), tr.resume_from
         if state is not None:
-            self.metrics.console(f"resumed from {source} at step {state['step']} "
-                                 f"({state['consumed_samples']} samples, {state['tokens']} tokens)")
+            position = (f" ({state['consumed_samples']} samples, {state['tokens']} tokens)"
+                        if "consumed_samples" in state else "")
+            self.metrics.console(f"resumed from {source} at step {state['step']}{position}")
             if tr.checkpoint_dir:
                 state["skip_data"] = state.get("skip_data", []) + self.recorded_windows()
         return state
+
+    def _layout(self) -> dict:
+        """``checkpoint.load``'s layout check: a checkpoint of another layout through its universal
+        form (none without it)."""
+        return {"layout": layout_of(self.run, self.built.ps), "reshard": self._reshard} if self.universal else {}
 
     def _guard_file(self) -> Path:
         return Path(self.run.train.checkpoint_dir) / "guard.json"
@@ -60,8 +74,7 @@ class CheckpointPolicy:
         if not tr.checkpoint_dir:
             return None
         return checkpoint.load(self.built.engine, tr.checkpoint_dir, self.built.ps, verify_level=tr.verify_checkpoint,
-                               fallback=True, log=self._fallback_note, layout=layout_of(self.run, self.built.ps),
-                               reshard=self._reshard, max_step=max_step)
+                               fallback=True, log=self._fallback_note, max_step=max_step, **self._layout())
 
     def record_rewind(self, step: int, windows: list) -> None:
         """Make the rewind durable: the windows to leave out, then ``latest`` back to ``step``'s tag
@@ -96,21 +109,28 @@ class CheckpointPolicy:
         if self.metrics.tb is not None:
             self.metrics.tb.add_text("checkpoint/fallback", line)
 
-    def save(self, step: int, consumed: int, tokens: int, extra: dict | None = None) -> None:
-        """Checkpoint ``step`` (with the data position, and ``extra`` client state: the guard's
-        history and the data windows left out) to ``train.checkpoint_dir``, if set. A failed save
-        stops the run, or with ``train.save_failure: warn`` is reported and training goes on."""
+    def due(self, step: int) -> bool:
+        """Whether the run saves after ``step`` (every ``train.save_interval`` steps; the last step
+        the run trains is saved by the trainer whatever the interval)."""
+        interval = self.run.train.save_interval
+        return bool(interval) and step % interval == 0
+
+    def save(self, step: int, state: dict) -> None:
+        """Checkpoint ``step`` with the trainer's client state ``state`` (pretraining: the data
+        position, the tokens seen, the guard's history and the data windows left out; fine-tuning:
+        the best metric) to ``train.checkpoint_dir``, if set. A failed save stops the run, or with
+        ``train.save_failure: warn`` is reported and training goes on."""
         run, tr, ps = self.run, self.run.train, self.built.ps
         if not tr.checkpoint_dir:
             return
         engine = self.built.engine
-        meta = {"model": asdict(run.model), **layout_of(run, ps), "step": step,
-                "tokens": tokens, "tokenizer": run.data.tokenizer, "run_name": tr.run_name}
+        client, meta = {"step": step, **state}, None
+        if self.universal:
+            client["param_names"] = param_group_names(engine.module.named_parameters())
+            meta = {"model": asdict(run.model), **layout_of(run, ps), "step": step,
+                    "tokens": state["tokens"], "tokenizer": run.data.tokenizer, "run_name": tr.run_name}
         try:
-            checkpoint.save(engine, tr.checkpoint_dir, step,
-                            {"step": step, "consumed_samples": consumed, "tokens": tokens,
-                             "param_names": param_group_names(engine.module.named_parameters()), **(extra or {})},
-                            ps, tr.keep_last, meta=meta)
+            checkpoint.save(engine, tr.checkpoint_dir, step, client, ps, tr.keep_last, meta=meta)
         except checkpoint.SaveError as e:
             if tr.save_failure != "warn":
                 raise

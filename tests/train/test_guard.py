@@ -13,7 +13,8 @@ from shards import write_pattern_shard
 
 from megagpt.config import ConfigError, load_run_config
 from megagpt.config.guard import GuardConfig
-from megagpt.train.guard import StepGuard, Verdict, merge_windows, next_start
+from megagpt.train.cursor import merge_windows, next_start
+from megagpt.train.guard import StepGuard, Verdict
 
 BATCH = 8  # micro 2 x gas 2 x dp 2 samples per step
 
@@ -49,11 +50,11 @@ def nan_worker(rank, world, overrides, bad_step):
     verdict = t.train_step()
     after = _snapshot(t.engine)
     untouched = len(before) == len(after) and all(torch.equal(a, b) for a, b in zip(before, after))
-    step_after, consumed_after = t.step, t.consumed
+    step_after, consumed_after = t.step, t.cursor.consumed
     while t.step < run.train.train_iters:
         losses.append(t.train_step().loss)
     return {"losses": losses, "reason": verdict.reason, "applied": verdict.applied, "untouched": untouched,
-            "step_after": step_after, "consumed_after": consumed_after, "skip": t.skip}
+            "step_after": step_after, "consumed_after": consumed_after, "skip": t.cursor.skip}
 
 
 @pytest.mark.parametrize("ds", ["zero3.json", "auto.json"])  # ZeRO-3, and stage 0 (no DeepSpeed optimizer wrapper)

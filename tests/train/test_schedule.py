@@ -45,7 +45,7 @@ def _ramp_worker(rank, world_size, overrides):
 
     trainer = Trainer(setup_run(load_run_config(RUN_YAML, overrides), world_size))
     losses = trainer.train()
-    return losses, trainer.engine.global_steps, trainer.consumed
+    return losses, trainer.engine.global_steps, trainer.cursor.consumed
 
 
 @pytest.mark.parametrize("layout,pp", [("zero3", 1), ("3d", 2)])
