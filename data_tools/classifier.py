@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import xxhash
 
-from data_tools.document import Document, Stats
+from data_tools.document import Document, Stats, concat
 from megagpt.atomic import replacing
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -46,8 +46,7 @@ def featurize(texts: Iterable[str], n_features: int):
         indices.append(u)
         values.append(v)
         indptr.append(indptr[-1] + len(u))
-    cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
-    return np.asarray(indptr, np.int64), cat(indices, np.int64), cat(values, np.float64)
+    return np.asarray(indptr, np.int64), concat(indices, np.int64), concat(values, np.float64)
 
 
 def _dot(w, indptr, indices, values):

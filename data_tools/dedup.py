@@ -26,7 +26,7 @@ import numpy as np
 import xxhash
 
 from data_tools import native
-from data_tools.document import Document, Stats
+from data_tools.document import Document, Stats, concat
 from megagpt.data.ngrams import MIX as _MIX
 from megagpt.data.ngrams import WIDE_PUNCT as _WIDE_PUNCT
 from megagpt.data.ngrams import word_hashes
@@ -301,11 +301,6 @@ def removals(groups: list[np.ndarray], is_reference: Callable[[np.ndarray], np.n
         else:
             remove.append(g[1:])  # g is sorted: the first document in input order survives
     return concat(remove + cross, np.int64), concat(cross, np.int64), sizes
-
-
-def concat(parts: list[np.ndarray], dtype) -> np.ndarray:
-    """``np.concatenate`` that also takes no parts (an empty array of ``dtype``)."""
-    return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
 
 def unique_edges(parts: list[np.ndarray]) -> np.ndarray:

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+
 
 @dataclass
 class Document:
@@ -116,3 +118,8 @@ class Stats:
     def to_json(self) -> dict:
         return {"counters": {k: dict(v) for k, v in self.counters.items()},
                 "times": dict(self.times)}
+
+
+def concat(parts: list, dtype):
+    """``np.concatenate`` of ``parts`` as ``dtype``, which also takes no parts (an empty array)."""
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)

@@ -23,7 +23,7 @@ from data_tools import dedup as dd
 from data_tools.classifier import ClassifierFilter, QualityClassifier
 from data_tools.clean import Clean, CleanConfig
 from data_tools.decontam import DecontamConfig, Decontaminate
-from data_tools.document import Document, ErrorLog, Stats, Step
+from data_tools.document import Document, ErrorLog, Stats, Step, concat
 from data_tools.filters import (
     C4Config,
     C4Filter,
@@ -268,18 +268,18 @@ def dedup_stage(files: dict[int, Path], cfg: dd.DedupConfig, comm=None) -> dict:
     on every rank)."""
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
     tables = {fno: np.load(str(base) + ".sig.npy", mmap_mode="r") for fno, base in sorted(files.items())}
-    gids_all = dd.concat([doc_ids(fno, len(t)) for fno, t in tables.items()], np.int64)
+    gids_all = concat([doc_ids(fno, len(t)) for fno, t in tables.items()], np.int64)
     # one band at a time: peak memory is ~16 bytes per document, not the whole signature table
     exact_parts, lsh_parts = [], []
     for b in ([-1] if cfg.exact else []) + (list(range(cfg.bands)) if cfg.minhash else []):
-        keys = dd.concat([np.asarray(t[:, 1 + b]) for t in tables.values()], np.uint64)  # b=-1: column 0, exact hash
+        keys = concat([np.asarray(t[:, 1 + b]) for t in tables.values()], np.uint64)  # b=-1: column 0, exact hash
         gids = gids_all
         if comm is not None and size > 1:
             # bucket exchange: (key, gid) goes to rank key % size, so equal keys meet on one rank
             dest = (keys % np.uint64(size)).astype(np.int64)
             recv = comm.alltoall([(keys[dest == r], gids[dest == r]) for r in range(size)])
-            keys = dd.concat([r[0] for r in recv], np.uint64)
-            gids = dd.concat([r[1] for r in recv], np.int64)
+            keys = concat([r[0] for r in recv], np.uint64)
+            gids = concat([r[1] for r in recv], np.int64)
         e = dd.bucket_edges(keys, gids, np.full(len(keys), b, dtype=np.int64))
         (exact_parts if b == -1 else lsh_parts).append(e)
     exact_edges = dd.unique_edges(exact_parts)

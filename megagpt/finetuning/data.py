@@ -121,7 +121,8 @@ def _finish(path: Path, header: dict, examples: list) -> FinetuneTask:
             labels = sorted({str(e.label) for e in examples if e.split == "train"})
         for e in examples:
             if e.label is not None:  # unlabelled test examples are for --predict
-                _need(e.label in labels, f"{path}:{e.line}", f"label {e.label!r} is not one of the task's labels {labels}.")
+                _need(e.label in labels, f"{path}:{e.line}",
+                      f"label {e.label!r} is not one of the task's labels {labels}.")
         _need(len(labels) >= 2, path, f"needs at least two labels, found {labels}.")
     task = FinetuneTask(path, header.get("name") or path.stem, kind, labels, regression, examples)
     _need(task.split("train"), path, 'no training examples ("split": "train").')
@@ -152,7 +153,8 @@ def _example(obj, header, where, n) -> Example:
     choices = []
     if kind == "multiple_choice":
         choices = obj.get("choices")
-        _need(isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) and c.strip() for c in choices),
+        two_or_more = isinstance(choices, list) and len(choices) >= 2
+        _need(two_or_more and all(isinstance(c, str) and c.strip() for c in choices),
               where, "'choices' must be a list of at least two non-empty strings.")
         if label is not None or split != "test":
             _need(isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(choices), where,

@@ -62,7 +62,7 @@ def resolve(run, world_size: int, *, memory: tuple[float, str] | None = None) ->
     sized = {k: rules[k] for k in AUTO_BUCKETS if zero.get(k) == "auto"}
     zero.update(sized)
     if sized:
-        notes.append("ZeRO buckets from n_embd=%d: %s" % (h, ", ".join(f"{k}={v}" for k, v in sized.items())))
+        notes.append(f"ZeRO buckets from n_embd={h}: " + ", ".join(f"{k}={v}" for k, v in sized.items()))
     for key, value in zero.items():
         if value == "auto":
             if key != "stage":

@@ -133,7 +133,8 @@ def load(engine, ckpt_dir: str | Path, ps, *, verify_level: str = "full", fallba
     """Restore the newest whole checkpoint; returns its client state (None if there is none).
 
     Rank 0 verifies (sizes, and hashes with ``verify_level='full'``) and every rank loads the tag
-    it chose (the newest at or before step ``max_step``, when given). ``log(line)`` receives a line per broken checkpoint passed over. When ``layout``
+    it chose (the newest at or before step ``max_step``, when given). ``log(line)`` receives a line per
+    broken checkpoint passed over. When ``layout``
     (this run's layout, tp, pp, dp, zero_stage) differs from the tag's, ``reshard(tag)`` loads it
     instead of DeepSpeed (which only resumes the layout it saved); without one that is an error."""
     choice = [None, [], None]

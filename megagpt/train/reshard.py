@@ -42,7 +42,8 @@ def _ensure_adam_state(opt) -> None:
     group = base.param_groups[0]
     on_device = group.get("fused") or group.get("capturable")
     # ZeRO-3 puts each sub-group's flat fp32 partition into the torch optimizer only while stepping it
-    params = [p for g in base.param_groups for p in g["params"]] + list(getattr(opt, "fp32_partitioned_groups_flat", []))
+    params = [p for g in base.param_groups for p in g["params"]]
+    params += list(getattr(opt, "fp32_partitioned_groups_flat", []))
     for p in params:
         if not base.state.get(p):
             base.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu"),
@@ -76,11 +77,8 @@ def _set_param(engine, p, values: dict[str, torch.Tensor]) -> None:
 
 def _named_params(built, cfg: ModelConfig):
     """(full-state-dict name, parameter) of this rank's trainable parameters."""
-    names = None
-    if built.pipeline:
-        names = lambda n: pipeline_param_name(n, cfg.n_layer)  # noqa: E731
     for n, p in built.engine.module.named_parameters():
-        key = names(n) if names else n
+        key = pipeline_param_name(n, cfg.n_layer) if built.pipeline else n
         if key is not None and p.requires_grad:
             yield key, p
 
@@ -116,7 +114,8 @@ def load_into(built, run, root: str | Path, log=None) -> dict:
         if info.get(k) is not None:
             setattr(engine, k, info[k])
     if log is not None and dist.get_rank() == 0:
-        log(f"resharded {root} (saved as {describe(info['saved_layout'])}) into {describe(layout_of(run, ps))}: weights, fp32 "
+        log(f"resharded {root} (saved as {describe(info['saved_layout'])}) into {describe(layout_of(run, ps))}: "
+            f"weights, fp32 "
             f"masters, Adam moments and step, LR schedule and data position carried over; per-rank RNG "
             f"streams were not restored, so dropout masks follow the new layout"
             + ("; fp16's dynamic loss scale restarts" if precision_of(run.deepspeed) == "fp16" else ""))
