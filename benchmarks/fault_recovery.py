@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from megagpt.parallel.launch import free_port
-from tests.shards import write_pattern_shard
+from tests.helpers.shards import write_pattern_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ patches sys.path. Running a file by its path puts its folder first on sys.path, 
 hold entry points must not shadow a standard or installed module by a sibling's name.
 
 The launchers' module forms run real jobs elsewhere: ``deepspeed --module megagpt.pretrain`` and
-``torchrun -m megagpt.pretrain`` in tests/launch/, ``mpirun ... python -m megagpt.pretrain`` in
+``torchrun -m megagpt.pretrain`` in tests/parallel/, ``mpirun ... python -m megagpt.pretrain`` in
 tests/train/test_cli.py."""
 import ast
 import configparser

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from shards import write_pattern_shard
+from tests.helpers.shards import write_pattern_shard
 
 from megagpt.data import mixture
 from megagpt.data.gpt_dataset import micro_batches

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from eval_data import SENTENCES
+from tests.helpers.eval_data import SENTENCES
 
 from megagpt.config import model_config
 from megagpt.eval.tasks import write_task

@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from eval_data import SENTENCES
+from tests.helpers.eval_data import SENTENCES
 
 from megagpt.eval.contamination import TrainingNgrams, ngram_size
 from megagpt.eval.runner import Evaluator, run_suite

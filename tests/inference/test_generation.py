@@ -3,7 +3,7 @@ GPT-3 banded with a ring that wraps, GPT-1 post-LN; batched with left padding), 
 stopping, sliding past n_positions, and tensor-parallel generation equal to tp=1."""
 import pytest
 import torch
-from dist_harness import run_distributed
+from tests.helpers.dist import run_distributed
 
 from megagpt.config import model_config
 from megagpt.formats.weights import save_export

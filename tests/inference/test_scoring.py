@@ -4,7 +4,7 @@ import random
 
 import pytest
 import torch
-from dist_harness import run_distributed
+from tests.helpers.dist import run_distributed
 
 from megagpt.config import model_config
 from megagpt.formats.hf import write_hf_dir

@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from dist_harness import run_distributed
+from tests.helpers.dist import run_distributed
 
 from megagpt.parallel import ParallelState, vocab_parallel_cross_entropy
 

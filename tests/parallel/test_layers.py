@@ -1,7 +1,7 @@
 """Parallel layers and mappings against plain torch layers holding the gathered weights."""
 import torch
 import torch.nn.functional as F
-from dist_harness import run_distributed
+from tests.helpers.dist import run_distributed
 
 from megagpt.parallel import (
     ColumnParallelLinear,

@@ -1,7 +1,7 @@
 """TP-aware RNG: replicated activations get one dropout mask, split ones get one per rank."""
 import torch
 import torch.distributed as dist
-from dist_harness import run_distributed
+from tests.helpers.dist import run_distributed
 from torch.utils.checkpoint import checkpoint
 
 from megagpt.parallel import ParallelState

@@ -1,10 +1,10 @@
 """The watchdog's diagnosis on real ranks and the job's real store: a rank whose heartbeat stopped
 is named as stopped with its last completed step; when every rank is alive and none progresses it
-says so. (The whole path, SIGSTOP to the launcher's exit, is tests/launch/test_failures.py.)"""
+says so. (The whole path, SIGSTOP to the launcher's exit, is tests/parallel/test_launch_failures.py.)"""
 import time
 
 import torch.distributed as dist
-from dist_harness import run_distributed
+from tests.helpers.dist import run_distributed
 
 
 def _diagnose(rank, world_size, stop_rank):

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from serve_common import ROOT
+from tests.helpers.serve import ROOT
 
 pytest.importorskip("lm_eval")
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from serve_common import ROOT, start_server
+from tests.helpers.serve import ROOT, start_server
 
 openai = pytest.importorskip("openai")
 requests = pytest.importorskip("requests")

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from common import layout_overrides, train_worker
-from dist_harness import run_distributed
-from shards import write_pattern_shard
+from tests.helpers.train import layout_overrides, train_worker
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
 
 from megagpt.formats.manifest import choose_tag, latest_tag, verify
 
@@ -87,7 +87,7 @@ def _launch(tmp_path, ckpt, *extra):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     return subprocess.run([exe, "--hostfile", str(ROOT / "hostfiles" / "localhost"), "--no_ssh_check",
                            "--master_addr", "127.0.0.1", "--master_port", str(29800 + os.getpid() % 1000),
-                           str(ROOT / "megagpt" / "pretrain.py"), "--config", str(ROOT / "tests/train/run_tiny.yaml"),
+                           str(ROOT / "megagpt" / "pretrain.py"), "--config", str(ROOT / "tests/helpers/run_tiny.yaml"),
                            *ov], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -133,7 +133,7 @@ def test_kill_9_during_saves_always_resumes_from_a_whole_checkpoint(tmp_path):
           "train.save_interval=1", "train.keep_last=2", "train.eval_interval=1000", "train.log_interval=1",
           "model.n_embd=256", "model.n_head=4", "model.vocab_size=4096"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, str(ROOT / "megagpt" / "pretrain.py"), "--config", str(ROOT / "tests/train/run_tiny.yaml")]
+    cmd = [sys.executable, str(ROOT / "megagpt" / "pretrain.py"), "--config", str(ROOT / "tests/helpers/run_tiny.yaml")]
     mid_save = 0
     for trial, delay in enumerate([1.1, 2.1, 3.1]):
         log = tmp_path / f"run{trial}.log"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from shards import write_pattern_shard
+from tests.helpers.shards import write_pattern_shard
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN = ROOT / "tests" / "train" / "run_tiny.yaml"
+RUN = ROOT / "tests" / "helpers" / "run_tiny.yaml"
 PRETRAIN = [sys.executable, "-m", "megagpt.pretrain"]
 
 

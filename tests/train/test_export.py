@@ -3,9 +3,9 @@ full state dict: at step 0 it equals a single-device GPT built from the same see
 checks that zero.Init and the seeded pipeline build the same weights)."""
 import pytest
 import torch
-from common import RUN_YAML, layout_overrides
-from dist_harness import run_distributed
-from shards import write_pattern_shard
+from tests.helpers.train import RUN_YAML, layout_overrides
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
 
 from megagpt.config import load_run_config
 from megagpt.model import GPT, full_state_dict

@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
-from common import RUN_YAML, layout_overrides, train_worker
-from dist_harness import run_distributed
-from shards import write_pattern_shard
+from tests.helpers.train import RUN_YAML, layout_overrides, train_worker
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
 
 from megagpt.config import ConfigError, load_run_config
 from megagpt.config.guard import GuardConfig

@@ -3,9 +3,9 @@ directory), in both layouts, sharded over TP and partitioned by ZeRO; a mismatch
 is refused in one sentence."""
 import pytest
 import torch
-from common import RUN_YAML, layout_overrides
-from dist_harness import run_distributed
-from shards import write_pattern_shard
+from tests.helpers.train import RUN_YAML, layout_overrides
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
 
 from megagpt.config import ConfigError, load_run_config
 from megagpt.formats.weights import save_export

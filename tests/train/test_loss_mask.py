@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from common import layout_overrides, no_dropout, train_worker
-from dist_harness import run_distributed
-from shards import write_pattern_shard
+from tests.helpers.train import layout_overrides, no_dropout, train_worker
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
 
 from megagpt.data.gpt_dataset import GPTDataset, micro_batches, split_documents, token_mean
 from megagpt.data.indexed import IndexedDataset, IndexedDatasetWriter, MaskedShard, ShardError, open_shard

@@ -1,7 +1,7 @@
 """A tiny pretraining run on a 3-source mixture logs per-source train and valid losses."""
-from common import layout_overrides, train_worker
-from dist_harness import run_distributed
-from shards import write_pattern_shard
+from tests.helpers.train import layout_overrides, train_worker
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 

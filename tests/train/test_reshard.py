@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from common import RUN_YAML, layout_overrides, no_dropout, train_worker
-from dist_harness import run_distributed
-from shards import write_pattern_shard
+from tests.helpers.train import RUN_YAML, layout_overrides, no_dropout, train_worker
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
 
 from megagpt.formats.checkpoint_reader import OPTIMIZER_KEYS, SavedCheckpoint
 

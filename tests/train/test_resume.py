@@ -3,9 +3,9 @@ so RNG streams, optimizer, scheduler and data position all have to come back exa
 import os
 
 import pytest
-from common import layout_overrides, train_worker
-from dist_harness import run_distributed
-from shards import write_pattern_shard
+from tests.helpers.train import layout_overrides, train_worker
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
 
 from megagpt.formats.manifest import latest_tag
 

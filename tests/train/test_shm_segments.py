@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_harness import run_distributed
+from tests.helpers.dist import run_distributed
 
 
 def _ranks(rank, world_size):

@@ -9,7 +9,7 @@ from megagpt.config import ConfigError, DataConfig, ModelConfig, ParallelConfig,
 from megagpt.data.mixture import load_spec
 from megagpt.train.setup import setup_run
 
-RUN = Path(__file__).parent / "train" / "run_tiny.yaml"
+RUN = Path(__file__).resolve().parents[1] / "helpers" / "run_tiny.yaml"
 BAD = {".nan": "finite", ".inf": "finite", "seventy": "must be", "-3": "negative"}
 
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from common import RUN_YAML, layout_overrides
-from dist_harness import run_distributed
-from shards import write_pattern_shard
+from tests.helpers.train import RUN_YAML, layout_overrides
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
 
 from megagpt.config import load_run_config
 from megagpt.formats.checkpoint_reader import read_checkpoint

@@ -2,9 +2,9 @@
 weights, whatever the layout, logged to TensorBoard as eval/<task>/<metric>, equal to evaluating
 the exported model of the same step."""
 import pytest
-from common import layout_overrides, no_dropout, train_worker
-from dist_harness import run_distributed
-from shards import write_pattern_shard
+from tests.helpers.train import layout_overrides, no_dropout, train_worker
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from megagpt.eval.runner import Evaluator, run_suite

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tamper import Payload
+from tests.helpers.tamper import Payload
 
 import megagpt
 from megagpt.config import model_config

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tamper import Payload
+from tests.helpers.tamper import Payload
 
 from megagpt.config import model_config
 from megagpt.formats.hf import read_hf_dir, write_hf_dir

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from shards import write_pattern_shard
+from tests.helpers.shards import write_pattern_shard
 
 from megagpt.parallel.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN = ROOT / "tests" / "train" / "run_tiny.yaml"
+RUN = ROOT / "tests" / "helpers" / "run_tiny.yaml"
 HANG_TIMEOUT = 10
 
 

@@ -31,8 +31,9 @@ def _worker(rank, world_size, port, fn, args, outdir, use_deepspeed, environ):
         dist.destroy_process_group()
 
 
-# what the ranks' code imports (torch, deepspeed and the rest come with these two)
-mp.set_forkserver_preload(["megagpt.train.loop", "megagpt.inference"])
+# what the ranks' code imports (torch, deepspeed and the rest come with these two): the fork server
+# imports them when the first distributed test starts it
+PRELOAD = ["megagpt.train.loop", "megagpt.inference"]
 
 
 def run_distributed(fn, world_size: int, *args, use_deepspeed: bool = False, start_method: str = "forkserver") -> list:
@@ -45,6 +46,8 @@ def run_distributed(fn, world_size: int, *args, use_deepspeed: bool = False, sta
     that reads the ranks' output with ``capfd`` passes ``start_method="spawn"``."""
     from megagpt.parallel.launch import free_port  # here, not at import: spawned ranks skip deepspeed
 
+    if start_method == "forkserver":
+        mp.set_forkserver_preload(PRELOAD)  # no effect once the server runs: it is set before the first start
     with tempfile.TemporaryDirectory() as outdir:
         mp.start_processes(_worker, args=(world_size, free_port(), fn, args, outdir, use_deepspeed, dict(os.environ)),
                            nprocs=world_size, join=True, start_method=start_method)

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from ft_common import corpus_lines, write_classification
+from tests.helpers.finetune import corpus_lines, write_classification
 
 
 @pytest.fixture(scope="session")

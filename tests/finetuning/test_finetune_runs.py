@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from dist_harness import run_distributed
-from ft_common import ROOT, finetune_worker, run_yaml
+from tests.helpers.dist import run_distributed
+from tests.helpers.finetune import ROOT, finetune_worker, run_yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
@@ -122,7 +122,7 @@ def test_deepspeed_launcher_and_predict_command(ft_setup, tmp_path):
 
 def test_multiple_choice_with_different_answer_counts(ft_setup, tmp_path):
     """Validation scores examples with 2 and 3 answers in one batch (padded to the most answers)."""
-    from ft_common import corpus_lines
+    from tests.helpers.finetune import corpus_lines
 
     lines = corpus_lines("trivia")
     rows = []
