@@ -30,7 +30,7 @@ def main():
 
     def step_ours():
         ours.zero_grad(set_to_none=True)
-        ours(idx, tgt).mean().backward()
+        ours.token_losses(ours(idx), tgt).mean().backward()
 
     def step_hf():
         hf.zero_grad(set_to_none=True)

@@ -49,9 +49,15 @@ class Attention(nn.Module):
         self.c_attn = ColumnParallelLinear(cfg.n_embd, 3 * cfg.n_embd, ps, stride=3,
                                            init_std=cfg.initializer_range)
         self.c_proj = RowParallelLinear(cfg.n_embd, cfg.n_embd, ps, init_std=proj_std)
-        self._mask_cache: torch.Tensor | None = None
+        self._mask_cache: torch.Tensor | None = None  # the band, built once for the longest T
 
-    def _band(self, T: int, device) -> torch.Tensor:
+    def _mask(self, T: int, device, state: DecodeState | None) -> torch.Tensor | None:
+        """The attention mask, None for plain causal attention (SDPA's own, the fastest kernel).
+        Inference takes its padding-aware mask from the ``DecodeState``."""
+        if state is not None:
+            return state.mask(self.banded, T)
+        if not (self.banded and T > self.window):
+            return None
         m = self._mask_cache
         if m is None or m.size(0) < T or m.device != device:
             m = self._mask_cache = band_mask(T, self.window, device)
@@ -64,19 +70,14 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        if state is not None:  # inference: padding-aware masks, optionally a key/value cache
-            cache = state.caches[self.layer_idx] if state.caches is not None else None
-            if cache is not None:
-                k, v = cache.update(k, v, state.start)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=state.mask(self.banded, T))
-        else:
-            p = self.attn_pdrop if self.training else 0.0
-            mask = self._band(T, x.device) if self.banded and T > self.window else None
-            # this rank's heads: independent dropout per TP rank (without dropout no random numbers
-            # are drawn, and leaving the fork out spares torch.compile a graph break)
-            with self.ps.rng.fork() if p > 0 else contextlib.nullcontext():
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-                                                   is_causal=mask is None)
+        if state is not None and state.caches is not None:  # this layer's key/value cache
+            k, v = state.caches[self.layer_idx].update(k, v, state.start)
+        mask = self._mask(T, x.device, state)
+        p = self.attn_pdrop if self.training else 0.0
+        # this rank's heads: independent dropout per TP rank (without dropout no random numbers
+        # are drawn, and leaving the fork out spares torch.compile a graph break)
+        with self.ps.rng.fork() if p > 0 else contextlib.nullcontext():
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.c_proj(y)
 
@@ -93,7 +94,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One transformer layer. Pre-LN: x + f(LN(x)); post-LN (GPT-1): LN(x + f(x))."""
+    """One transformer layer. Pre-LN (GPT-2/3): x + f(LN(x)); post-LN (GPT-1): LN(x + f(x)).
+    Training and inference take the same path (dropout is the identity in eval mode)."""
 
     def __init__(self, cfg: ModelConfig, ps: ParallelState, layer_idx: int):
         super().__init__()
@@ -105,9 +107,6 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.resid_pdrop)
 
     def forward(self, x, state: DecodeState | None = None):
-        if state is not None and self.pre_ln:  # inference: no dropout modules to call
-            x = x + self.attn(self.ln_1(x), state)
-            return x + self.mlp(self.ln_2(x))
         if self.pre_ln:
             x = x + self.drop(self.attn(self.ln_1(x), state))
             return x + self.drop(self.mlp(self.ln_2(x)))
@@ -229,27 +228,23 @@ class GPT(nn.Module):
     def hidden_states(self, idx, state: DecodeState | None = None):
         """Final hidden states (B, T, n_embd). With a ``DecodeState`` (inference): positions and
         attention masks come from it, and its key/value caches, if any, are read and extended."""
-        if state is not None:
-            x = self.embed(idx, state.positions(idx.size(1)))
-            for block in self.blocks:
-                x = block(x, state)
-            return self.ln_f(x) if self.ln_f is not None else x
-        x = self.embed(idx)
+        x = self.embed(idx, None if state is None else state.positions(idx.size(1)))
+        recompute = self.checkpoint_activations and self.training
         for block in self.blocks:
-            if self.checkpoint_activations and self.training:
-                x = checkpoint(block, x, use_reentrant=False,
-                               context_fn=self.ps.rng.checkpoint_contexts)
+            if recompute:  # activation checkpointing: backward runs the block again
+                x = checkpoint(block, x, state, use_reentrant=False, context_fn=self.ps.rng.checkpoint_contexts)
             else:
-                x = block(x)
+                x = block(x, state)
         return self.ln_f(x) if self.ln_f is not None else x
 
-    def forward(self, idx, targets=None):
-        """Logits for this rank's slice of the real vocabulary (B, T, <= V_padded/tp) when
-        ``targets`` is None,
-        otherwise the per-token loss (B, T), float32, 0 where ``targets == -100``."""
-        logits = self.head(self.hidden_states(idx))
-        if targets is None:
-            return logits
+    def forward(self, idx):
+        """Logits for this rank's slice of the real vocabulary (B, T, <= V_padded/tp)."""
+        return self.head(self.hidden_states(idx))
+
+    def token_losses(self, logits, targets):
+        """Per-token cross-entropy (B, T), float32, 0 where ``targets == -100``, of ``forward``'s
+        logits (vocab-parallel: no rank gathers the whole vocabulary). A method of its own, not a
+        ``targets`` argument of ``forward``, so the DeepSpeed engine's forward returns logits too."""
         return self.head.loss(logits, targets)
 
     def next_token_logits(self, idx, state: DecodeState) -> torch.Tensor:

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from megagpt.parallel.mappings import group_size
+
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
@@ -61,7 +63,7 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, 
     ``logits[..., j]`` is the logit of token ``vocab_start + j``; the other columns live on the
     other ranks of ``group``.
     """
-    if group is None or dist.get_world_size(group) == 1:
+    if group_size(group) == 1:
         flat = F.cross_entropy(logits.float().flatten(0, -2), target.flatten(),
                                ignore_index=ignore_index, reduction="none")
         return flat.view(target.shape)

@@ -9,12 +9,14 @@ import torch
 import torch.distributed as dist
 
 
-def _size(group) -> int:
-    return 1 if group is None else dist.get_world_size(group)
+def group_size(group) -> int:
+    """Ranks in ``group`` (None: no group, one rank). ``ProcessGroup.size()`` itself, because
+    ``dist.get_world_size`` costs five Python calls and this runs in every layer's forward."""
+    return 1 if group is None else group.size()
 
 
 def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
-    if _size(group) == 1:
+    if group_size(group) == 1:
         return x
     x = x.contiguous()
     dist.all_reduce(x, group=group)
@@ -22,14 +24,14 @@ def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
 
 
 def _split_last(x: torch.Tensor, group) -> torch.Tensor:
-    n = _size(group)
+    n = group_size(group)
     if n == 1:
         return x
     return x.chunk(n, dim=-1)[dist.get_rank(group)].contiguous()
 
 
 def _gather_last(x: torch.Tensor, group) -> torch.Tensor:
-    n = _size(group)
+    n = group_size(group)
     if n == 1:
         return x
     x = x.contiguous()
@@ -56,7 +58,7 @@ class _ReduceFromTP(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, group):
-        return _all_reduce(x.clone() if _size(group) > 1 else x, group)
+        return _all_reduce(x.clone() if group_size(group) > 1 else x, group)
 
     @staticmethod
     def backward(ctx, grad):
@@ -90,16 +92,16 @@ class _GatherFromTP(torch.autograd.Function):
 
 
 def copy_to_tp(x, group):
-    return x if _size(group) == 1 else _CopyToTP.apply(x, group)
+    return x if group_size(group) == 1 else _CopyToTP.apply(x, group)
 
 
 def reduce_from_tp(x, group):
-    return x if _size(group) == 1 else _ReduceFromTP.apply(x, group)
+    return x if group_size(group) == 1 else _ReduceFromTP.apply(x, group)
 
 
 def scatter_to_tp(x, group):
-    return x if _size(group) == 1 else _ScatterToTP.apply(x, group)
+    return x if group_size(group) == 1 else _ScatterToTP.apply(x, group)
 
 
 def gather_from_tp(x, group):
-    return x if _size(group) == 1 else _GatherFromTP.apply(x, group)
+    return x if group_size(group) == 1 else _GatherFromTP.apply(x, group)

@@ -93,7 +93,7 @@ def _accumulate(built, data, *, guard, fault, step: int, keep_losses: bool) -> t
         engine.set_gradient_accumulation_boundary(last)
         x, y, src = next(data)
         y = y.to(engine.device)
-        token_loss = engine(x.to(engine.device), y)
+        token_loss = engine.module.token_losses(engine(x.to(engine.device)), y)
         loss = token_mean(token_loss, y)
         if fault is not None:
             loss = fault.loss(loss, step, last)

@@ -38,6 +38,6 @@ class HeldOutLoss:
         for _ in range(n):
             x, y = next(it)
             y = y.to(engine.device)
-            total += token_mean(engine(x.to(engine.device), y), y).float().cpu()
+            total += token_mean(engine.module.token_losses(engine(x.to(engine.device)), y), y).float().cpu()
         engine.train()
         return float(dp_mean(total / n, ps, engine.device))

@@ -70,7 +70,7 @@ def _measure_worker(rank, world_size, overrides, shard):
         for k in range(gas):
             eng.set_gradient_accumulation_boundary(k == gas - 1)
             x, y = next(data)
-            eng.backward(token_mean(eng(x, y), y))
+            eng.backward(token_mean(eng.module.token_losses(eng(x), y), y))
             eng.step()
 
     out = measure(eng, step)
