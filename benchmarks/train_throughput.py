@@ -247,7 +247,7 @@ def _guard_worker(rank, world_size, args, label, prefix, rounds, block):
 
 
 def guard_overhead(args, prefix, rounds: int = 6, block: int = 2) -> None:
-    from tests.dist_harness import run_distributed
+    from tests.helpers.dist import run_distributed
 
     print(f"\nstep guard, dp=2 (fp32, one engine, {rounds} rounds of {block} steps with it off and on, the order "
           f"alternating; median step):")
@@ -309,7 +309,7 @@ def throughput_table(args, precision: str, prefix: str, flops: float) -> None:
 
 def memory_table(args, prefix: str) -> None:
     """Each rank's memory by category, stage 0 against ZeRO-3, at every dp of ``args.dp``."""
-    from tests.dist_harness import run_distributed
+    from tests.helpers.dist import run_distributed
 
     print("\nmemory per rank (MiB; rank 0). grads kept: at the optimizer step (ZeRO's model states);"
           "\ngrads peak: the most at the end of backward, where ZeRO-3 still holds the whole gradient of"

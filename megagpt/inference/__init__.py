@@ -25,8 +25,8 @@ from megagpt.inference.int8 import check_int8, quantize_int8
 from megagpt.inference.scoring import Score, loglikelihood
 from megagpt.model.gpt import build_empty
 
-__all__ = ["load", "load_for_text", "add_model_args", "DTYPES", "PRECISIONS", "quantize_int8", "Loaded", "read_weights", "generate", "SamplingParams", "Completion", "loglikelihood",
-           "Score", "Tokenizer", "WeightsError"]
+__all__ = ["load", "load_for_text", "add_model_args", "DTYPES", "PRECISIONS", "quantize_int8", "Loaded", "read_weights",
+           "generate", "SamplingParams", "Completion", "loglikelihood", "Score", "Tokenizer", "WeightsError"]
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

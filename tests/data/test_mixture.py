@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.helpers.shards import write_pattern_shard
 
 from megagpt.data import mixture
 from megagpt.data.gpt_dataset import micro_batches
+from tests.helpers.shards import write_pattern_shard
 
 ROOT = Path(__file__).resolve().parents[2]
 

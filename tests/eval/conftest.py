@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
-from tests.helpers.eval_data import SENTENCES
 
 from megagpt.config import model_config
 from megagpt.eval.tasks import write_task
 from megagpt.formats.weights import save_export
 from megagpt.model import GPT, full_state_dict
+from tests.helpers.eval_data import SENTENCES
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,13 @@
 weights, whatever the layout, logged to TensorBoard as eval/<task>/<metric>, equal to evaluating
 the exported model of the same step."""
 import pytest
-from tests.helpers.train import layout_overrides, no_dropout, train_worker
-from tests.helpers.dist import run_distributed
-from tests.helpers.shards import write_pattern_shard
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from megagpt.eval.runner import Evaluator, run_suite
 from megagpt.eval.tasks import load_task, write_task
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
+from tests.helpers.train import layout_overrides, no_dropout, train_worker
 
 WORDS = ["red", "blue", "green", "black", "white", "cold", "warm", "dark", "light", "small"]
 

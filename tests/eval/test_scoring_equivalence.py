@@ -6,13 +6,13 @@ import random
 
 import pytest
 import torch
-from tests.helpers.eval_data import SENTENCES
 
 from megagpt.eval.contamination import TrainingNgrams, ngram_size
 from megagpt.eval.runner import Evaluator, run_suite
 from megagpt.eval.tasks import load_task, write_task
 from megagpt.formats.hf import write_hf_dir
 from megagpt.inference import load
+from tests.helpers.eval_data import SENTENCES
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from tests.helpers.finetune import corpus_lines, write_classification
 
 

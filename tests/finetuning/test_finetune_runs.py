@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 from tests.helpers.dist import run_distributed
 from tests.helpers.finetune import ROOT, finetune_worker, run_yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
 def _run(ft_setup, tag, world, *overrides):

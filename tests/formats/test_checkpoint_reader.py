@@ -6,14 +6,14 @@ import json
 
 import pytest
 import torch
-from tests.helpers.train import RUN_YAML, layout_overrides
-from tests.helpers.dist import run_distributed
-from tests.helpers.shards import write_pattern_shard
 
 from megagpt.config import load_run_config
 from megagpt.formats.checkpoint_reader import read_checkpoint
 from megagpt.formats.weights import WeightsError
 from megagpt.train.setup import setup_run
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
+from tests.helpers.train import RUN_YAML, layout_overrides
 
 BF16_ZERO1 = ["deepspeed.bf16.enabled=true", "deepspeed.zero_optimization.stage=1"]
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tests.helpers.tamper import Payload
 
 from megagpt.config import model_config
 from megagpt.formats.hf import read_hf_dir, write_hf_dir
 from megagpt.inference import WeightsError, load
 from megagpt.inference.generation import SamplingParams, generate
 from megagpt.model import GPT, full_state_dict
+from tests.helpers.tamper import Payload
 
 # Beyond the corpus: emoji and characters the 1500-piece vocabulary lacks (byte fallback), digits,
 # runs of spaces, newlines, tabs, control and zero-width characters, literal special-token strings.

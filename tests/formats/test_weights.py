@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers.tamper import Payload
 
 import megagpt
 from megagpt.config import model_config
 from megagpt.formats.weights import save_export
 from megagpt.inference import WeightsError, load
 from megagpt.model import GPT, full_state_dict
+from tests.helpers.tamper import Payload
 
 ROOT = Path(__file__).resolve().parents[2]
 

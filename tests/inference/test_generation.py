@@ -3,13 +3,13 @@ GPT-3 banded with a ring that wraps, GPT-1 post-LN; batched with left padding), 
 stopping, sliding past n_positions, and tensor-parallel generation equal to tp=1."""
 import pytest
 import torch
-from tests.helpers.dist import run_distributed
 
 from megagpt.config import model_config
 from megagpt.formats.weights import save_export
 from megagpt.inference import load
 from megagpt.inference.generation import SamplingParams, filter_logits, generate, penalize_repetition
 from megagpt.model import GPT, full_state_dict
+from tests.helpers.dist import run_distributed
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17], [3, 4], [100, 101, 102, 103, 104, 105]]
 

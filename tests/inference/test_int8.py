@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from dist_harness import run_distributed
 
 from megagpt.config import model_config
 from megagpt.formats.weights import save_export
@@ -13,6 +12,7 @@ from megagpt.inference import load
 from megagpt.inference.generation import SamplingParams, generate
 from megagpt.inference.int8 import Int8ColumnParallelLinear, Int8Embedding, Int8RowParallelLinear
 from megagpt.model import GPT, full_state_dict
+from tests.helpers.dist import run_distributed
 
 VOCAB, SEQ = 200, 48
 

@@ -4,7 +4,6 @@ import random
 
 import pytest
 import torch
-from tests.helpers.dist import run_distributed
 
 from megagpt.config import model_config
 from megagpt.formats.hf import write_hf_dir
@@ -12,6 +11,7 @@ from megagpt.formats.weights import save_export
 from megagpt.inference import load
 from megagpt.inference.scoring import loglikelihood
 from megagpt.model import GPT, full_state_dict
+from tests.helpers.dist import run_distributed
 
 
 def _requests(n=50, vocab=300):

@@ -1,11 +1,11 @@
 """tp=2 and tp=4 give the logits, loss and gathered gradients of tp=1 from the same weights."""
 import pytest
 import torch
-from dist_harness import run_distributed
 
 from megagpt.config import model_config
 from megagpt.model import GPT, full_state_dict, load_full_state_dict
 from megagpt.parallel import ParallelState, gather_tensor
+from tests.helpers.dist import run_distributed
 
 # vocab 300 pads to 384 at tp=1 and 512 at tp=2/4: the padding differs, the results must not.
 CFG = dict(n_layer=3, n_head=4, n_embd=32, n_positions=24, vocab_size=300, local_window=5,

@@ -1,9 +1,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.helpers.dist import run_distributed
 
 from megagpt.parallel import ParallelState, vocab_parallel_cross_entropy
+from tests.helpers.dist import run_distributed
 
 
 def _check(rank, world_size, dtype):

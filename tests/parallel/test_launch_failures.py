@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.helpers.shards import write_pattern_shard
 
 from megagpt.parallel.launch import free_port
+from tests.helpers.shards import write_pattern_shard
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "tests" / "helpers" / "run_tiny.yaml"

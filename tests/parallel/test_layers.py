@@ -1,7 +1,6 @@
 """Parallel layers and mappings against plain torch layers holding the gathered weights."""
 import torch
 import torch.nn.functional as F
-from tests.helpers.dist import run_distributed
 
 from megagpt.parallel import (
     ColumnParallelLinear,
@@ -12,6 +11,7 @@ from megagpt.parallel import (
     shard_tensor,
 )
 from megagpt.parallel.layers import unshard_tensors
+from tests.helpers.dist import run_distributed
 
 
 def _check_layers(rank, world_size):

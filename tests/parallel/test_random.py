@@ -1,10 +1,10 @@
 """TP-aware RNG: replicated activations get one dropout mask, split ones get one per rank."""
 import torch
 import torch.distributed as dist
-from tests.helpers.dist import run_distributed
 from torch.utils.checkpoint import checkpoint
 
 from megagpt.parallel import ParallelState
+from tests.helpers.dist import run_distributed
 
 
 def _masks(rank, world_size):

@@ -4,6 +4,7 @@ says so. (The whole path, SIGSTOP to the launcher's exit, is tests/parallel/test
 import time
 
 import torch.distributed as dist
+
 from tests.helpers.dist import run_distributed
 
 

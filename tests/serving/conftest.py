@@ -2,6 +2,7 @@
 model sharing a sentencepiece tokenizer trained on the project's prose, with byte fallback, so
 Chinese text round-trips), started once per session."""
 import pytest
+
 from tests.helpers.serve import start_server, tiny_model
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tests.helpers.serve import ROOT
 
 pytest.importorskip("lm_eval")

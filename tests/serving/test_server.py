@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from tests.helpers.serve import ROOT, start_server
 
 openai = pytest.importorskip("openai")

@@ -4,14 +4,14 @@ numbers win, and auto-configured training gives ZeRO-3's losses."""
 from pathlib import Path
 
 import pytest
-from common import RUN_YAML, layout_overrides, no_dropout, train_worker
-from dist_harness import run_distributed
-from shards import write_pattern_shard
 
 from megagpt.config import ConfigError, load_run_config
 from megagpt.train.autotune import resolve
 from megagpt.train.memory import predict
 from megagpt.train.setup import setup_run
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
+from tests.helpers.train import RUN_YAML, layout_overrides, no_dropout, train_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 GIB = 2 ** 30

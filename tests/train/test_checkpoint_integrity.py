@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.helpers.train import layout_overrides, train_worker
-from tests.helpers.dist import run_distributed
-from tests.helpers.shards import write_pattern_shard
 
 from megagpt.formats.manifest import choose_tag, latest_tag, verify
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
+from tests.helpers.train import layout_overrides, train_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 

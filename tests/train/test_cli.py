@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from tests.helpers.shards import write_pattern_shard
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,13 +3,13 @@ full state dict: at step 0 it equals a single-device GPT built from the same see
 checks that zero.Init and the seeded pipeline build the same weights)."""
 import pytest
 import torch
-from tests.helpers.train import RUN_YAML, layout_overrides
-from tests.helpers.dist import run_distributed
-from tests.helpers.shards import write_pattern_shard
 
 from megagpt.config import load_run_config
 from megagpt.model import GPT, full_state_dict
 from megagpt.train.setup import setup_run
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
+from tests.helpers.train import RUN_YAML, layout_overrides
 
 
 def _export_worker(rank, world_size, overrides):

@@ -7,14 +7,14 @@ import json
 
 import pytest
 import torch
-from tests.helpers.train import RUN_YAML, layout_overrides, train_worker
-from tests.helpers.dist import run_distributed
-from tests.helpers.shards import write_pattern_shard
 
 from megagpt.config import ConfigError, load_run_config
 from megagpt.config.guard import GuardConfig
 from megagpt.train.cursor import merge_windows, next_start
 from megagpt.train.guard import StepGuard, Verdict
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
+from tests.helpers.train import RUN_YAML, layout_overrides, train_worker
 
 BATCH = 8  # micro 2 x gas 2 x dp 2 samples per step
 

@@ -3,14 +3,14 @@ directory), in both layouts, sharded over TP and partitioned by ZeRO; a mismatch
 is refused in one sentence."""
 import pytest
 import torch
-from tests.helpers.train import RUN_YAML, layout_overrides
-from tests.helpers.dist import run_distributed
-from tests.helpers.shards import write_pattern_shard
 
 from megagpt.config import ConfigError, load_run_config
 from megagpt.formats.weights import save_export
 from megagpt.model import GPT, full_state_dict
 from megagpt.train.setup import setup_run
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
+from tests.helpers.train import RUN_YAML, layout_overrides
 
 
 def _init_worker(rank, world_size, overrides, expected_path):

@@ -1,9 +1,10 @@
 """zero3 (TP x DP, ZeRO-3) and 3d (TP x PP x DP, ZeRO-1) from the same seed and data give the
 single-process losses; the loss falls."""
 import pytest
-from tests.helpers.train import layout_overrides, no_dropout, train_worker
+
 from tests.helpers.dist import run_distributed
 from tests.helpers.shards import write_pattern_shard
+from tests.helpers.train import layout_overrides, no_dropout, train_worker
 
 GLOBAL_BATCH = 8
 STEPS = 4
@@ -65,11 +66,11 @@ def test_activation_checkpointing_is_exact(tmp_path, shard, layout, pp, world):
 
 def _compiled_worker(rank, world_size, overrides):
     import torch._dynamo
-    from tests.helpers.train import RUN_YAML
 
     from megagpt.config import load_run_config
     from megagpt.train.loop import Trainer
     from megagpt.train.setup import setup_run
+    from tests.helpers.train import RUN_YAML
 
     trainer = Trainer(setup_run(load_run_config(RUN_YAML, overrides), world_size))
     losses = trainer.train()

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.helpers.train import layout_overrides, no_dropout, train_worker
-from tests.helpers.dist import run_distributed
-from tests.helpers.shards import write_pattern_shard
 
 from megagpt.data.gpt_dataset import GPTDataset, micro_batches, split_documents, token_mean
 from megagpt.data.indexed import IndexedDataset, IndexedDatasetWriter, MaskedShard, ShardError, open_shard
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
+from tests.helpers.train import layout_overrides, no_dropout, train_worker
 
 GLOBAL_BATCH = 8
 

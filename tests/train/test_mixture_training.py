@@ -1,8 +1,9 @@
 """A tiny pretraining run on a 3-source mixture logs per-source train and valid losses."""
-from tests.helpers.train import layout_overrides, train_worker
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 from tests.helpers.dist import run_distributed
 from tests.helpers.shards import write_pattern_shard
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tests.helpers.train import layout_overrides, train_worker
 
 
 def test_per_source_scalars(tmp_path):

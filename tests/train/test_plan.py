@@ -16,12 +16,12 @@ step (DeepSpeed gives the unused copy of the position table a zero gradient ther
 from pathlib import Path
 
 import pytest
-from common import RUN_YAML, layout_overrides, no_dropout
-from dist_harness import run_distributed
-from shards import write_pattern_shard
 
 from megagpt.config import load_run_config
 from megagpt.train.memory import predict, stage_params
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
+from tests.helpers.train import RUN_YAML, layout_overrides, no_dropout
 
 SHAPE = ["model.n_layer=4", "model.n_head=4", "model.n_embd=256", "model.n_positions=128", "model.vocab_size=1000",
          "model.local_window=32"]

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers.train import RUN_YAML, layout_overrides, no_dropout, train_worker
-from tests.helpers.dist import run_distributed
-from tests.helpers.shards import write_pattern_shard
 
 from megagpt.formats.checkpoint_reader import OPTIMIZER_KEYS, SavedCheckpoint
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
+from tests.helpers.train import RUN_YAML, layout_overrides, no_dropout, train_worker
 
 ROOT = Path(__file__).parents[2]
 GLOBAL_BATCH, MICRO, STEPS, SAVED_AT = 8, 2, 6, 4

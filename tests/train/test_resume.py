@@ -3,11 +3,11 @@ so RNG streams, optimizer, scheduler and data position all have to come back exa
 import os
 
 import pytest
-from tests.helpers.train import layout_overrides, train_worker
-from tests.helpers.dist import run_distributed
-from tests.helpers.shards import write_pattern_shard
 
 from megagpt.formats.manifest import latest_tag
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
+from tests.helpers.train import layout_overrides, train_worker
 
 N, K = 6, 3
 

@@ -3,12 +3,12 @@ import math
 
 import pytest
 import torch
-from tests.helpers.train import RUN_YAML, layout_overrides
-from tests.helpers.dist import run_distributed
-from tests.helpers.shards import write_pattern_shard
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from megagpt.train.schedule import WarmupCosineLR, rampup_batch_size
+from tests.helpers.dist import run_distributed
+from tests.helpers.shards import write_pattern_shard
+from tests.helpers.train import RUN_YAML, layout_overrides
 
 
 def test_warmup_cosine_in_tokens():

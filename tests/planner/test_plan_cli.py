@@ -15,7 +15,7 @@ from megagpt.train.autotune import HEADROOM
 from megagpt.train.memory import predict
 from megagpt.train.setup import setup_run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GIB = 2 ** 30
 
 
