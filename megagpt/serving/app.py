@@ -273,7 +273,7 @@ class Service:
 
         def choice(index, text, finish=None, entries=None, role=False):
             if chat:
-                delta = ({"role": "assistant", "content": text} if role else {"content": text}) if text is not None else {}
+                delta = {} if text is None else {"role": "assistant", "content": text} if role else {"content": text}
                 return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
             lp = None
             if entries is not None and logprobs is not None:
