@@ -91,7 +91,8 @@ def decode_engine(args, model, tok, bwd, device):
         torch.set_num_threads(args.threads)
     elif device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
-    engine = BatchEngine(model, eod_id=tok.eod_id, max_rows=args.max_batch, vocab_limit=tok.vocab_size)
+    engine = BatchEngine(model, eod_id=tok.eod_id, max_rows=args.max_batch, vocab_limit=tok.vocab_size,
+                         decode=tok.decode)
     if bwd is not None:
         engine.register("mmi", lambda turns, cands, weight: rerank(model, bwd, tok, turns, cands, weight=weight))
     return engine

@@ -1,21 +1,21 @@
-"""Continuous batching: requests join and leave a running decode batch between steps (Orca's
-iteration-level scheduling), over the same left-padded key/value caches as ``generate``.
+"""The decoding engine: one loop of iterations over a running batch, for ``generate`` and for the
+server alike (nano-vllm's shape: ``generate`` is a loop over this engine's iterations).
 
-The batch is a set of rows advancing in lockstep: at every step each row writes cache slot ``S``.
-A row's position is its slot minus its left padding, so a new request can join a batch at any
-step: the requests admitted in one iteration are prefilled together, left-padded to the longest
-prompt (their first tokens come from that prefill, as in ``generate``), and their caches are copied
-into the batch's so that their last prompt slot lines up with the batch's last filled slot (the
-batch is shifted right first when the new prompts are longer than ``S``). Rows
-leave when they finish; when every remaining row has left padding the batch is shifted left, so
-the caches stay about as long as the longest request in flight. Nothing in a row's computation
-depends on its neighbours except through padding the attention mask hides, so a greedy request
-decodes the same tokens in a batch as alone.
+Requests join and leave the batch between steps (Orca's iteration-level scheduling): the jobs
+admitted in one iteration are prefilled together, left-padded to the longest prompt (their first
+tokens come from that prefill), then every iteration runs one token per row. How the rows run
+through the model (continuous key/value caches, a compiled static cache, or no cache) is the
+runner's business (``megagpt.inference.runner``); this module chooses the tokens (sampling and
+penalties, ``megagpt.inference.sampling``) and decides when a row is finished, in one place
+(``_Request.take``: EOD, a stop string, the length), so a finished row leaves the batch in the
+iteration that finished it. Nothing in a row's computation depends on its neighbours except
+through padding the attention mask hides, so a greedy request decodes the same tokens in a batch
+as alone.
 
-``BatchEngine.apply(plan)`` does one iteration's tensor work. Under tensor parallelism every rank
-applies the same plans (rank 0 makes them and broadcasts them; see ``megagpt.serving``): the
-logits are gathered over the vocabulary and every request carries its own seeded generator, so
-all ranks pick the same tokens and leave the batch at the same steps.
+``BatchEngine.apply(plan)`` does one iteration's work. Under tensor parallelism every rank applies
+the same plans (rank 0 makes them and broadcasts them; see ``megagpt.serving``): the logits are
+gathered over the vocabulary, every request carries its own seeded generator and every rank
+decodes the same text, so all ranks pick the same tokens and finish the same rows.
 """
 from __future__ import annotations
 
@@ -24,16 +24,25 @@ from dataclasses import dataclass, field
 
 import torch
 
-from megagpt.inference.generation import SamplingParams, _left_pad, choose, penalize_repetition
-from megagpt.model.cache import DecodeState, KVCache
+from megagpt.inference.runner import CachedRunner, left_pad, slide_keep
+from megagpt.inference.sampling import SamplingParams, choose, continuation, cut_at_stop, penalize_repetition
 
 
 @dataclass
 class Job:
-    """One request for the engine: ``n`` rows continuing ``prompt`` under ``params``.
+    """One request for the engine: rows continuing ``prompt`` under ``params``.
+
     ``logprobs``: top entries kept per generated token (None: none); ``prompt_logprobs``: the same
     for the prompt's own tokens (OpenAI's ``echo`` with ``logprobs``); ``presence`` and
-    ``frequency``: OpenAI's penalties (subtracted from the logits of tokens already generated)."""
+    ``frequency``: OpenAI's penalties (subtracted from the logits of tokens already generated).
+    ``rows``: each row's own prompt (``generate``'s batch: several prompts drawn by one generator);
+    None: ``num_return_sequences`` rows of ``prompt``. ``lockstep``: the rows stay in the batch
+    until all of them have finished (one generator draws for all of them at every step, so a
+    seeded row's tokens do not depend on when the others finish), and the context slides past
+    ``n_positions`` instead of the job being refused. ``keep_scores``: each event carries the
+    processed logits its token was chosen from. ``stream_text``: each event carries its row's text
+    (decoded at every token; otherwise only where stop strings are watched, and at the finish).
+    ``lstrip``: the text starts at the first non-space character (a chat reply)."""
 
     rid: int
     prompt: list[int]
@@ -42,12 +51,24 @@ class Job:
     prompt_logprobs: int | None = None
     presence: float = 0.0
     frequency: float = 0.0
+    rows: list[list[int]] | None = None
+    lockstep: bool = False
+    keep_scores: bool = False
+    stream_text: bool = False
+    lstrip: bool = False
+
+    @property
+    def prompts(self) -> list[list[int]]:
+        """Each row's prompt."""
+        return self.rows if self.rows is not None else [self.prompt] * self.params.num_return_sequences
 
 
 @dataclass
 class TokenEvent:
-    """Row ``row`` of request ``rid`` chose ``token``; ``finished``: 'eod' or 'length' when the
-    engine took the row out of the batch; ``logprob``/``top``: when the job asked for logprobs."""
+    """Row ``row`` of request ``rid`` chose ``token``; ``finished``: 'eod', 'stop' or 'length' when
+    that finished the row (it has left the batch, or under ``lockstep`` no longer counts); no event
+    follows a finish. ``logprob``/``top``: when the job asked for logprobs; ``text``: the row's text
+    so far when it was decoded (cut before a stop string); ``scores``: with ``Job.keep_scores``."""
 
     rid: int
     row: int
@@ -55,6 +76,8 @@ class TokenEvent:
     finished: str | None = None
     logprob: float | None = None
     top: list[tuple[int, float]] | None = None
+    text: str | None = None
+    scores: torch.Tensor | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -85,56 +108,112 @@ def top_entries(logprobs: torch.Tensor, k: int) -> list[list[tuple[int, float]]]
 
 
 class _Request:
-    """Engine-side state of a request: its generator and its per-row penalty counts."""
+    """Engine-side state of a job's rows: each row's tokens (its prompt, then every token chosen
+    for it), its text, the job's generator and penalty counts. ``take`` decides when a row is
+    finished."""
 
-    def __init__(self, job: Job, vocab: int, device):
+    def __init__(self, job: Job, cfg, device, eod_id: int | None, decode: Callable[[list[int]], str] | None):
         p = job.params
-        self.job, self.n = job, p.num_return_sequences
+        if p.stop and decode is None:
+            raise ValueError("stop strings need a tokenizer to decode the generated text.")
+        n_pos, keep = cfg.n_positions, slide_keep(cfg.n_positions)
+        self.prompts = [r[-keep:] if job.lockstep and len(r) >= n_pos else r for r in job.prompts]
+        self.job, self.n, self.eod_id, self.decode = job, len(self.prompts), eod_id, decode
+        self.seqs = [list(r) for r in self.prompts]  # what a refill reads
+        self.out: list[list[int]] = [[] for _ in range(self.n)]  # the generated tokens, EOD not included
+        self.finish: list[str | None] = [None] * self.n
+        self.watch = decode is not None and (bool(p.stop) or job.stream_text)  # decode at every token
+        self.texts: list[str | None] = [""] * self.n if self.watch else [None] * self.n
+        self._prompt_texts: list[str | None] = [None] * self.n
         self.generator = torch.Generator(device=device).manual_seed(p.seed)
-        self.produced = [0] * self.n
         self.counts = None
         if job.presence or job.frequency or p.repetition_penalty != 1.0:
-            self.counts = torch.zeros(self.n, vocab, device=device)
+            self.counts = torch.zeros(self.n, cfg.vocab_size, device=device)
             if p.repetition_penalty != 1.0:  # CTRL's penalty also covers the prompt's tokens
-                self.prompt_seen = torch.zeros(vocab, dtype=torch.bool, device=device)
-                self.prompt_seen[job.prompt] = True
+                self.prompt_seen = torch.zeros(self.n, cfg.vocab_size, dtype=torch.bool, device=device)
+                for i, r in enumerate(self.prompts):
+                    self.prompt_seen[i, r] = True
 
+    def choose(self, logits: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens for ``rows`` from their fp32 logits (R, V), and the processed logits they were
+        chosen from (penalties applied)."""
+        job, p = self.job, self.job.params
+        x = logits
+        if self.counts is not None:
+            c = self.counts[rows]
+            if p.repetition_penalty != 1.0:
+                x = penalize_repetition(x, (c > 0) | self.prompt_seen[rows], p.repetition_penalty)
+            if job.frequency or job.presence:
+                x = x - job.frequency * c - job.presence * (c > 0).float()
+        tok = choose(x, p, self.generator)
+        if self.counts is not None:
+            self.counts[rows, tok] += 1
+        return tok, x
 
-def _remap(old: torch.Tensor, *, old_ring: bool, new_ring: bool, new_slots: int, S_new: int, shift: int,
-           banded: bool, window: int) -> torch.Tensor:
-    """``old``'s keys (or values) in a new slot layout: new slot ``t`` holds old slot ``t + shift``
-    for the filled slots ``t < S_new``. A ring holds slot ``t`` at ``t % window``; a banded layer
-    only ever reads its last ``window`` slots, so only those are copied."""
-    lo = max(0, S_new - window) if banded else 0
-    t = torch.arange(max(lo, -shift), S_new, device=old.device)
-    src = t + shift
-    new = old.new_zeros(old.size(0), old.size(1), new_slots, old.size(3))
-    if t.numel():
-        new[:, :, t % window if new_ring else t] = old[:, :, src % window if old_ring else src]
-    return new
+    def take(self, row: int, token: int) -> str | None:
+        """``token`` is ``row``'s next; the reason when that finished the row: 'eod', 'stop' (its text
+        then ends before the stop string) or 'length'. Every finish is decided here."""
+        self.seqs[row].append(token)
+        p = self.job.params
+        if self.eod_id is not None and p.stop_at_eod and token == self.eod_id:
+            return self._end(row, "eod")
+        self.out[row].append(token)
+        if self.watch:
+            text = self.text(row)
+            cut = cut_at_stop(text, p.stop)
+            self.texts[row] = text if cut is None else cut
+            if cut is not None:
+                return self._end(row, "stop")
+        return self._end(row, "length") if len(self.out[row]) >= p.max_new_tokens else None
+
+    def _end(self, row: int, reason: str) -> str:
+        self.finish[row] = reason
+        if self.decode is not None and not self.watch:
+            self.texts[row] = self.text(row)
+        return reason
+
+    def text(self, row: int) -> str:
+        """The text of ``row``'s generated tokens after its prompt."""
+        if self._prompt_texts[row] is None:
+            self._prompt_texts[row] = self.decode(self.prompts[row])
+        t = continuation(self.decode, self.prompts[row], self.out[row], self._prompt_texts[row])
+        return t.lstrip() if self.job.lstrip else t
+
+    def leaving(self, rows: list[int]) -> list[bool]:
+        """Which of ``rows`` leave the batch now: the finished ones; under ``lockstep`` all of them
+        once every row has finished."""
+        if self.job.lockstep:
+            return [None not in self.finish] * len(rows)
+        return [self.finish[r] is not None for r in rows]
 
 
 class BatchEngine:
     """The running batch of one model. ``max_rows`` caps the rows decoded together (a request with
-    ``n`` choices takes ``n``); the scheduler keeps to it (``kept_after``)."""
+    ``n`` choices takes ``n``); the scheduler keeps to it (``kept_after``). ``decode``: ids to text
+    (stop strings and the rows' text need it); ``runner``: how the rows run through the model
+    (default: a ``CachedRunner``)."""
 
-    def __init__(self, model, *, eod_id: int | None, max_rows: int = 32, vocab_limit: int | None = None):
-        self.model, self.cfg, self.eod_id, self.max_rows = model, model.cfg, eod_id, max_rows
+    def __init__(self, model, *, eod_id: int | None, max_rows: int = 32, vocab_limit: int | None = None,
+                 decode: Callable[[list[int]], str] | None = None, runner=None):
+        self.model, self.cfg, self.eod_id, self.max_rows, self.decode = model, model.cfg, eod_id, max_rows, decode
         # ids at or above vocab_limit (a tokenizer smaller than the model's padded vocabulary) are never chosen
         self.vocab_limit = vocab_limit if vocab_limit is not None and vocab_limit < model.cfg.vocab_size else None
         self.device = next(model.parameters()).device
-        self.banded = [bool(b.attn.banded) for b in model.blocks]
+        self.runner = runner if runner is not None else CachedRunner(model)
         self.calls: dict[str, Callable] = {}
         self.requests: dict[int, _Request] = {}
         self.rows: list[tuple[int, int]] = []  # (rid, row) per batch row
-        self.ends = torch.zeros(0, dtype=torch.long)  # per row: the slot count it can need at most
         self.next = torch.zeros(0, dtype=torch.long, device=self.device)  # per row: the input token
-        self.state: DecodeState | None = None
 
     # -- what the scheduler reads -------------------------------------------------------------
     @property
     def active(self) -> int:
         return len(self.rows)
+
+    @property
+    def state(self):
+        """The batch's ``DecodeState`` (None when the batch is empty or the runner keeps none)."""
+        return self.runner.state
 
     def kept_after(self, drop) -> list[int]:
         """The batch rows a plan's ``drop`` (request ids, or (rid, row) pairs) leaves in."""
@@ -149,8 +228,9 @@ class BatchEngine:
     def reset(self) -> None:
         """Forget every row and request (after an error)."""
         self.requests.clear()
-        self.rows, self.state = [], None
-        self.ends, self.next = torch.zeros(0, dtype=torch.long), self.next[:0]
+        self.rows = []
+        self.runner.reset()
+        self.next = self.next[:0]
 
     # -- one iteration ------------------------------------------------------------------------
     @torch.no_grad()
@@ -166,23 +246,77 @@ class BatchEngine:
         if plan.add:
             self._admit(plan.add, out)
         if self.rows:
-            self._step(out)
+            self.step(out)
         return out
 
-    # -- internals ----------------------------------------------------------------------------
-    def _layout(self, capacity: int, layer: int) -> tuple[bool, int]:
-        ring = self.banded[layer] and self.cfg.local_window < capacity
-        return ring, (self.cfg.local_window if ring else capacity)
+    @torch.no_grad()
+    def add(self, jobs: list[Job], out: Outcome) -> None:
+        """One prefill for all rows of ``jobs``, left-padded to the longest prompt (each job's first
+        tokens come from it, into ``out``), then the rows that go on join the batch. Raises what the
+        prefill raises; the batch itself is only changed at the end."""
+        reqs = [_Request(job, self.cfg, self.device, self.eod_id, self.decode) for job in jobs]
+        tokens, pad = left_pad([r for req in reqs for r in req.prompts], 0, self.device)
+        P = tokens.size(1)
+        slots = [self._slots(req.job, P) for req in reqs]
+        logits, h = self.runner.prefill(tokens, pad, P + max(slots))
+        keep, need, joined, start = [], [], [], 0
+        for req, n_slots in zip(reqs, slots):
+            rid, rows = req.job.rid, list(range(req.n))
+            if req.job.prompt_logprobs is not None:  # every position's logits (of one row), from the same pass
+                out.prompt_logprobs[rid] = self._prompt_entries(h[start, P - len(req.job.prompt):], req.job)
+            if req.job.params.max_new_tokens > 0:  # 0: scoring only (OpenAI's echo with max_tokens 0)
+                self.requests[rid] = req
+                tok, leave = self._advance(rid, logits[start:start + req.n], rows, out)
+                stay = [r for r in rows if not leave[r]]
+                keep += [start + r for r in stay]
+                need += [n_slots] * len(stay)
+                joined += [((rid, r), tok[r]) for r in stay]
+                if not stay:
+                    del self.requests[rid]
+            start += req.n
+        self.runner.join(keep, need)
+        if joined:
+            self.rows += [rr for rr, _ in joined]
+            self.next = torch.cat([self.next, torch.stack([t for _, t in joined])])
 
-    def _relayout(self, caches, old_cap: int, S_new: int, shift: int, new_cap: int) -> list[KVCache]:
-        new = []
-        for layer, c in enumerate(caches):
-            old_ring = self._layout(old_cap, layer)[0]
-            ring, slots = self._layout(new_cap, layer)
-            k, v = (_remap(t, old_ring=old_ring, new_ring=ring, new_slots=slots, S_new=S_new, shift=shift,
-                           banded=self.banded[layer], window=self.cfg.local_window) for t in (c.k, c.v))
-            new.append(KVCache.of(k, v, ring=ring))
-        return new
+    @torch.no_grad()
+    def step(self, out: Outcome) -> None:
+        """One token for every row of the batch, into ``out``; the rows that finish leave."""
+        r = self.runner
+        if r.full:  # no cache slot left: the window slides, every row's last tokens run again
+            logits = r.refill(*left_pad([self._seq(i)[-r.window:] for i in range(len(self.rows))], 0, self.device))
+        else:
+            logits = r.step(self.next.unsqueeze(1))
+        toks, gone = [], set()
+        for rid, lo, hi in self._spans():
+            tok, leave = self._advance(rid, logits[lo:hi], [row for _, row in self.rows[lo:hi]], out)
+            toks.append(tok)
+            gone.update(lo + j for j, g in enumerate(leave) if g)
+        self.next = torch.cat(toks)
+        if gone:
+            self._keep([i for i in range(len(self.rows)) if i not in gone])
+
+    # -- internals ----------------------------------------------------------------------------
+    def _slots(self, job: Job, P: int) -> int:
+        """Cache slots a job's rows may need after a prefill of ``P``; a lockstep job's stop at
+        ``n_positions`` (the window slides there)."""
+        n = job.params.max_new_tokens
+        return min(n, self.cfg.n_positions - P) if job.lockstep else n
+
+    def _seq(self, i: int) -> list[int]:
+        rid, row = self.rows[i]
+        return self.requests[rid].seqs[row]
+
+    def _spans(self) -> list[list]:
+        """[rid, first, end] per request in the batch: a request's rows are neighbours (they join
+        together and the batch keeps their order)."""
+        spans: list[list] = []
+        for i, (rid, _) in enumerate(self.rows):
+            if spans and spans[-1][0] == rid:
+                spans[-1][2] = i + 1
+            else:
+                spans.append([rid, i, i + 1])
+        return spans
 
     def _in_vocab(self, logits: torch.Tensor) -> torch.Tensor:
         """fp32 logits without the ids the tokenizer does not have (-inf there)."""
@@ -191,53 +325,42 @@ class BatchEngine:
             logits[..., self.vocab_limit:] = float("-inf")
         return logits
 
-    def _set_state(self, pad: torch.Tensor, capacity: int, caches, S: int) -> None:
-        self.state = DecodeState(self.cfg, pad, capacity, caches)
-        self.state.start = S
-
-    def _sample(self, req: _Request, logits: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, list]:
-        """Tokens for some rows of one request from their raw logits (R, V); the log-probability
-        entries when the job asked for them."""
-        job, p = req.job, req.job.params
+    def _advance(self, rid: int, logits: torch.Tensor, rows: list[int], out: Outcome) -> tuple[torch.Tensor, list]:
+        """Choose the next token of ``rows`` of request ``rid`` from their logits (R, V), report it
+        in ``out`` and say which rows leave the batch."""
+        req, job = self.requests[rid], self.requests[rid].job
         raw = self._in_vocab(logits)
-        x = raw
-        if req.counts is not None:
-            c = req.counts[rows]
-            if p.repetition_penalty != 1.0:
-                x = penalize_repetition(x, (c > 0) | req.prompt_seen, p.repetition_penalty)
-            x = x - job.frequency * c - job.presence * (c > 0).float()
-        tok = choose(x, p, req.generator)
+        tok, x = req.choose(raw, rows)
         info = []
         if job.logprobs is not None:
             lp = raw.log_softmax(-1)
             picked = lp.gather(-1, tok.unsqueeze(-1))[:, 0].tolist()
             info = list(zip(picked, top_entries(lp, job.logprobs)))
-        if req.counts is not None:
-            req.counts[rows, tok] += 1
-        return tok, info
-
-    def _emit(self, out: Outcome, rid: int, rows: list[int], tok: torch.Tensor, info: list) -> list[bool]:
-        """Record chosen tokens; True for each row that is finished."""
-        req = self.requests[rid]
-        done = []
         for j, (row, t) in enumerate(zip(rows, tok.tolist())):
-            req.produced[row] += 1
-            finished = None
-            if self.eod_id is not None and req.job.params.stop_at_eod and t == self.eod_id:
-                finished = "eod"
-            elif req.produced[row] >= req.job.params.max_new_tokens:
-                finished = "length"
+            if req.finish[row] is not None:  # a lockstep row that finished before: fed on, not reported
+                req.seqs[row].append(t)
+                continue
+            finished = req.take(row, t)
             lp, top = info[j] if info else (None, None)
-            out.tokens.append(TokenEvent(rid, row, t, finished, lp, top))
-            done.append(finished is not None)
-        return done
+            scores = x[j].cpu() if job.keep_scores else None
+            out.tokens.append(TokenEvent(rid, row, t, finished, lp, top, req.texts[row], scores))
+        return tok, req.leaving(rows)
+
+    def _prompt_entries(self, h: torch.Tensor, job: Job) -> list:
+        """(logprob | None, top entries) per prompt token from the prompt's hidden states (L, E)."""
+        model = self.model
+        lp = self._in_vocab(model.head.gather(model.head(h.unsqueeze(0)))[0]).log_softmax(-1)
+        ids = torch.tensor(job.prompt[1:], device=self.device)
+        picked = [None] + lp[:-1].gather(-1, ids.unsqueeze(-1))[:, 0].tolist()
+        tops = [None] + top_entries(lp[:-1], job.prompt_logprobs)
+        return list(zip(picked, tops))
 
     def _admit(self, jobs: list[Job], out: Outcome) -> None:
-        """Prefill ``jobs`` together and join their rows to the batch; a group that fails is
-        retried one job at a time, so an error (e.g. out of memory) fails only its own request."""
+        """``add`` ``jobs`` together; a group that fails is retried one job at a time, so an error
+        (e.g. out of memory) fails only its own request."""
         ok = []
         for job in jobs:
-            if len(job.prompt) + job.params.max_new_tokens > self.cfg.n_positions:
+            if not job.lockstep and len(job.prompt) + job.params.max_new_tokens > self.cfg.n_positions:
                 out.errors[job.rid] = (f"ValueError: {len(job.prompt)} prompt + {job.params.max_new_tokens} new "
                                        f"tokens exceed n_positions={self.cfg.n_positions}")
             else:
@@ -245,86 +368,28 @@ class BatchEngine:
         if not ok:
             return
         try:
-            self._add(ok, out)
+            self.add(ok, out)
             return
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - the request's error, not the server's
             self._forget(ok, out)
             if len(ok) == 1:
                 out.errors[ok[0].rid] = f"{type(e).__name__}: {e}"
                 return
         for job in ok:
             try:
-                self._add([job], out)
-            except Exception as e:  # noqa: BLE001
+                self.add([job], out)
+            except Exception as e:  # noqa: BLE001 - the request's error, not the server's
                 self._forget([job], out)
                 out.errors[job.rid] = f"{type(e).__name__}: {e}"
 
     def _forget(self, jobs: list[Job], out: Outcome) -> None:
-        """Undo what a failed ``_add`` left: the jobs' requests and their events (the batch itself is
+        """Undo what a failed ``add`` left: the jobs' requests and their events (the batch itself is
         only changed at its end)."""
         rids = {j.rid for j in jobs}
         for rid in rids:
             self.requests.pop(rid, None)
             out.prompt_logprobs.pop(rid, None)
         out.tokens = [t for t in out.tokens if t.rid not in rids]
-
-    def _add(self, jobs: list[Job], out: Outcome) -> None:
-        """One prefill for all rows of ``jobs``, left-padded to the longest prompt (each job's
-        first tokens come from it, as in ``generate``), then the rows that go on join the batch."""
-        model, dev = self.model, self.device
-        tokens, pad = _left_pad([j.prompt for j in jobs for _ in range(j.params.num_return_sequences)], 0, dev)
-        P = tokens.size(1)
-        cap = max(P + j.params.max_new_tokens for j in jobs)
-        state = DecodeState.allocate(model, pad, cap)
-        h = model.hidden_states(tokens, state)
-        logits = model.head.gather(model.head(h[:, -1:]))[:, 0]  # what next_token_logits computes
-        state.advance(P)
-        keep, first, ends, joined = [], [], [], []
-        S_old = self.state.start if self.rows else 0
-        S = max(S_old, P)
-        start = 0
-        for job in jobs:
-            n, L = job.params.num_return_sequences, len(job.prompt)
-            if job.prompt_logprobs is not None:  # every position's logits (of one row), from the same pass
-                lp = self._in_vocab(model.head.gather(model.head(h[start:start + 1, P - L:]))[0]).log_softmax(-1)
-                ids = torch.tensor(job.prompt[1:], device=dev)
-                picked = [None] + lp[:-1].gather(-1, ids.unsqueeze(-1))[:, 0].tolist()
-                tops = [None] + top_entries(lp[:-1], job.prompt_logprobs)
-                out.prompt_logprobs[job.rid] = list(zip(picked, tops))
-            if job.params.max_new_tokens == 0:  # scoring only (OpenAI's echo with max_tokens 0)
-                start += n
-                continue
-            req = self.requests[job.rid] = _Request(job, self.cfg.vocab_size, dev)
-            rows = list(range(n))
-            tok, info = self._sample(req, logits[start:start + n], rows)
-            for r, d in zip(rows, self._emit(out, job.rid, rows, tok, info)):
-                if not d:
-                    keep.append(start + r)
-                    first.append(tok[r])
-                    ends.append(S + job.params.max_new_tokens)
-                    joined.append((job.rid, r))
-            if not any(rid == job.rid for rid, _ in joined):
-                del self.requests[job.rid]
-            start += n
-        if not keep:
-            return
-        # join the batch: the group's slot P lines up with the batch's slot S
-        keep_t = torch.tensor(keep, device=dev)
-        ends_old = self.ends + (S - S_old)
-        ends_new = torch.tensor(ends, dtype=torch.long)
-        cap_new = int(torch.cat([ends_old, ends_new]).max())
-        new_caches = self._relayout([_rows(c, keep_t) for c in state.caches], cap, S, P - S, cap_new)
-        pad_new = pad[keep_t] + (S - P)
-        if self.state is not None:
-            old = self._relayout(self.state.caches, self.state.capacity, S, S_old - S, cap_new)
-            caches = [_cat(a, b) for a, b in zip(old, new_caches)]
-            pad_all = torch.cat([self.state.pad + (S - S_old), pad_new])
-        else:
-            caches, pad_all = new_caches, pad_new
-        self.rows += joined
-        self.ends = torch.cat([ends_old, ends_new])
-        self.next = torch.cat([self.next, torch.stack(first)])
-        self._set_state(pad_all, cap_new, caches, S)
 
     def _drop(self, which) -> None:
         self._keep(self.kept_after(which))
@@ -338,50 +403,5 @@ class BatchEngine:
         live = {rid for rid, _ in self.rows}
         for rid in [r for r in self.requests if r not in live]:
             del self.requests[rid]
-        if not keep:
-            self.state, self.ends = None, torch.zeros(0, dtype=torch.long)
-            self.next = self.next[:0]
-            return
-        idx = torch.tensor(keep, device=self.device)
-        st = self.state
-        pad, S, cap = st.pad[idx], st.start, st.capacity
-        caches = [_rows(c, idx) for c in st.caches]
-        ends = self.ends[torch.tensor(keep)]
-        shift = int(pad.min())
-        if shift:  # every remaining row starts later: move the batch left, shrink the caches
-            new_cap = int(ends.max()) - shift
-            caches = self._relayout(caches, cap, S - shift, shift, new_cap)
-            pad, S, ends, cap = pad - shift, S - shift, ends - shift, new_cap
-        self.ends, self.next = ends, self.next[idx]
-        self._set_state(pad, cap, caches, S)
-
-    def _step(self, out: Outcome) -> None:
-        st = self.state
-        logits = self.model.next_token_logits(self.next.unsqueeze(1), st)
-        st.advance(1)
-        groups: dict[int, list[int]] = {}
-        for i, (rid, _) in enumerate(self.rows):
-            groups.setdefault(rid, []).append(i)
-        nxt = torch.empty_like(self.next)
-        finished = []
-        for rid, idx in groups.items():
-            req = self.requests[rid]
-            rows = [self.rows[i][1] for i in idx]
-            idx_t = torch.tensor(idx, device=self.device)
-            tok, info = self._sample(req, logits[idx_t], rows)
-            nxt[idx_t] = tok
-            for i, d in zip(idx, self._emit(out, rid, rows, tok, info)):
-                if d:
-                    finished.append(i)
-        self.next = nxt
-        if finished:
-            gone = set(finished)
-            self._keep([i for i in range(len(self.rows)) if i not in gone])
-
-
-def _rows(c: KVCache, idx: torch.Tensor) -> KVCache:
-    return KVCache.of(c.k.index_select(0, idx), c.v.index_select(0, idx), ring=c.ring)
-
-
-def _cat(a: KVCache, b: KVCache) -> KVCache:
-    return KVCache.of(torch.cat([a.k, b.k]), torch.cat([a.v, b.v]), ring=a.ring)
+        self.runner.keep(keep)
+        self.next = self.next[torch.tensor(keep, dtype=torch.long, device=self.device)]

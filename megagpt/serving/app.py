@@ -97,11 +97,10 @@ class Service:
         out = []
         for i, prompt in enumerate(prompts):
             p = common.params
-            params = dataclasses.replace(p, max_new_tokens=max_tokens, seed=seed + i, stop=())
+            params = dataclasses.replace(p, max_new_tokens=max_tokens, seed=seed + i, stop=list(common.stop))
             job = Job(self.scheduler.next_id(), prompt, params, logprobs, echo_logprobs, common.presence,
-                      common.frequency)
-            out.append(Handle(job, decode=self.tok.decode, stop=common.stop, loop=loop, events=events, tag=i,
-                              lstrip=lstrip))
+                      common.frequency, stream_text=True, lstrip=lstrip)
+            out.append(Handle(job, loop=loop, events=events, tag=i))
         for h in out:
             self.scheduler.submit(h)
         return out, events

@@ -2,10 +2,11 @@
 each request its tokens and text; under tensor parallelism it broadcasts every plan first, and the
 other ranks (``follow``) apply the same plans to their shards in lockstep.
 
-Text is rank 0's business: a ``Handle`` decodes its rows as tokens arrive, cuts them at stop
-strings (the engine then drops the row at the next iteration), and streams only text that can no
-longer change: a trailing incomplete UTF-8 character and a tail that may begin a stop string are
-held back, so the streamed pieces add up to the text a non-streamed request gets.
+The engine decides when a row is finished (EOD, a stop string, the length) and hands each token
+with its row's text; a ``Handle`` only streams the text that can no longer change: a trailing
+incomplete UTF-8 character and a tail that may begin a stop string are held back, so the streamed
+pieces add up to the text a non-streamed request gets. The scheduler itself reacts to finishes and
+takes out the requests that were cancelled (a client gone) or failed.
 """
 from __future__ import annotations
 
@@ -18,8 +19,7 @@ from dataclasses import dataclass, field
 
 import torch.distributed as dist
 
-from megagpt.inference.batching import BatchEngine, Job, Plan
-from megagpt.inference.generation import continuation, cut_at_stop
+from megagpt.inference.batching import BatchEngine, Job, Plan, TokenEvent
 
 
 @dataclass
@@ -35,16 +35,14 @@ class Handle:
     """Rank 0's view of one request in flight. ``events`` (an asyncio queue on the server's loop)
     (shared by the handles of one HTTP request) receives ``(tag, "delta", row, text, logprob
     entries)``, ``(tag, "finish", row, reason)`` and finally ``(tag, "done", None)`` or
-    ``(tag, "error", message)``."""
+    ``(tag, "error", message)``. The job should ask for ``stream_text``: its events carry the text."""
 
-    def __init__(self, job: Job, *, decode, stop: list[str], loop: asyncio.AbstractEventLoop,
-                 events: asyncio.Queue, tag: int = 0, lstrip: bool = False):
-        self.job, self.decode, self.stop, self.loop, self.lstrip = job, decode, list(stop), loop, lstrip
+    def __init__(self, job: Job, *, loop: asyncio.AbstractEventLoop, events: asyncio.Queue, tag: int = 0):
+        self.job, self.loop = job, loop
         self.rows = [Row() for _ in range(job.params.num_return_sequences)]
         self.events, self.tag = events, tag
         self.prompt_logprobs = None
-        self._prompt_text = decode(job.prompt)
-        self._hold = max((len(s) for s in self.stop), default=1) - 1
+        self._hold = max((len(s) for s in job.params.stop), default=1) - 1
 
     def push(self, *event) -> None:
         try:
@@ -61,37 +59,26 @@ class Handle:
     def done(self) -> bool:
         return all(r.finish for r in self.rows)
 
-    def _text(self, row: Row) -> str:
-        t = continuation(self.decode, self.job.prompt, row.tokens, self._prompt_text)
-        return t.lstrip() if self.lstrip else t
-
-    def on_token(self, i: int, token: int, finished: str | None, logprob, top) -> bool:
-        """Take one token of row ``i``; True when the row has to leave the batch for a stop string."""
-        row = self.rows[i]
-        if row.finish:
-            return False
-        cut = False
-        if logprob is not None:  # EOD's too: a scoring client counts one entry per generated token
-            row.logprobs.append((token, logprob, top))
-        if finished != "eod":
-            row.tokens.append(token)
-            row.text = self._text(row)
-            stopped = cut_at_stop(row.text, self.stop)
-            if stopped is not None:
-                row.text, finished, cut = stopped, "stop", True
-        if finished:
-            row.finish = "stop" if finished in ("eod", "stop") else "length"
+    def on_token(self, e: TokenEvent) -> None:
+        """Take one token of row ``e.row``; stream what of its text can no longer change."""
+        row = self.rows[e.row]
+        if e.logprob is not None:  # EOD's too: a scoring client counts one entry per generated token
+            row.logprobs.append((e.token, e.logprob, e.top))
+        if e.finished != "eod":
+            row.tokens.append(e.token)
+        row.text = e.text
+        if e.finished:
+            row.finish = "length" if e.finished == "length" else "stop"  # OpenAI's name for EOD too
         ready = row.text
         if not row.finish:
             ready = ready[:len(ready) - self._hold] if self._hold else ready
             ready = ready.rstrip("\ufffd")
-        entries = row.logprobs[-1:] if logprob is not None else []
+        entries = row.logprobs[-1:] if e.logprob is not None else []
         if len(ready) > row.sent or entries:
-            self.push("delta", i, ready[row.sent:], entries)
+            self.push("delta", e.row, ready[row.sent:], entries)
             row.sent = max(row.sent, len(ready))
         if row.finish:
-            self.push("finish", i, row.finish)
-        return cut
+            self.push("finish", e.row, row.finish)
 
 
 class Scheduler:
@@ -102,7 +89,7 @@ class Scheduler:
         self.inbox: queue.Queue = queue.Queue()
         self.waiting: list[Handle] = []
         self.handles: dict[int, Handle] = {}
-        self.to_drop: list = []  # rows (rid, row) or requests (rid) to take out at the next iteration
+        self.to_drop: list = []  # requests (rid) that failed, to take out at the next iteration
         self.ids = itertools.count(1)
         self.thread = threading.Thread(target=self._run, name="megagpt-scheduler", daemon=True)
         self.failure: BaseException | None = None
@@ -212,8 +199,7 @@ class Scheduler:
             if h is None:
                 continue
             try:
-                if h.on_token(e.row, e.token, e.finished, e.logprob, e.top):
-                    self.to_drop.append((e.rid, e.row))  # a stop string ended it; the engine still has it
+                h.on_token(e)
             except Exception as err:  # noqa: BLE001 - this request fails, the loop and the others go on
                 self.handles.pop(e.rid)
                 self.to_drop.append(e.rid)
@@ -224,8 +210,7 @@ class Scheduler:
                     row.finish = "length"
                     h.push("delta", i, "", [])
                     h.push("finish", i, "length")
-            if h.done:
-                self.to_drop.append(rid)
+            if h.done:  # the engine has taken its rows out already
                 self.handles.pop(rid).push("done", None)
 
 

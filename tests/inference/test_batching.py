@@ -83,6 +83,28 @@ def test_eod_ends_a_row():
     assert [e.token for e in events] == ref[:cut + 1] and events[-1].finished == "eod"
 
 
+def test_a_stop_string_ends_a_row_in_the_iteration_that_made_it():
+    """The engine decides stop strings itself (as EOD and the length): the row leaves in the
+    iteration whose token completed the stop string, with ``generate``'s tokens and text."""
+    model = model_for("dense")
+    (job,) = jobs(1, 5, temperature=0, stop_at_eod=False)
+    job.params.max_new_tokens = 20
+
+    def decode(ids):  # a stand-in vocabulary: token i is the letter i mod 26
+        return "".join(chr(97 + i % 26) for i in ids)
+
+    text = generate(model, [job.prompt], job.params, decode=decode)[0].text
+    job.params.stop = [text[6:8]]
+    ref = generate(model, [job.prompt], job.params, decode=decode)[0]
+    assert ref.finish_reason == "stop" and len(ref.tokens) < 20
+    engine = BatchEngine(model, eod_id=None, decode=decode)
+    events = engine.apply(Plan(add=[job])).tokens
+    while engine.active:
+        events += engine.apply(Plan()).tokens
+    assert [e.token for e in events] == ref.tokens and events[-1].finished == "stop"  # nothing after it
+    assert events[-1].text == ref.text == text[:text.index(text[6:8])]
+
+
 def test_dropped_rows_leave_and_the_rest_carry_on():
     model = model_for("alternating")
     todo = jobs(5, 3, temperature=0, stop_at_eod=False)
