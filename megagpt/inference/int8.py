@@ -78,9 +78,8 @@ class Int8RowParallelLinear(RowParallelLinear):
         self.bias = layer.bias
         self.shape = tuple(layer.weight.shape)
 
-    def local(self, x, bias=None):
-        y = _matmul(x, self._packed)
-        return y if bias is None else y + bias
+    def local(self, x):
+        return _matmul(x, self._packed)
 
     def extra_repr(self) -> str:
         return f"{self.shape[1]} (this rank) -> {self.shape[0]}, int8"

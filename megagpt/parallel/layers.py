@@ -91,8 +91,7 @@ class ColumnParallelLinear(nn.Module):
 class RowParallelLinear(nn.Module):
     """Y = XA + b with A split along its rows and X along its columns: Y = sum_r X_r A_r + b.
 
-    The partial products are all-reduced over the TP group; b is whole and added once, after (at
-    tp_size 1, by the GEMM itself).
+    The partial products are all-reduced over the TP group; b is whole and added once, after.
     """
 
     def __init__(self, in_features: int, out_features: int, ps: ParallelState, *, bias=True,
@@ -105,16 +104,13 @@ class RowParallelLinear(nn.Module):
         _mark(self.weight, 1)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
-    def local(self, x, bias=None):
-        """This rank's partial product X_r A_r (plus ``bias`` where given), before the all-reduce
-        (int8 decoding swaps it: megagpt/inference/int8.py)."""
-        return F.linear(x, self.weight, bias)
+    def local(self, x):
+        """This rank's partial product X_r A_r, before the all-reduce and the bias."""
+        return F.linear(x, self.weight)
 
     def forward(self, x):
         if not self.input_is_parallel:
             x = scatter_to_tp(x, self.ps.tp_group)
-        if self.ps.tp_size == 1:  # nothing to reduce: the GEMM adds the bias, as nn.Linear's does
-            return self.local(x, self.bias)
         y = reduce_from_tp(self.local(x), self.ps.tp_group)
         return y + self.bias if self.bias is not None else y
 
