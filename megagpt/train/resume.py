@@ -18,7 +18,7 @@ from megagpt.config import ConfigError, RunConfig
 from megagpt.formats.manifest import TAG, latest_tag, layout_of, write_atomic
 from megagpt.formats.universal import is_universal
 from megagpt.model.naming import param_group_names
-from megagpt.train import engine_checkpoint as checkpoint
+from megagpt.train import engine_checkpoint
 from megagpt.train.metrics import MetricsWriter
 from megagpt.train.reshard import ensure_universal, load_into
 
@@ -41,7 +41,7 @@ class CheckpointPolicy:
             return None
         state, source = None, tr.checkpoint_dir
         if tr.checkpoint_dir:
-            state = checkpoint.load(self.built.engine, tr.checkpoint_dir, self.built.ps,
+            state = engine_checkpoint.load(self.built.engine, tr.checkpoint_dir, self.built.ps,
                                     verify_level=tr.verify_checkpoint, fallback=tr.resume_fallback,
                                     log=self._fallback_note, **self._layout())
         if state is None and tr.resume_from:
@@ -55,7 +55,7 @@ class CheckpointPolicy:
         return state
 
     def _layout(self) -> dict:
-        """``checkpoint.load``'s layout check: a checkpoint of another layout through its universal
+        """``engine_checkpoint.load``'s layout check: a checkpoint of another layout through its universal
         form (none without it)."""
         return {"layout": layout_of(self.run, self.built.ps), "reshard": self._reshard} if self.universal else {}
 
@@ -73,8 +73,9 @@ class CheckpointPolicy:
         tr = self.run.train
         if not tr.checkpoint_dir:
             return None
-        return checkpoint.load(self.built.engine, tr.checkpoint_dir, self.built.ps, verify_level=tr.verify_checkpoint,
-                               fallback=True, log=self._fallback_note, max_step=max_step, **self._layout())
+        return engine_checkpoint.load(self.built.engine, tr.checkpoint_dir, self.built.ps,
+                                      verify_level=tr.verify_checkpoint, fallback=True, log=self._fallback_note,
+                                      max_step=max_step, **self._layout())
 
     def record_rewind(self, step: int, windows: list) -> None:
         """Make the rewind durable: the windows to leave out, then ``latest`` back to ``step``'s tag
@@ -130,8 +131,8 @@ class CheckpointPolicy:
             meta = {"model": asdict(run.model), **layout_of(run, ps), "step": step,
                     "tokens": state["tokens"], "tokenizer": run.data.tokenizer, "run_name": tr.run_name}
         try:
-            checkpoint.save(engine, tr.checkpoint_dir, step, client, ps, tr.keep_last, meta=meta)
-        except checkpoint.SaveError as e:
+            engine_checkpoint.save(engine, tr.checkpoint_dir, step, client, ps, tr.keep_last, meta=meta)
+        except engine_checkpoint.SaveError as e:
             if tr.save_failure != "warn":
                 raise
             self.metrics.console(f"warning: {e} Training goes on (train.save_failure=warn).")
